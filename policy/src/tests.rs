@@ -1,0 +1,128 @@
+//! Parsing and validation tests: the published compat fixtures and must-reject cases.
+
+use super::*;
+use std::path::PathBuf;
+
+fn compat_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/compat/policies")
+}
+
+fn err(src: &str) -> String {
+    Policy::parse(src).unwrap_err().render("p.yaml")
+}
+
+#[test]
+fn every_compat_policy_parses_or_is_clearly_unsupported() {
+    let dir = compat_dir();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        if std::env::var_os("OPENSHELL_TEST_REQUIRE").is_some() {
+            panic!("compat fixtures missing at {}", dir.display());
+        }
+        eprintln!("skipped: no compat fixtures at {}", dir.display());
+        return;
+    };
+    let mut n = 0;
+    for e in entries {
+        let path = e.unwrap().path();
+        let src = std::fs::read_to_string(&path).unwrap();
+        n += 1;
+        match Policy::parse(&src) {
+            Ok(p) => {
+                let again = Policy::parse(&p.to_yaml()).expect("round trip parses");
+                assert_eq!(p, again, "round trip of {}", path.display());
+            }
+            Err(e) => {
+                let msg = e.render("f");
+                assert!(
+                    src.contains("network_middlewares") && msg.contains("not supported yet"),
+                    "{}: {msg}",
+                    path.display()
+                );
+                assert!(msg.starts_with("f:"), "located: {msg}");
+            }
+        }
+    }
+    assert!(n >= 10, "expected the 10 fixtures, found {n}");
+}
+
+#[test]
+fn unknown_key_is_located() {
+    let e = err("version: 1\nfilesystem_policy:\n  read_only: [/usr]\n  raed_write: [/tmp]\n");
+    assert!(e.starts_with("p.yaml:4:3: "), "{e}");
+    assert!(e.contains("raed_write"), "{e}");
+}
+
+#[test]
+fn root_user_rejected() {
+    for src in [
+        "version: 1\nprocess:\n  run_as_user: root\n",
+        "version: 1\nprocess:\n  run_as_user: 0\n",
+        "version: 1\nprocess:\n  run_as_group: 0\n",
+    ] {
+        let e = err(src);
+        assert!(e.contains("never allowed"), "{e}");
+        assert!(e.starts_with("p.yaml:3:"), "{e}");
+    }
+}
+
+#[test]
+fn dotdot_and_relative_paths_rejected() {
+    let e = err("version: 1\nfilesystem_policy:\n  read_only:\n    - /usr\n    - /usr/../etc\n");
+    assert!(e.starts_with("p.yaml:5:7: filesystem_policy.read_only[1]"), "{e}");
+    let e = err("version: 1\nfilesystem_policy:\n  read_write: [tmp]\n");
+    assert!(e.contains("not absolute"), "{e}");
+}
+
+#[test]
+fn root_never_read_write() {
+    let e = err("version: 1\nfilesystem_policy:\n  read_write: [/sandbox, /]\n");
+    assert!(e.contains("`/` can never be read_write"), "{e}");
+    assert!(e.starts_with("p.yaml:3:"), "{e}");
+    // Read-only `/` is fine.
+    Policy::parse("version: 1\nfilesystem_policy:\n  read_only: [/]\n").unwrap();
+}
+
+#[test]
+fn bad_version_and_types() {
+    assert!(err("version: 2\n").contains("unsupported version 2"));
+    let e = err("version: 1\nlandlock:\n  compatibility: strict\n");
+    assert!(e.starts_with("p.yaml:3:"), "{e}");
+    assert!(err("").contains("missing field `version`"));
+}
+
+#[test]
+fn network_entries_validated() {
+    let e = err(
+        "version: 1\nnetwork_policies:\n  a:\n    endpoints:\n      - host: \"*.com\"\n        port: 443\n",
+    );
+    assert!(e.contains("too broad"), "{e}");
+    assert!(e.starts_with("p.yaml:5:"), "{e}");
+    let e = err("version: 1\nnetwork_policies:\n  a:\n    endpoints:\n      - host: x.com\n");
+    assert!(e.contains("no port"), "{e}");
+    let e = err(
+        "version: 1\nnetwork_policies:\n  a:\n    endpoints:\n      - {host: x.com, port: 1, access: full}\n",
+    );
+    assert!(e.contains("need `protocol: rest`"), "{e}");
+    let e = err(
+        "version: 1\nnetwork_policies:\n  a:\n    endpoints:\n      - {host: x.com, port: 1, allowed_ips: [10.0.0.0/33]}\n",
+    );
+    assert!(e.contains("prefix"), "{e}");
+}
+
+#[test]
+fn all_issues_reported_at_once() {
+    let e = err("version: 1\nfilesystem_policy:\n  read_write: [/, rel]\nprocess:\n  run_as_user: root\n");
+    assert_eq!(e.lines().count(), 3, "{e}");
+}
+
+#[test]
+fn default_policy_and_identity() {
+    let p = Policy::restrictive_default();
+    assert_eq!(Policy::parse(&p.to_yaml()).unwrap(), p);
+    assert_eq!(p.identity(), (SANDBOX_ID, SANDBOX_ID));
+    let (ro, rw) = p.fs_paths("/work");
+    assert!(ro.contains(&"/usr".to_string()));
+    assert!(rw.contains(&"/work".to_string()) && rw.contains(&"/sandbox".to_string()));
+    let p = Policy::parse("version: 1\nprocess: {run_as_user: 1234, run_as_group: 99}\n").unwrap();
+    assert_eq!(p.identity(), (1234, 99));
+}
