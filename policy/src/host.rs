@@ -37,7 +37,9 @@ impl HostPattern {
                 }
                 _ if l.is_empty()
                     || l.len() > 63
-                    || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+                    || !l
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
                 {
                     return Err(format!("`{s}` is not a valid host name"));
                 }
@@ -95,14 +97,24 @@ mod tests {
 
     #[test]
     fn exact_and_ip() {
-        assert!(HostPattern::parse("api.github.com").unwrap().matches("api.github.com"));
-        assert!(!HostPattern::parse("api.github.com").unwrap().matches("github.com"));
+        assert!(
+            HostPattern::parse("api.github.com")
+                .unwrap()
+                .matches("api.github.com")
+        );
+        assert!(
+            !HostPattern::parse("api.github.com")
+                .unwrap()
+                .matches("github.com")
+        );
         assert!(HostPattern::parse("10.0.0.1").unwrap().matches("10.0.0.1"));
     }
 
     #[test]
     fn too_broad_or_malformed_rejected() {
-        for bad in ["*", "**", "*.com", "**.com", "a.*.com", "a*.x.com", "", "a..b", "x y.com"] {
+        for bad in [
+            "*", "**", "*.com", "**.com", "a.*.com", "a*.x.com", "", "a..b", "x y.com",
+        ] {
             assert!(HostPattern::parse(bad).is_err(), "{bad} accepted");
         }
     }

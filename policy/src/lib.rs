@@ -101,7 +101,14 @@ impl Policy {
                     "/dev/zero",
                     "/dev/full",
                 ]),
-                read_write: s(&["/sandbox", "/tmp", "/dev/null", "/dev/tty", "/dev/pts", "/dev/shm"]),
+                read_write: s(&[
+                    "/sandbox",
+                    "/tmp",
+                    "/dev/null",
+                    "/dev/tty",
+                    "/dev/pts",
+                    "/dev/shm",
+                ]),
             }),
             landlock: Some(LandlockPolicy {
                 compatibility: Compatibility::BestEffort,

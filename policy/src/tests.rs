@@ -68,7 +68,10 @@ fn root_user_rejected() {
 #[test]
 fn dotdot_and_relative_paths_rejected() {
     let e = err("version: 1\nfilesystem_policy:\n  read_only:\n    - /usr\n    - /usr/../etc\n");
-    assert!(e.starts_with("p.yaml:5:7: filesystem_policy.read_only[1]"), "{e}");
+    assert!(
+        e.starts_with("p.yaml:5:7: filesystem_policy.read_only[1]"),
+        "{e}"
+    );
     let e = err("version: 1\nfilesystem_policy:\n  read_write: [tmp]\n");
     assert!(e.contains("not absolute"), "{e}");
 }
@@ -111,7 +114,9 @@ fn network_entries_validated() {
 
 #[test]
 fn all_issues_reported_at_once() {
-    let e = err("version: 1\nfilesystem_policy:\n  read_write: [/, rel]\nprocess:\n  run_as_user: root\n");
+    let e = err(
+        "version: 1\nfilesystem_policy:\n  read_write: [/, rel]\nprocess:\n  run_as_user: root\n",
+    );
     assert_eq!(e.lines().count(), 3, "{e}");
 }
 

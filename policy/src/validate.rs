@@ -61,7 +61,10 @@ impl Validator<'_> {
                 &["version"],
                 None,
                 "version".into(),
-                format!("unsupported version {}; only `version: 1` exists", p.version),
+                format!(
+                    "unsupported version {}; only `version: 1` exists",
+                    p.version
+                ),
             );
         }
         if p.network_middlewares.is_some() {
@@ -117,10 +120,16 @@ impl Validator<'_> {
                 );
             }
             if ep.port == Some(0) || ep.ports.contains(&0) {
-                self.push(&keys, Some(&ep.host), field.clone(), "port 0 is not a valid port".into());
+                self.push(
+                    &keys,
+                    Some(&ep.host),
+                    field.clone(),
+                    "port 0 is not a valid port".into(),
+                );
             }
             let is_rest = ep.protocol == Some(Protocol::Rest);
-            if !is_rest && (ep.access.is_some() || !ep.rules.is_empty() || !ep.deny_rules.is_empty())
+            if !is_rest
+                && (ep.access.is_some() || !ep.rules.is_empty() || !ep.deny_rules.is_empty())
             {
                 self.push(
                     &keys,
@@ -189,10 +198,14 @@ impl Validator<'_> {
 /// Why a Landlock path is unacceptable, if it is.
 fn path_problem(path: &str, writable: bool) -> Option<String> {
     if !path.starts_with('/') {
-        return Some(format!("`{path}` is not absolute: write it starting with `/`"));
+        return Some(format!(
+            "`{path}` is not absolute: write it starting with `/`"
+        ));
     }
     if path.split('/').any(|c| c == ".." || c == ".") {
-        return Some(format!("`{path}` contains `.` or `..`: write the plain path"));
+        return Some(format!(
+            "`{path}` contains `.` or `..`: write the plain path"
+        ));
     }
     if path.contains('\0') {
         return Some("path contains a NUL byte".into());

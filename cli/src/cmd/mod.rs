@@ -1,0 +1,5 @@
+//! One module per command group.
+
+pub mod doctor;
+pub mod policy;
+pub mod run;

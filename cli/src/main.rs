@@ -1,0 +1,53 @@
+//! The `openshell` command line: argument parsing and output formatting only.
+//!
+//! Each command group lives in `cmd/`; kernel work happens in the runtime crate. Errors
+//! are printed as one `openshell: ...` line (with what to do next), never a backtrace.
+#![forbid(unsafe_code)]
+
+mod cmd;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+/// Rootless sandboxes for AI agents: namespaces, Landlock, seccomp and a policy proxy,
+/// without a container engine.
+#[derive(Debug, Parser)]
+#[command(name = "openshell", version, propagate_version = true)]
+pub struct Cli {
+    /// Output format for commands that print data.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = output::Format::Table)]
+    pub output: output::Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a command in a new sandbox and return its exit status.
+    Run(cmd::run::RunArgs),
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCommand),
+    /// Check what this host offers sandboxes, and how to fix what is missing.
+    Doctor,
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run(args) => cmd::run::run(args),
+        Command::Policy(c) => cmd::policy::run(c, cli.output),
+        Command::Doctor => cmd::doctor::run(cli.output),
+        Command::Completions { shell } => {
+            let mut c = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut c, "openshell", &mut std::io::stdout());
+            0
+        }
+    };
+    std::process::exit(code);
+}

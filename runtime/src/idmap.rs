@@ -1,0 +1,379 @@
+//! User-namespace id maps: planned as plain data, then written by the supervisor.
+//!
+//! Three layouts, chosen by who runs openshell and what the host allows:
+//! - **root**: inside 0 is host root (only init ever runs as it), every other inside id
+//!   maps into an unprivileged range (root's `/etc/subuid` entry, else
+//!   [`ROOT_FALLBACK_BASE`]), so the sandbox user is never a host user.
+//! - **rootless with subordinate ids** (`/etc/subuid` + `newuidmap`): the sandbox user is
+//!   the invoking user ("keep-id", so the workspace stays yours) and the other inside ids
+//!   come from the subordinate range.
+//! - **rootless, single id**: only the sandbox user exists inside; it is you.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Base of the inside→outside range used for root when it has no `/etc/subuid` entry.
+pub const ROOT_FALLBACK_BASE: u32 = 2_000_000_000;
+/// How many ids a ranged mapping covers.
+pub const RANGE: u32 = 65536;
+
+/// One `inside outside count` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// First id inside the namespace.
+    pub inside: u32,
+    /// First id on the host.
+    pub outside: u32,
+    /// Number of ids.
+    pub count: u32,
+}
+
+/// How maps get written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    /// Write /proc/PID/{uid,gid}_map ourselves (root, or one id of our own).
+    Direct {
+        /// Write `deny` to /proc/PID/setgroups first (required for unprivileged).
+        deny_setgroups: bool,
+    },
+    /// Run the setuid helpers newuidmap/newgidmap.
+    Helper,
+}
+
+/// The complete id layout of a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdPlan {
+    /// uid_map lines.
+    pub uid_map: Vec<Extent>,
+    /// gid_map lines.
+    pub gid_map: Vec<Extent>,
+    /// How to write them.
+    pub writer: Writer,
+    /// Layout name for `doctor`/logs: root, subids, single.
+    pub mode: &'static str,
+}
+
+impl IdPlan {
+    /// Whether processes inside may call setgroups(2).
+    pub fn setgroups_allowed(&self) -> bool {
+        !matches!(
+            self.writer,
+            Writer::Direct {
+                deny_setgroups: true
+            }
+        )
+    }
+
+    /// The host id an inside id maps to, if mapped.
+    pub fn outside_uid(&self, inside: u32) -> Option<u32> {
+        lookup(&self.uid_map, inside)
+    }
+
+    /// The host gid an inside gid maps to, if mapped.
+    pub fn outside_gid(&self, inside: u32) -> Option<u32> {
+        lookup(&self.gid_map, inside)
+    }
+}
+
+fn lookup(map: &[Extent], inside: u32) -> Option<u32> {
+    map.iter()
+        .find(|e| inside >= e.inside && inside - e.inside < e.count)
+        .map(|e| e.outside + (inside - e.inside))
+}
+
+/// Inputs of [`plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdFacts {
+    /// Our effective uid/gid on the host.
+    pub euid: u32,
+    /// Our effective gid on the host.
+    pub egid: u32,
+    /// Subordinate uid range (start, count) from /etc/subuid.
+    pub subuid: Option<(u32, u32)>,
+    /// Subordinate gid range from /etc/subgid.
+    pub subgid: Option<(u32, u32)>,
+    /// newuidmap and newgidmap are installed.
+    pub helpers: bool,
+}
+
+/// Plan the maps for a sandbox whose processes run as inside `uid`:`gid`.
+pub fn plan(facts: &IdFacts, uid: u32, gid: u32) -> IdPlan {
+    if facts.euid == 0 {
+        let ub = facts.subuid.map_or(ROOT_FALLBACK_BASE, |r| r.0);
+        let gb = facts.subgid.map_or(ROOT_FALLBACK_BASE, |r| r.0);
+        let ranged = |base| {
+            vec![
+                Extent {
+                    inside: 0,
+                    outside: 0,
+                    count: 1,
+                },
+                Extent {
+                    inside: 1,
+                    outside: base + 1,
+                    count: RANGE - 1,
+                },
+            ]
+        };
+        return IdPlan {
+            uid_map: ranged(ub),
+            gid_map: ranged(gb),
+            writer: Writer::Direct {
+                deny_setgroups: false,
+            },
+            mode: "root",
+        };
+    }
+    match (facts.helpers, facts.subuid, facts.subgid) {
+        (true, Some(su), Some(sg)) if su.1 > 0 && sg.1 > 0 => IdPlan {
+            uid_map: keep_id(uid, facts.euid, su),
+            gid_map: keep_id(gid, facts.egid, sg),
+            writer: Writer::Helper,
+            mode: "subids",
+        },
+        _ => IdPlan {
+            uid_map: vec![Extent {
+                inside: uid,
+                outside: facts.euid,
+                count: 1,
+            }],
+            gid_map: vec![Extent {
+                inside: gid,
+                outside: facts.egid,
+                count: 1,
+            }],
+            writer: Writer::Direct {
+                deny_setgroups: true,
+            },
+            mode: "single",
+        },
+    }
+}
+
+/// `own` inside is us; the ids around it come from the subordinate range.
+fn keep_id(own: u32, host: u32, (start, count): (u32, u32)) -> Vec<Extent> {
+    let mut map = vec![Extent {
+        inside: own,
+        outside: host,
+        count: 1,
+    }];
+    let below = own.min(count);
+    if below > 0 {
+        map.push(Extent {
+            inside: 0,
+            outside: start,
+            count: below,
+        });
+    }
+    let above = (count - below).min(RANGE.saturating_sub(own + 1));
+    if above > 0 {
+        map.push(Extent {
+            inside: own + 1,
+            outside: start + below,
+            count: above,
+        });
+    }
+    map
+}
+
+/// Find the first range for `user` (name) or `uid` in an /etc/subuid-style file.
+pub fn parse_subid(content: &str, user: &str, uid: u32) -> Option<(u32, u32)> {
+    content.lines().find_map(|line| {
+        let mut f = line.trim().split(':');
+        let (who, start, count) = (f.next()?, f.next()?, f.next()?);
+        if who != user && who.parse::<u32>().ok() != Some(uid) {
+            return None;
+        }
+        Some((start.parse().ok()?, count.parse().ok()?))
+    })
+}
+
+/// Gather [`IdFacts`] for the current process. `OPENSHELL_NO_SUBIDS=1` forces the
+/// single-id layout (tests, and users who want it).
+pub fn facts() -> IdFacts {
+    let euid = nix::unistd::geteuid().as_raw();
+    let egid = nix::unistd::getegid().as_raw();
+    let name = nix::unistd::User::from_uid(euid.into())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_default();
+    let no_sub = std::env::var_os("OPENSHELL_NO_SUBIDS").is_some_and(|v| v == "1");
+    let read = |f: &str| {
+        if no_sub {
+            return None;
+        }
+        std::fs::read_to_string(f)
+            .ok()
+            .and_then(|c| parse_subid(&c, &name, euid))
+    };
+    IdFacts {
+        euid,
+        egid,
+        subuid: read("/etc/subuid"),
+        subgid: read("/etc/subgid"),
+        helpers: which("newuidmap") && which("newgidmap"),
+    }
+}
+
+/// Is `cmd` an executable in /usr/bin or /bin (the setuid helpers live there)?
+pub fn which(cmd: &str) -> bool {
+    ["/usr/bin", "/bin", "/usr/sbin"]
+        .iter()
+        .any(|d| Path::new(d).join(cmd).exists())
+}
+
+/// Writing a map failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IdMapError {
+    /// Writing /proc/PID/... failed.
+    #[error("write {file}: {source}")]
+    Write {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// newuidmap/newgidmap failed.
+    #[error("{helper} failed ({status}): {stderr}; check /etc/subuid and /etc/subgid")]
+    Helper {
+        helper: &'static str,
+        status: String,
+        stderr: String,
+    },
+}
+
+/// Write both maps for the process `pid` (called by the parent while the child waits).
+pub fn apply(plan: &IdPlan, pid: i32) -> Result<(), IdMapError> {
+    match plan.writer {
+        Writer::Direct { deny_setgroups } => {
+            if deny_setgroups {
+                write_proc(pid, "setgroups", "deny")?;
+            }
+            write_proc(pid, "uid_map", &render(&plan.uid_map))?;
+            write_proc(pid, "gid_map", &render(&plan.gid_map))
+        }
+        Writer::Helper => {
+            helper("newuidmap", pid, &plan.uid_map)?;
+            helper("newgidmap", pid, &plan.gid_map)
+        }
+    }
+}
+
+fn render(map: &[Extent]) -> String {
+    map.iter()
+        .map(|e| format!("{} {} {}\n", e.inside, e.outside, e.count))
+        .collect()
+}
+
+fn write_proc(pid: i32, file: &str, content: &str) -> Result<(), IdMapError> {
+    let path = format!("/proc/{pid}/{file}");
+    std::fs::write(&path, content).map_err(|source| IdMapError::Write { file: path, source })
+}
+
+fn helper(name: &'static str, pid: i32, map: &[Extent]) -> Result<(), IdMapError> {
+    let mut cmd = Command::new(name);
+    cmd.arg(pid.to_string());
+    for e in map {
+        cmd.args([e.inside, e.outside, e.count].map(|n| n.to_string()));
+    }
+    let out = cmd.output().map_err(|e| IdMapError::Helper {
+        helper: name,
+        status: "not started".into(),
+        stderr: e.to_string(),
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(IdMapError::Helper {
+            helper: name,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(euid: u32, sub: Option<(u32, u32)>, helpers: bool) -> IdFacts {
+        IdFacts {
+            euid,
+            egid: euid,
+            subuid: sub,
+            subgid: sub,
+            helpers,
+        }
+    }
+
+    #[test]
+    fn single_id_without_subids() {
+        let p = plan(&facts(1234, None, true), 1000, 1000);
+        assert_eq!(
+            p.uid_map,
+            vec![Extent {
+                inside: 1000,
+                outside: 1234,
+                count: 1
+            }]
+        );
+        assert_eq!(
+            p.writer,
+            Writer::Direct {
+                deny_setgroups: true
+            }
+        );
+        assert!(!p.setgroups_allowed());
+        // Ranges but no helper: still single.
+        assert_eq!(
+            plan(&facts(1234, Some((100000, 65536)), false), 1000, 1000).mode,
+            "single"
+        );
+    }
+
+    #[test]
+    fn keep_id_with_subids() {
+        let p = plan(&facts(1234, Some((100000, 65536)), true), 1000, 1000);
+        assert_eq!(
+            p.uid_map,
+            vec![
+                Extent {
+                    inside: 1000,
+                    outside: 1234,
+                    count: 1
+                },
+                Extent {
+                    inside: 0,
+                    outside: 100000,
+                    count: 1000
+                },
+                Extent {
+                    inside: 1001,
+                    outside: 101000,
+                    count: 64535
+                },
+            ]
+        );
+        assert_eq!(p.outside_uid(1000), Some(1234));
+        assert_eq!(p.outside_uid(0), Some(100000));
+        assert_eq!(p.outside_uid(65535), Some(165534));
+        assert_eq!(p.writer, Writer::Helper);
+    }
+
+    #[test]
+    fn root_never_maps_the_sandbox_user_to_a_host_user() {
+        let p = plan(&facts(0, None, false), 1000, 1000);
+        assert_eq!(p.outside_uid(0), Some(0));
+        assert_eq!(p.outside_uid(1000), Some(ROOT_FALLBACK_BASE + 1000));
+        let p = plan(&facts(0, Some((300000, 65536)), false), 1000, 1000);
+        assert_eq!(p.outside_uid(1000), Some(301000));
+    }
+
+    #[test]
+    fn subid_file_parsing() {
+        let f = "alice:100000:65536\n1001:200000:1000\n";
+        assert_eq!(parse_subid(f, "alice", 1000), Some((100000, 65536)));
+        assert_eq!(parse_subid(f, "bob", 1001), Some((200000, 1000)));
+        assert_eq!(parse_subid(f, "carol", 1002), None);
+    }
+}

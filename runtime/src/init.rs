@@ -1,0 +1,179 @@
+//! The sandbox's init (PID 1): its ordered setup, then reaping and signal forwarding.
+//!
+//! Entered in the child of clone(NEWUSER|NEWNS|NEWPID|NEWNET|NEWUTS|NEWIPC|NEWCGROUP)
+//! while the supervisor is still single-threaded. Synchronous and small: it sets the
+//! sandbox up in DESIGN.md §1's order, starts the main command, reaps every orphan,
+//! forwards signals to the command, and exits with the command's status (which ends
+//! everything else in the pid namespace). It logs nothing: failures go up the sync
+//! socket as one line the supervisor prints.
+
+use std::ffi::CString;
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+use openshell_fs::MountPlan;
+use openshell_netns::NetworkMode;
+
+use crate::spawn::{Confinement, EXIT_SETUP, ExecSpec, exec_confined};
+
+/// Messages on the sync socket, first byte.
+pub mod msg {
+    /// supervisor → init: the id maps are written, go on.
+    pub const GO: u8 = b'G';
+    /// init → supervisor: the pty master fd rides along (SCM_RIGHTS).
+    pub const PTY: u8 = b'P';
+    /// init → supervisor: the command has been started.
+    pub const READY: u8 = b'R';
+    /// init → supervisor: setup failed; the rest is the message.
+    pub const ERROR: u8 = b'E';
+}
+
+/// Everything init needs; built by the supervisor before clone.
+#[derive(Debug)]
+pub struct InitConfig {
+    /// Network setup of the sandbox's net namespace.
+    pub net: NetworkMode,
+    /// The root filesystem plan.
+    pub mounts: MountPlan,
+    /// Sandbox hostname.
+    pub hostname: String,
+    /// Drop host supplementary groups (allowed in this user namespace).
+    pub setgroups: bool,
+    /// Give the command a pty.
+    pub tty: bool,
+    /// The main command.
+    pub exec: ExecSpec,
+    /// Its confinement.
+    pub confinement: Confinement,
+}
+
+/// Signals init forwards to the main command.
+pub const FORWARDED: [Signal; 7] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+/// Run init to completion. Never returns.
+pub fn run(cfg: &InitConfig, sync: OwnedFd) -> ! {
+    let code = match setup_and_supervise(cfg, &sync) {
+        Ok(code) => code,
+        Err(e) => {
+            let mut m = vec![msg::ERROR];
+            m.extend_from_slice(e.as_bytes());
+            let _ = nix::unistd::write(&sync, &m);
+            EXIT_SETUP
+        }
+    };
+    // SAFETY: leaving init at once; as PID 1 its exit ends the whole pid namespace.
+    unsafe { libc::_exit(code) }
+}
+
+fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, String> {
+    let e = |what: &'static str| move |err: Errno| format!("{what}: {err}");
+    // 1. Nothing of the sandbox may outlive the supervisor. The parent lives in another
+    //    pid namespace (getppid() is 0 here), so the check that it is still there is the
+    //    sync socket: EOF below means it died before we got going.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // 2. Wait until the supervisor has written our uid/gid maps.
+    let mut b = [0u8; 1];
+    match nix::unistd::read(sync, &mut b) {
+        Ok(1) if b[0] == msg::GO => {}
+        _ => {
+            // SAFETY: the supervisor is gone; end quietly.
+            unsafe { libc::_exit(EXIT_SETUP) }
+        }
+    }
+    // 3. Our host supplementary groups mean nothing here; drop them where allowed.
+    if cfg.setgroups {
+        nix::unistd::setgroups(&[]).map_err(e("setgroups"))?;
+    }
+    // 4. Network, while we still see the namespace we were created in.
+    openshell_netns::setup(cfg.net).map_err(|err| err.to_string())?;
+    // 5. The root filesystem: slave /, build, pivot, masks, read-only remounts.
+    openshell_fs::apply(&cfg.mounts).map_err(|err| format!("filesystem: {err}"))?;
+    // 6. Hostname (own uts namespace).
+    nix::unistd::sethostname(&cfg.hostname).map_err(e("sethostname"))?;
+    // 7. A pty from the sandbox's own devpts, its master handed to the supervisor.
+    let slave = if cfg.tty { Some(open_pty(sync)?) } else { None };
+    // 8. Block the signals we forward, then start the command.
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set.add(Signal::SIGCHLD);
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(e("sigprocmask"))?;
+    // SAFETY: init is single-threaded, so fork is sound.
+    let main = match unsafe { fork() }.map_err(e("fork"))? {
+        ForkResult::Child => exec_confined(&cfg.exec, &cfg.confinement, slave),
+        ForkResult::Parent { child } => child,
+    };
+    if let Some(fd) = slave {
+        let _ = nix::unistd::close(fd);
+    }
+    let _ = nix::unistd::write(sync, &[msg::READY]);
+    Ok(supervise(main, &set))
+}
+
+/// Reap every child; forward signals to `main`; return its status when it ends.
+fn supervise(main: Pid, set: &SigSet) -> i32 {
+    loop {
+        let Ok(sig) = set.wait() else { continue };
+        if sig != Signal::SIGCHLD {
+            let _ = kill(main, sig);
+            continue;
+        }
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == main => return code,
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == main => return 128 + sig as i32,
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {} // an orphan reaped
+            }
+        }
+    }
+}
+
+/// Open a pty pair in the sandbox's devpts; send the master up, return the slave.
+fn open_pty(sync: &OwnedFd) -> Result<RawFd, String> {
+    use nix::fcntl::OFlag;
+    use nix::pty::{grantpt, posix_openpt, unlockpt};
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| format!("open /dev/ptmx: {e}"))?;
+    grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
+    unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
+    // SAFETY: ptsname_r would be better, but init is single-threaded so the static
+    // buffer of ptsname cannot race.
+    let name = unsafe { nix::pty::ptsname(&master) }.map_err(|e| format!("ptsname: {e}"))?;
+    let cname = CString::new(name).map_err(|_| "pty name".to_string())?;
+    // SAFETY: open on a valid path; the fd returned is owned below.
+    let slave = unsafe { libc::open(cname.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
+    if slave < 0 {
+        return Err(format!("open pty slave: {}", Errno::last()));
+    }
+    let fds = [master.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(
+        sync.as_raw_fd(),
+        &[IoSlice::new(&[msg::PTY])],
+        &cmsg,
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| format!("send pty: {e}"))?;
+    drop(master);
+    // SAFETY: `slave` was just opened and is owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(slave) };
+    // Keep it open for the child; it is closed in init after the fork.
+    Ok(std::os::fd::IntoRawFd::into_raw_fd(owned))
+}

@@ -1,0 +1,17 @@
+//! Sandbox lifecycle: supervisor, init, confinement of every process, state on disk.
+//!
+//! `run` is the supervisor of `openshell run`; `init` is PID 1 inside; `spawn` confines
+//! and execs each sandboxed process; `idmap` and `seccomp` plan the user namespace and
+//! the syscall filter as data; `state` owns the on-disk layout; `features` probes what
+//! the kernel offers (for `doctor`). The CLI calls in here and does no kernel work itself.
+
+pub mod features;
+pub mod idmap;
+pub mod init;
+pub mod relay;
+pub mod run;
+pub mod seccomp;
+pub mod spawn;
+pub mod state;
+
+pub use run::{RunError, RunOptions, run};

@@ -1,0 +1,395 @@
+//! `openshell run`: the calling process becomes the sandbox's supervisor.
+//!
+//! Everything that can fail is built before clone (state dir, uploads, policy-derived
+//! plans, seccomp program, id maps); then init is cloned while this process is still
+//! single-threaded, the id maps are written, and the supervisor waits for the command,
+//! relaying the terminal and forwarding signals. The sandbox's state is removed at the
+//! end unless `keep` is set.
+
+use std::ffi::CString;
+use std::io::IoSliceMut;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{
+    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair,
+};
+use nix::unistd::Pid;
+use openshell_fs::landlock::{LandlockPlan, gaps, kernel_abi};
+use openshell_fs::{RootSpec, UserMount};
+use openshell_netns::NetworkMode;
+use openshell_policy::{Compatibility, Policy};
+
+use crate::idmap;
+use crate::init::{self, InitConfig, msg};
+use crate::spawn::{Confinement, ExecSpec};
+use crate::state::{self, SandboxDir, StateError};
+
+/// What `run` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Command and arguments.
+    pub command: Vec<String>,
+    /// The effective policy (already validated).
+    pub policy: Option<Policy>,
+    /// Sandbox name (generated when absent).
+    pub name: Option<String>,
+    /// Hostname (default: the name).
+    pub hostname: Option<String>,
+    /// Working directory inside (default /sandbox).
+    pub workdir: Option<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Host binds.
+    pub mounts: Vec<UserMount>,
+    /// `--upload` arguments (LOCAL[:DEST]).
+    pub uploads: Vec<String>,
+    /// Upload ignored files too.
+    pub no_git_ignore: bool,
+    /// Keep the state dir afterwards.
+    pub keep: bool,
+    /// Force a pty on/off; None = when stdin and stdout are terminals.
+    pub tty: Option<bool>,
+}
+
+/// `run` failed before the command could start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// State directory trouble.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Landlock cannot be enforced and the policy requires it.
+    #[error(
+        "landlock hard_requirement cannot be met on this kernel (ABI {abi}): missing {missing}; use best_effort or a newer kernel"
+    )]
+    LandlockRequired { abi: i32, missing: String },
+    /// A syscall of the supervisor failed.
+    #[error("{what}: {source}")]
+    Sys {
+        what: &'static str,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    /// Writing the id maps failed.
+    #[error("user namespace id map: {0}")]
+    IdMap(#[from] idmap::IdMapError),
+    /// init reported a setup failure.
+    #[error("sandbox setup failed: {0}")]
+    Setup(String),
+    /// Bad argument.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn sys(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> RunError {
+    move |source| RunError::Sys { what, source }
+}
+
+/// Removes the sandbox's state when the run ends, unless kept.
+struct Cleanup {
+    dir: SandboxDir,
+    keep: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!(
+                "openshell: kept sandbox state in {}",
+                self.dir.path.display()
+            );
+        } else {
+            let _ = self.dir.remove();
+        }
+    }
+}
+
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Names of `--env` keys that look like they carry a secret.
+pub fn looks_secret(key: &str) -> bool {
+    let k = key.to_ascii_uppercase();
+    [
+        "KEY",
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "CREDENTIAL",
+        "AUTH",
+    ]
+    .iter()
+    .any(|w| k.contains(w))
+}
+
+/// The clean environment of a sandboxed command.
+pub fn environment(extra: &[(String, String)], tty: bool) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), PATH.into()),
+        ("HOME".into(), "/sandbox".into()),
+        ("USER".into(), "sandbox".into()),
+        ("LOGNAME".into(), "sandbox".into()),
+        (
+            "LANG".into(),
+            std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into()),
+        ),
+        ("OPENSHELL_SANDBOX".into(), "1".into()),
+    ];
+    let term = std::env::var("TERM")
+        .ok()
+        .or(tty.then(|| "xterm-256color".to_string()));
+    if let Some(t) = term {
+        env.push(("TERM".into(), t));
+    }
+    for (k, v) in extra {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
+}
+
+fn cstrings<I: IntoIterator<Item = String>>(it: I) -> Result<Vec<CString>, RunError> {
+    it.into_iter()
+        .map(|s| {
+            CString::new(s).map_err(|_| RunError::Invalid("argument contains a NUL byte".into()))
+        })
+        .collect()
+}
+
+/// Run a command in a new sandbox; returns its exit status.
+pub fn run(opts: RunOptions) -> Result<i32, RunError> {
+    if opts.command.is_empty() {
+        return Err(RunError::Invalid(
+            "no command given: openshell run -- CMD [ARGS]".into(),
+        ));
+    }
+    let policy = opts
+        .policy
+        .clone()
+        .unwrap_or_else(Policy::restrictive_default);
+    let name = opts.name.clone().unwrap_or_else(state::generate_name);
+    let hostname = opts.hostname.clone().unwrap_or_else(|| name.clone());
+    let workdir = opts.workdir.clone().unwrap_or_else(|| "/sandbox".into());
+    if !workdir.starts_with('/') {
+        return Err(RunError::Invalid(format!(
+            "--workdir {workdir}: must be absolute"
+        )));
+    }
+    // Landlock: decide before anything exists whether this kernel is good enough.
+    let abi = kernel_abi();
+    let missing = gaps(abi);
+    let hard = policy.compatibility() == Compatibility::HardRequirement;
+    if !missing.is_empty() {
+        if hard {
+            return Err(RunError::LandlockRequired {
+                abi,
+                missing: missing.join(", "),
+            });
+        }
+        eprintln!(
+            "openshell: warning: landlock best_effort on ABI {abi}: not enforced: {}",
+            missing.join(", ")
+        );
+    }
+    let (uid, gid) = policy.identity();
+    let ids = idmap::plan(&idmap::facts(), uid, gid);
+    let is_root = nix::unistd::geteuid().is_root();
+
+    let dir = SandboxDir::create(&state::base_dir(), &name, is_root)?;
+    let cleanup = Cleanup {
+        dir: dir.clone(),
+        keep: opts.keep,
+    };
+    let workspace = dir.workspace();
+    for up in &opts.uploads {
+        let (local, rel) = state::parse_upload(up)?;
+        state::upload(&local, &workspace, &rel, opts.no_git_ignore)?;
+    }
+    if is_root {
+        // Root's sandbox user is an unprivileged host id: hand it its workspace.
+        let (ou, og) = (ids.outside_uid(uid), ids.outside_gid(gid));
+        chown_tree(&workspace, ou, og);
+    }
+    let etc_files = dir.write_etc(&hostname, uid, gid)?;
+    let spec = RootSpec {
+        root: dir.rootfs(),
+        workspace,
+        etc_files,
+        mounts: opts.mounts.clone(),
+    };
+    let mounts = openshell_fs::plan::host_view(&openshell_fs::host_facts(), &spec);
+    let (ro, rw) = policy.fs_paths(&workdir);
+    let confinement = Confinement {
+        uid,
+        gid,
+        setgroups: ids.setgroups_allowed(),
+        landlock: LandlockPlan {
+            read_only: ro.into_iter().map(PathBuf::from).collect(),
+            read_write: rw.into_iter().map(PathBuf::from).collect(),
+            list_only: vec![PathBuf::from("/")],
+            hard,
+        },
+        seccomp: crate::seccomp::compile(&crate::seccomp::rules()),
+    };
+    let tty = opts.tty.unwrap_or_else(|| {
+        nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
+            && nix::unistd::isatty(std::io::stdout()).unwrap_or(false)
+    });
+    for (k, _) in &opts.env {
+        if looks_secret(k) {
+            eprintln!(
+                "openshell: warning: --env {k} looks like a secret; everything in the sandbox can read it"
+            );
+        }
+    }
+    let env = environment(&opts.env, tty);
+    let cfg = InitConfig {
+        net: NetworkMode::Isolated,
+        mounts,
+        hostname,
+        setgroups: ids.setgroups_allowed(),
+        tty,
+        exec: ExecSpec {
+            argv: cstrings(opts.command.clone())?,
+            env: cstrings(env.into_iter().map(|(k, v)| format!("{k}={v}")))?,
+            cwd: PathBuf::from(&workdir),
+        },
+        confinement,
+    };
+    let code = start_and_wait(&cfg, &ids)?;
+    drop(cleanup);
+    Ok(code)
+}
+
+fn chown_tree(path: &std::path::Path, uid: Option<u32>, gid: Option<u32>) {
+    let (u, g) = (
+        uid.map(nix::unistd::Uid::from_raw),
+        gid.map(nix::unistd::Gid::from_raw),
+    );
+    let _ = nix::unistd::chown(path, u, g);
+    if let Ok(rd) = std::fs::read_dir(path) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                chown_tree(&p, uid, gid);
+            } else {
+                let _ = nix::unistd::fchownat(
+                    nix::fcntl::AT_FDCWD,
+                    &p,
+                    u,
+                    g,
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                );
+            }
+        }
+    }
+}
+
+/// Clone init, write its maps, release it, then supervise until it exits.
+fn start_and_wait(cfg: &InitConfig, ids: &idmap::IdPlan) -> Result<i32, RunError> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(sys("socketpair"))?;
+    // Block the signals we handle before the child exists, so none is lost in between;
+    // init sets its own mask, and the command gets a clean one.
+    let mut set = SigSet::empty();
+    for s in init::FORWARDED {
+        set.add(s);
+    }
+    set.add(Signal::SIGCHLD);
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(sys("sigprocmask"))?;
+    let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).map_err(sys("signalfd"))?;
+
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWCGROUP;
+    // SAFETY: a fork-style clone (no new stack): this process is single-threaded (no
+    // thread has been started yet), so the child gets a consistent copy of memory.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(RunError::Sys {
+            what: "clone the sandbox (are unprivileged user namespaces enabled? see `openshell doctor`)",
+            source: nix::errno::Errno::last(),
+        });
+    }
+    if pid == 0 {
+        drop(ours);
+        drop(sfd);
+        init::run(cfg, theirs);
+    }
+    drop(theirs);
+    let init_pid = Pid::from_raw(pid as i32);
+    if let Err(e) = idmap::apply(ids, init_pid.as_raw()) {
+        let _ = nix::sys::signal::kill(init_pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(init_pid, None);
+        return Err(e.into());
+    }
+    nix::unistd::write(&ours, &[msg::GO]).map_err(sys("release init"))?;
+    let mut master = None;
+    loop {
+        let mut buf = [0u8; 4096];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let r = recvmsg::<()>(
+            ours.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        );
+        let (n, fd) = match r {
+            Ok(m) => {
+                let fd = m.cmsgs().ok().and_then(|mut c| {
+                    c.find_map(|c| match c {
+                        ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                        _ => None,
+                    })
+                });
+                (m.bytes, fd)
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(sys("read from init")(e)),
+        };
+        let data = &buf[..n];
+        match data.first() {
+            Some(&msg::PTY) => {
+                // SAFETY: the fd arrived with SCM_RIGHTS and is ours alone.
+                master = fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+            Some(&msg::READY) => break,
+            Some(&msg::ERROR) => {
+                let text = String::from_utf8_lossy(&data[1..]).into_owned();
+                let _ = nix::sys::wait::waitpid(init_pid, None);
+                return Err(RunError::Setup(text));
+            }
+            _ => {
+                // EOF: init died without a word.
+                let ws = nix::sys::wait::waitpid(init_pid, None).map_err(sys("wait for init"))?;
+                return Err(RunError::Setup(format!("init ended early: {ws:?}")));
+            }
+        }
+    }
+    let code = match master {
+        Some(m) => crate::relay::relay_pty(init_pid, &sfd, m),
+        None => crate::relay::wait_plain(init_pid, &sfd),
+    };
+    Ok(code)
+}

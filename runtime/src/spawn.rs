@@ -1,0 +1,220 @@
+//! Confine the current (freshly forked) process and exec the command: DESIGN.md §1
+//! step 6, in one ordered function.
+//!
+//! Runs in a child of init, inside every namespace and the pivoted root. Synchronous, no
+//! allocation-heavy work, no logging: a failure is written to the child's own stderr
+//! (which is the user's terminal or pipe) and ends the child with a distinct status.
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use caps::CapSet;
+use libc::sock_filter;
+use nix::errno::Errno;
+use nix::unistd::{Gid, Uid};
+use openshell_fs::landlock::{LandlockPlan, restrict_self};
+
+/// Exit status when openshell itself failed to start the command.
+pub const EXIT_SETUP: i32 = 125;
+/// The command exists but cannot be executed.
+pub const EXIT_NOEXEC: i32 = 126;
+/// The command was not found.
+pub const EXIT_NOTFOUND: i32 = 127;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    /// argv[0] is the command as the user wrote it.
+    pub argv: Vec<CString>,
+    /// `KEY=VALUE` strings: the whole environment.
+    pub env: Vec<CString>,
+    /// Working directory inside the sandbox.
+    pub cwd: PathBuf,
+}
+
+/// How every sandboxed process is confined.
+#[derive(Debug, Clone)]
+pub struct Confinement {
+    /// Inside uid.
+    pub uid: u32,
+    /// Inside gid.
+    pub gid: u32,
+    /// setgroups(2) is permitted in this user namespace.
+    pub setgroups: bool,
+    /// Landlock rules.
+    pub landlock: LandlockPlan,
+    /// Compiled seccomp program.
+    pub seccomp: Vec<sock_filter>,
+}
+
+/// Confine this process and exec. Never returns.
+///
+/// `tty`: the pty slave to make the controlling terminal and stdio, if any.
+pub fn exec_confined(spec: &ExecSpec, conf: &Confinement, tty: Option<RawFd>) -> ! {
+    match confine(spec, conf, tty) {
+        Ok(never) => match never {},
+        Err((code, msg)) => die(code, &msg),
+    }
+}
+
+enum Never {}
+
+fn confine(
+    spec: &ExecSpec,
+    conf: &Confinement,
+    tty: Option<RawFd>,
+) -> Result<Never, (i32, String)> {
+    let setup = |what: &str| {
+        let what = what.to_string();
+        move |e: Errno| (EXIT_SETUP, format!("{what}: {e}"))
+    };
+    // A session of its own: terminal signals from the user's terminal reach openshell,
+    // which forwards them; and the pty (if any) can become our controlling terminal.
+    nix::unistd::setsid().map_err(setup("setsid"))?;
+    if let Some(fd) = tty {
+        // Ownership first, while we still may: the user owns their terminal.
+        // SAFETY: fchown on an open fd with plain integer ids.
+        unsafe { libc::fchown(fd, conf.uid, conf.gid) };
+        // SAFETY: `fd` is an open pty slave; TIOCSCTTY takes an int argument.
+        if unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) } < 0 {
+            return Err((
+                EXIT_SETUP,
+                format!("set controlling terminal: {}", Errno::last()),
+            ));
+        }
+        for target in 0..3 {
+            // SAFETY: dup2 of an open fd onto stdio numbers.
+            if unsafe { libc::dup2(fd, target) } < 0 {
+                return Err((EXIT_SETUP, format!("dup2 pty: {}", Errno::last())));
+            }
+        }
+        if fd > 2 {
+            let _ = nix::unistd::close(fd);
+        }
+    }
+    // Default signal dispositions and an empty mask: init blocked signals for itself.
+    reset_signals();
+    // Bounding and ambient sets go first: dropping from the bounding set needs
+    // CAP_SETPCAP, which the id change below may take away.
+    caps::clear(None, CapSet::Ambient)
+        .map_err(|e| (EXIT_SETUP, format!("clear ambient caps: {e}")))?;
+    drop_bounding_set().map_err(setup("drop bounding capabilities"))?;
+    // Supplementary groups: only ours. Where setgroups is denied (single-id rootless
+    // maps) there are none we could drop.
+    if conf.setgroups {
+        nix::unistd::setgroups(&[Gid::from_raw(conf.gid)]).map_err(setup("setgroups"))?;
+    }
+    let (gid, uid) = (Gid::from_raw(conf.gid), Uid::from_raw(conf.uid));
+    nix::unistd::setresgid(gid, gid, gid).map_err(setup("setresgid"))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(setup("setresuid"))?;
+    // The id change clears capabilities only when leaving uid 0; clear them always.
+    for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
+        caps::clear(None, set).map_err(|e| (EXIT_SETUP, format!("clear {set:?} caps: {e}")))?;
+    }
+    // No exec may grant privileges again (setuid bits, file caps), and seccomp needs it.
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err((EXIT_SETUP, format!("no_new_privs: {}", Errno::last())));
+    }
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)
+        .map_err(setup("RLIMIT_CORE"))?;
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    nix::unistd::chdir(&spec.cwd).map_err(|e| {
+        (
+            EXIT_SETUP,
+            format!("working directory {}: {e}", spec.cwd.display()),
+        )
+    })?;
+    // Landlock after the chdir (the cwd need not be in the rules) and before seccomp
+    // (its syscalls must still be allowed).
+    restrict_self(&conf.landlock).map_err(|e| (EXIT_SETUP, e.to_string()))?;
+    // Every fd but stdio closes at exec (CLOEXEC keeps our error reporting working).
+    // SAFETY: close_range with the CLOEXEC flag only marks descriptors.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    let candidates = candidates(spec);
+    // Seccomp last: everything above needs syscalls the filter refuses.
+    crate::seccomp::install(&conf.seccomp)
+        .map_err(|e| (EXIT_SETUP, format!("install seccomp filter: {e}")))?;
+    exec_first(spec, &candidates)
+}
+
+/// Where to look for argv[0]: itself if it has a `/`, else each PATH entry.
+fn candidates(spec: &ExecSpec) -> Vec<CString> {
+    let cmd = spec.argv[0].as_bytes();
+    if cmd.contains(&b'/') {
+        return vec![spec.argv[0].clone()];
+    }
+    let path = spec
+        .env
+        .iter()
+        .find_map(|kv| kv.as_bytes().strip_prefix(b"PATH="))
+        .unwrap_or(b"/usr/local/bin:/usr/bin:/bin");
+    path.split(|b| *b == b':')
+        .filter(|d| !d.is_empty())
+        .filter_map(|d| {
+            let full = Path::new(OsStr::from_bytes(d)).join(OsStr::from_bytes(cmd));
+            CString::new(full.as_os_str().as_bytes()).ok()
+        })
+        .collect()
+}
+
+fn exec_first(spec: &ExecSpec, candidates: &[CString]) -> Result<Never, (i32, String)> {
+    let name = spec.argv[0].to_string_lossy().into_owned();
+    let mut denied = None;
+    for path in candidates {
+        let Err(e) = nix::unistd::execve(path, &spec.argv, &spec.env);
+        match e {
+            Errno::ENOENT | Errno::ENOTDIR => continue,
+            Errno::EACCES | Errno::EPERM => denied = Some(e),
+            other => return Err((EXIT_NOEXEC, format!("cannot execute {name}: {other}"))),
+        }
+    }
+    Err(match denied {
+        Some(e) => (EXIT_NOEXEC, format!("cannot execute {name}: {e}")),
+        None => (EXIT_NOTFOUND, format!("no such command: {name}")),
+    })
+}
+
+fn drop_bounding_set() -> Result<(), Errno> {
+    for cap in 0..64 {
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+            match Errno::last() {
+                Errno::EINVAL => break, // past the last capability this kernel knows
+                e => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Default dispositions for every catchable signal and an empty mask.
+pub fn reset_signals() {
+    use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, sigprocmask};
+    for sig in Signal::iterator() {
+        if sig == Signal::SIGKILL || sig == Signal::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL is always sound.
+        let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+/// Write `openshell: msg` to stderr and leave with `code`, without unwinding.
+pub fn die(code: i32, msg: &str) -> ! {
+    let line = format!("openshell: {msg}\n");
+    let _ = nix::unistd::write(std::io::stderr(), line.as_bytes());
+    // SAFETY: _exit ends the process at once; nothing of ours needs flushing.
+    unsafe { libc::_exit(code) }
+}

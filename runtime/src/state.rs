@@ -1,0 +1,314 @@
+//! On-disk state of a sandbox: its directory, workspace, generated /etc files, uploads.
+//!
+//! `$OPENSHELL_STATE_DIR`, else `$XDG_STATE_HOME/openshell`, else
+//! `~/.local/state/openshell` (rootless) or `/var/lib/openshell` (root). One directory
+//! per sandbox under `sandboxes/<name>/`; creating it atomically (mkdir) is what makes
+//! a name unique.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// A state operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The name is taken.
+    #[error("a sandbox named {0} already exists; pick another --name or delete it")]
+    Exists(String),
+    /// The name is not usable.
+    #[error(
+        "invalid sandbox name {0:?}: use 1-63 of a-z, 0-9 and -, starting with a letter or digit"
+    )]
+    BadName(String),
+    /// A file operation failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// An upload was refused.
+    #[error("--upload {0}")]
+    Upload(String),
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
+    move |source| StateError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The state root for this user.
+pub fn base_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("OPENSHELL_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("openshell");
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/openshell");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    home.join(".local/state/openshell")
+}
+
+/// Check a user-given sandbox name.
+pub fn check_name(name: &str) -> Result<(), StateError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::BadName(name.to_string()))
+    }
+}
+
+/// A fresh name like `sbx-3f9a1c`.
+pub fn generate_name() -> String {
+    let mut b = [0u8; 3];
+    let _ = fs::File::open("/dev/urandom").and_then(|mut f| io::Read::read_exact(&mut f, &mut b));
+    format!("sbx-{:02x}{:02x}{:02x}", b[0], b[1], b[2])
+}
+
+/// Paths of one sandbox's state.
+#[derive(Debug, Clone)]
+pub struct SandboxDir {
+    /// `sandboxes/<name>`.
+    pub path: PathBuf,
+}
+
+impl SandboxDir {
+    /// Create the directory of a new sandbox; refuse an existing name.
+    pub fn create(base: &Path, name: &str, traversable: bool) -> Result<Self, StateError> {
+        check_name(name)?;
+        let parent = base.join("sandboxes");
+        // Root's sandbox user is not root on the host: it must be able to traverse to
+        // its workspace, hence 0711 there; rootless keeps everything private (0700).
+        let mode = if traversable { 0o711 } else { 0o700 };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(&parent)
+            .map_err(io_err("create", &parent))?;
+        let path = parent.join(name);
+        match fs::DirBuilder::new().mode(mode).create(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(StateError::Exists(name.to_string()));
+            }
+            Err(e) => return Err(io_err("create", &path)(e)),
+        }
+        if traversable {
+            for d in [base, parent.as_path(), path.as_path()] {
+                let _ = fs::set_permissions(d, fs::Permissions::from_mode(0o711));
+            }
+        }
+        let dir = Self { path };
+        for sub in ["workspace", "rootfs", "etc"] {
+            let p = dir.path.join(sub);
+            fs::create_dir(&p).map_err(io_err("create", &p))?;
+        }
+        Ok(dir)
+    }
+
+    /// Host directory bound at /sandbox.
+    pub fn workspace(&self) -> PathBuf {
+        self.path.join("workspace")
+    }
+
+    /// Mount point of the sandbox's root.
+    pub fn rootfs(&self) -> PathBuf {
+        self.path.join("rootfs")
+    }
+
+    /// Write the generated /etc files; return (sandbox path, host file) pairs.
+    pub fn write_etc(
+        &self,
+        hostname: &str,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Vec<(PathBuf, PathBuf)>, StateError> {
+        let host_passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let host_group = fs::read_to_string("/etc/group").unwrap_or_default();
+        let files = [
+            ("passwd", passwd(&host_passwd, uid, gid)),
+            ("group", group(&host_group, gid)),
+            ("hostname", format!("{hostname}\n")),
+            (
+                "hosts",
+                format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n"),
+            ),
+            (
+                "resolv.conf",
+                "# openshell: no DNS in this sandbox\n".to_string(),
+            ),
+        ];
+        let mut out = Vec::new();
+        for (name, content) in files {
+            let host = self.path.join("etc").join(name);
+            fs::write(&host, content).map_err(io_err("write", &host))?;
+            let _ = fs::set_permissions(&host, fs::Permissions::from_mode(0o644));
+            out.push((Path::new("/etc").join(name), host));
+        }
+        Ok(out)
+    }
+
+    /// Remove everything of this sandbox.
+    pub fn remove(&self) -> Result<(), StateError> {
+        fs::remove_dir_all(&self.path).map_err(io_err("remove", &self.path))
+    }
+}
+
+/// The host's system accounts plus `sandbox` at `uid:gid` (replacing whoever had it).
+pub fn passwd(host: &str, uid: u32, gid: u32) -> String {
+    let mut out: String = host
+        .lines()
+        .filter(|l| {
+            let id = l.split(':').nth(2).and_then(|s| s.parse::<u32>().ok());
+            matches!(id, Some(i) if (i < 1000 || i == 65534) && i != uid)
+                && !l.starts_with("sandbox:")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(&format!("sandbox:x:{uid}:{gid}:sandbox:/sandbox:/bin/sh\n"));
+    out
+}
+
+/// The host's system groups plus `sandbox` at `gid`.
+pub fn group(host: &str, gid: u32) -> String {
+    let mut out: String = host
+        .lines()
+        .filter(|l| {
+            let id = l.split(':').nth(2).and_then(|s| s.parse::<u32>().ok());
+            matches!(id, Some(i) if (i < 1000 || i == 65534) && i != gid)
+                && !l.starts_with("sandbox:")
+        })
+        .map(|l| {
+            // Members listed there are host users; they mean nothing inside.
+            let mut f: Vec<&str> = l.split(':').collect();
+            if f.len() == 4 {
+                f[3] = "";
+            }
+            format!("{}\n", f.join(":"))
+        })
+        .collect();
+    out.push_str(&format!("sandbox:x:{gid}:\n"));
+    out
+}
+
+/// Parse `LOCAL[:DEST]`: DEST (default `/sandbox/<basename>`) must be under /sandbox.
+/// Returns the local path and DEST relative to /sandbox.
+pub fn parse_upload(arg: &str) -> Result<(PathBuf, PathBuf), StateError> {
+    let (local, dest) = match arg.rsplit_once(':') {
+        Some((l, d)) if d.starts_with('/') => (l, Some(d)),
+        _ => (arg, None),
+    };
+    let local =
+        fs::canonicalize(local).map_err(|e| StateError::Upload(format!("{arg}: {local}: {e}")))?;
+    let dest = match dest {
+        Some(d) => PathBuf::from(d),
+        None => Path::new("/sandbox").join(local.file_name().unwrap_or_default()),
+    };
+    let rel = dest
+        .strip_prefix("/sandbox")
+        .map_err(|_| StateError::Upload(format!("{arg}: DEST must be under /sandbox")))?;
+    if rel
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(StateError::Upload(format!(
+            "{arg}: DEST must be a plain path under /sandbox"
+        )));
+    }
+    Ok((local, rel.to_path_buf()))
+}
+
+/// Copy `local` to `workspace/rel`, skipping what .gitignore files exclude (unless
+/// `all`). Symlinks are copied as symlinks, never followed. Returns files copied.
+pub fn upload(local: &Path, workspace: &Path, rel: &Path, all: bool) -> Result<u64, StateError> {
+    let target = workspace.join(rel);
+    if local.is_file() {
+        if let Some(p) = target.parent() {
+            fs::create_dir_all(p).map_err(io_err("create", p))?;
+        }
+        fs::copy(local, &target).map_err(io_err("copy", local))?;
+        return Ok(1);
+    }
+    let walker = ignore::WalkBuilder::new(local)
+        .hidden(false)
+        .git_ignore(!all)
+        .git_exclude(!all)
+        .git_global(false)
+        .ignore(false)
+        .parents(!all)
+        .require_git(false)
+        .follow_links(false)
+        .build();
+    let mut n = 0;
+    for entry in walker {
+        let entry = entry.map_err(|e| StateError::Upload(format!("{}: {e}", local.display())))?;
+        let Ok(sub) = entry.path().strip_prefix(local) else {
+            continue;
+        };
+        let dst = target.join(sub);
+        let ft = entry
+            .file_type()
+            .ok_or_else(|| StateError::Upload("stdin".into()))?;
+        if ft.is_dir() {
+            fs::create_dir_all(&dst).map_err(io_err("create", &dst))?;
+        } else if ft.is_symlink() {
+            let link = fs::read_link(entry.path()).map_err(io_err("read link", entry.path()))?;
+            std::os::unix::fs::symlink(link, &dst).map_err(io_err("create link", &dst))?;
+        } else if ft.is_file() {
+            fs::copy(entry.path(), &dst).map_err(io_err("copy", entry.path()))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_name("dev-1").is_ok());
+        for bad in ["", "-x", "Dev", "a/b", "a b", &"x".repeat(64)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+        assert!(generate_name().starts_with("sbx-"));
+    }
+
+    #[test]
+    fn passwd_replaces_uid_owner_and_drops_humans() {
+        let host = "root:x:0:0::/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/bash\nbob:x:1001:1001::/home/bob:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n";
+        let p = passwd(host, 1000, 1000);
+        assert_eq!(
+            p,
+            "root:x:0:0::/root:/bin/bash\nnobody:x:65534:65534::/:/bin/false\nsandbox:x:1000:1000:sandbox:/sandbox:/bin/sh\n"
+        );
+        let g = group("root:x:0:\nsudo:x:27:alice\nalice:x:1000:\n", 1000);
+        assert_eq!(g, "root:x:0:\nsudo:x:27:\nsandbox:x:1000:\n");
+    }
+
+    #[test]
+    fn upload_parsing() {
+        let (l, r) = parse_upload("/tmp").unwrap();
+        assert_eq!((l, r), (PathBuf::from("/tmp"), PathBuf::from("tmp")));
+        let (_, r) = parse_upload("/tmp:/sandbox/x/y").unwrap();
+        assert_eq!(r, PathBuf::from("x/y"));
+        assert!(parse_upload("/tmp:/etc/x").is_err());
+        assert!(parse_upload("/tmp:/sandbox/../x").is_err());
+        assert!(parse_upload("/no/such").is_err());
+    }
+}
