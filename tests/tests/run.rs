@@ -1,0 +1,360 @@
+//! `openshell run` as a user drives it: identity, exit codes, signals, environment,
+//! mounts, uploads, policies, large streams, and a real pty driven from the test.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use openshell_tests::{Sandbox, TempDir, need_sandbox, policy_file, stderr, stdout};
+
+#[test]
+fn identity_cwd_and_root_view() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let out = sb.run(&["--name", "idtest"], &["sh", "-c", "id; pwd; ls /; hostname"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("uid=1000(sandbox) gid=1000(sandbox) groups=1000(sandbox)"));
+    assert_eq!(lines.next(), Some("/sandbox"));
+    let rest: Vec<&str> = lines.collect();
+    assert_eq!(rest.last(), Some(&"idtest"));
+    for absent in ["home", "root", "var", "run", "sys", "mnt", "srv", "boot"] {
+        assert!(!rest.contains(&absent), "{absent} visible: {rest:?}");
+    }
+    for present in ["usr", "etc", "proc", "dev", "tmp", "sandbox"] {
+        assert!(rest.contains(&present), "{present} missing: {rest:?}");
+    }
+}
+
+#[test]
+fn exit_codes_and_signals() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    assert_eq!(sb.run(&[], &["sh", "-c", "exit 7"]).status.code(), Some(7));
+    assert_eq!(sb.run(&[], &["true"]).status.code(), Some(0));
+    assert_eq!(sb.run(&[], &["sh", "-c", "kill -9 $$"]).status.code(), Some(137));
+    let out = sb.run(&[], &["no-such-cmd"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert_eq!(stderr(&out), "openshell: no such command: no-such-cmd\n");
+    let out = sb.run(&[], &["/etc/passwd"]);
+    assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+}
+
+#[test]
+fn sigterm_to_openshell_reaches_the_command() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let mut child = sb
+        .cmd()
+        .args(["run", "--", "sleep", "30"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let start = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143));
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn pid1_reaps_orphans() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let out = sb.run(
+        &[],
+        &["sh", "-c", "(sleep 0.1 &); (sleep 0.1 &); sleep 0.6; cat /proc/[0-9]*/stat | grep -c ' Z ' || true"],
+    );
+    assert_eq!(stdout(&out).trim(), "0", "zombies left: {}", stderr(&out));
+}
+
+#[test]
+fn environment_is_clean_and_extendable() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let out = sb
+        .cmd()
+        .env("OPENSHELL_TEST_LEAK", "leaked")
+        .env("COPY_ME", "copied")
+        .args(["run", "-e", "A=1", "-e", "COPY_ME", "-e", "MY_API_KEY=x", "--", "env"])
+        .output()
+        .unwrap();
+    let env = stdout(&out);
+    assert!(!env.contains("leaked"), "{env}");
+    for kv in ["A=1", "COPY_ME=copied", "OPENSHELL_SANDBOX=1", "HOME=/sandbox", "USER=sandbox"] {
+        assert!(env.lines().any(|l| l == kv), "{kv} missing in {env}");
+    }
+    assert!(env.lines().any(|l| l.starts_with("PATH=/usr/local/sbin")));
+    assert!(stderr(&out).contains("--env MY_API_KEY looks like a secret"), "{}", stderr(&out));
+}
+
+#[test]
+fn workdir_and_hostname_flags() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let out = sb.run(&["--workdir", "/tmp", "--hostname", "box1"], &["sh", "-c", "pwd; hostname"]);
+    assert_eq!(stdout(&out), "/tmp\nbox1\n");
+    let out = sb.run(&["--workdir", "/nope"], &["true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("/nope"), "{}", stderr(&out));
+}
+
+#[test]
+fn live_mount_and_upload_with_gitignore() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let live = TempDir::new("live");
+    // As root the sandbox user is an unprivileged host id (docs/security.md): let it in.
+    std::fs::set_permissions(live.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let mount = format!("{}:/sandbox/live", live.path().display());
+    let out = sb.run(&["--mount", &mount], &["sh", "-c", "echo hi > /sandbox/live/f"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(live.path().join("f")).unwrap(), "hi\n");
+
+    let proj = TempDir::new("up");
+    std::fs::write(proj.path().join(".gitignore"), "*.log\nbuild/\n").unwrap();
+    std::fs::write(proj.path().join("main.rs"), "fn main(){}").unwrap();
+    std::fs::write(proj.path().join("debug.log"), "noise").unwrap();
+    std::fs::create_dir(proj.path().join("build")).unwrap();
+    std::fs::write(proj.path().join("build/out"), "bin").unwrap();
+    let up = proj.path().to_string_lossy().into_owned();
+    let up_arg = format!("{up}:/sandbox/code");
+    let out = sb.run(&["--upload", &up_arg], &["sh", "-c", "cd /sandbox/code && ls -A | sort"]);
+    assert_eq!(stdout(&out), ".gitignore\nmain.rs\n", "{}", stderr(&out));
+    let out = sb.run(&["--upload", &up_arg, "--no-git-ignore"], &["ls", "/sandbox/code"]);
+    assert_eq!(stdout(&out), "build\ndebug.log\nmain.rs\n");
+    let out = sb.run(&["--upload", &format!("{up}:/etc/x")], &["true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("DEST must be under /sandbox"));
+}
+
+#[test]
+fn bad_arguments_fail_clearly() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let out = sb.run(&["--mount", "/nonexistent:/x"], &["true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).starts_with("openshell: --mount /nonexistent:/x: host path"), "{}", stderr(&out));
+    let out = sb.run(&["--name", "Bad Name"], &["true"]);
+    assert!(stderr(&out).contains("invalid sandbox name"), "{}", stderr(&out));
+    let out = sb.cmd().args(["run"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // A name in use is refused while the first sandbox runs.
+    let mut first = sb.cmd().args(["run", "--name", "dup", "--", "sleep", "5"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = sb.run(&["--name", "dup"], &["true"]);
+    assert!(stderr(&out).contains("a sandbox named dup already exists"), "{}", stderr(&out));
+    let _ = first.kill();
+    let _ = first.wait();
+}
+
+#[test]
+fn bad_policy_stops_before_anything_starts() {
+    need_sandbox!();
+    let dir = TempDir::new("badpol");
+    let sb = Sandbox::new();
+    let pol = policy_file(dir.path(), "p.yaml", "version: 1\nprocess:\n  run_as_user: root\n");
+    let marker = dir.path().join("ran");
+    let script = format!("touch {}", marker.display());
+    let out = sb.run(&["--policy", pol.to_str().unwrap()], &["sh", "-c", &script]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = stderr(&out);
+    assert!(err.starts_with(&format!("openshell: {}:3:", pol.display())), "{err}");
+    assert!(err.contains("never allowed"), "{err}");
+    assert!(!marker.exists());
+    let pol = policy_file(dir.path(), "q.yaml", "version: 1\nfilesystem_policy:\n  read_wirte: [/tmp]\n");
+    let out = sb.run(&["--policy", pol.to_str().unwrap()], &["true"]);
+    assert!(stderr(&out).contains("q.yaml:3:3: filesystem_policy: unknown field `read_wirte`"), "{}", stderr(&out));
+}
+
+#[test]
+fn policy_identity_is_honoured() {
+    need_sandbox!();
+    let dir = TempDir::new("idpol");
+    let sb = Sandbox::new();
+    let pol = policy_file(dir.path(), "p.yaml", "version: 1\nprocess:\n  run_as_user: 1500\n  run_as_group: 1600\n");
+    let out = sb.run(&["--policy", pol.to_str().unwrap()], &["sh", "-c", "id -u; id -g"]);
+    assert_eq!(stdout(&out), "1500\n1600\n", "{}", stderr(&out));
+}
+
+#[test]
+fn policy_validate_command() {
+    let sb = Sandbox::new();
+    let compat = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/compat/policies");
+    if let Ok(rd) = std::fs::read_dir(&compat) {
+        for e in rd.flatten() {
+            let out = sb.cmd().args(["policy", "validate"]).arg(e.path()).output().unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.contains("content-guard") {
+                assert_eq!(out.status.code(), Some(1));
+                assert!(stderr(&out).contains("not supported yet"), "{}", stderr(&out));
+            } else {
+                assert!(out.status.success(), "{name}: {}", stderr(&out));
+                assert!(stdout(&out).contains(": valid ("), "{}", stdout(&out));
+            }
+        }
+    }
+    let dir = TempDir::new("val");
+    let bad = policy_file(dir.path(), "bad.yaml", "version: 1\nfilesystem_policy:\n  read_write: [/]\n");
+    let out = sb.cmd().args(["policy", "validate", "-o", "json"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("\"valid\": false"), "{}", stdout(&out));
+}
+
+#[test]
+fn streams_100_mb_both_ways_without_buffering_it_all() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let size: usize = 100 * 1024 * 1024;
+    let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let out = sb.run_stdin(&[], &["cat"], &data);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout.len(), size);
+    assert!(out.stdout == data, "content differs");
+    let out = sb.run(&[], &["head", "-c", "104857600", "/dev/zero"]);
+    assert_eq!(out.stdout.len(), size);
+}
+
+#[test]
+fn single_id_mapping_still_runs_as_the_sandbox_user() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let out = sb
+        .cmd()
+        .env("OPENSHELL_NO_SUBIDS", "1")
+        .args(["run", "--", "sh", "-c", "id -u; wc -l < /proc/self/uid_map"])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(text.starts_with("1000\n"), "{text} {}", stderr(&out));
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    // Root always maps a range; rootless without subids maps exactly one id.
+    assert_eq!(text.lines().nth(1), Some(if root { "2" } else { "1" }), "{text}");
+}
+
+#[test]
+fn probe_reports_full_confinement() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let out = sb.probe(&[], &["status"]);
+    let text = stdout(&out);
+    for want in [
+        "NoNewPrivs: 1",
+        "Seccomp: 2",
+        "CapInh: 0000000000000000",
+        "CapPrm: 0000000000000000",
+        "CapEff: 0000000000000000",
+        "CapBnd: 0000000000000000",
+        "CapAmb: 0000000000000000",
+        "fds: 0 1 2 3",
+        "rlimit_core: 0",
+    ] {
+        assert!(text.lines().any(|l| l == want), "{want} missing: {text}");
+    }
+    assert!(text.lines().any(|l| l.starts_with("Uid: 1000\t1000\t1000\t1000")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("uid_map: ")), "{text}");
+}
+
+// ---- pty, driven from a pty the test owns ----
+
+fn openpty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
+    let (mut m, mut s) = (0, 0);
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: openpty writes two fds into m and s; name and termios are NULL.
+    let rc = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    assert_eq!(rc, 0);
+    // SAFETY: fresh fds owned by us.
+    unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
+}
+
+fn read_until(master: &mut std::fs::File, want: &str, timeout: Duration) -> String {
+    let start = Instant::now();
+    let mut acc = String::new();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < timeout && !acc.contains(want) {
+        let mut p = libc::pollfd { fd: master.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: polling one valid fd.
+        if unsafe { libc::poll(&mut p, 1, 100) } > 0 {
+            match master.read(&mut buf) {
+                Ok(n) if n > 0 => acc.push_str(&String::from_utf8_lossy(&buf[..n])),
+                _ => break,
+            }
+        }
+    }
+    acc
+}
+
+#[test]
+fn pty_session_job_control_winsize_and_ctrl_c() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let (master, slave) = openpty(40, 100);
+    let mut cmd = sb.cmd();
+    cmd.args(["run", "--", "sh"]);
+    let s = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap());
+    cmd.stdin(s(&slave)).stdout(s(&slave)).stderr(s(&slave));
+    // SAFETY: setsid + TIOCSCTTY in the child before exec give it our pty as terminal.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(slave);
+    let mut m = std::fs::File::from(master);
+    m.write_all(b"tty; stty size; echo sum=$((6*7))\n").unwrap();
+    let out = read_until(&mut m, "sum=42", Duration::from_secs(10));
+    assert!(out.contains("/dev/pts/0"), "{out}");
+    assert!(out.contains("40 100"), "{out}");
+    // Window size follows: resize our terminal, signal openshell like a terminal would.
+    let ws = libc::winsize { ws_row: 30, ws_col: 90, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ on our own pty master with a valid winsize.
+    unsafe {
+        libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+        libc::kill(child.id() as i32, libc::SIGWINCH);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    m.write_all(b"stty size\n").unwrap();
+    let out = read_until(&mut m, "30 90", Duration::from_secs(10));
+    assert!(out.contains("30 90"), "{out}");
+    // Ctrl-C stops the foreground job inside, not openshell.
+    let start = Instant::now();
+    m.write_all(b"sleep 30\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    m.write_all(b"\x03").unwrap();
+    m.write_all(b"echo back=$((1+1))\n").unwrap();
+    let out = read_until(&mut m, "back=2", Duration::from_secs(10));
+    assert!(out.contains("back=2"), "{out}");
+    assert!(start.elapsed() < Duration::from_secs(20), "sleep was not interrupted");
+    assert!(child.try_wait().unwrap().is_none(), "^C reached openshell itself");
+    m.write_all(b"exit 3\n").unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(3));
+}
+
+#[test]
+fn version_help_doctor_completions() {
+    let sb = Sandbox::new();
+    let out = sb.cmd().arg("--version").output().unwrap();
+    assert!(stdout(&out).starts_with("openshell "), "{}", stdout(&out));
+    let out = sb.cmd().args(["run", "--help"]).output().unwrap();
+    assert!(stdout(&out).contains("--mount"));
+    for shell in ["bash", "zsh", "fish"] {
+        let out = sb.cmd().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success() && stdout(&out).contains("openshell"), "{shell}");
+    }
+    let out = sb.cmd().args(["doctor", "-o", "json"]).output().unwrap();
+    let text = stdout(&out);
+    for check in ["user namespaces", "landlock", "seccomp", "overlayfs in userns", "nftables in userns", "id mapping"] {
+        assert!(text.contains(check), "{check} missing: {text}");
+    }
+    let _ = Command::new("true").status();
+}
