@@ -27,13 +27,19 @@ pub fn probe_bin() -> PathBuf {
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/debug/deps/test-hash → target/debug
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// Is `feature` listed in `OPENSHELL_TEST_REQUIRE` (comma-separated)?
 pub fn required(feature: &str) -> bool {
     std::env::var("OPENSHELL_TEST_REQUIRE")
-        .map(|v| v.split(',').any(|f| f.trim() == feature || f.trim() == "all"))
+        .map(|v| {
+            v.split(',')
+                .any(|f| f.trim() == feature || f.trim() == "all")
+        })
         .unwrap_or(false)
 }
 
@@ -46,7 +52,8 @@ impl TempDir {
     /// Create a fresh directory under the system temp dir.
     pub fn new(tag: &str) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!("openshell-test-{tag}-{}-{n}", std::process::id()));
+        let p =
+            std::env::temp_dir().join(format!("openshell-test-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
         TempDir(p)
@@ -139,7 +146,9 @@ impl Sandbox {
     pub fn run_stdin(&self, opts: &[&str], argv: &[&str], input: &[u8]) -> Output {
         let mut c = self.cmd();
         c.arg("run").args(opts).arg("--").args(argv);
-        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = c.spawn().expect("spawn openshell");
         let mut stdin = child.stdin.take().expect("stdin");
         let data = input.to_vec();

@@ -48,7 +48,10 @@ fn secret_in_invoking_users_home_is_unreachable() {
     std::fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY----- planted").unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let path = key.to_string_lossy().into_owned();
-    assert!(escapes_on_host("read", &[&path, "planted"]), "control: host can read it");
+    assert!(
+        escapes_on_host("read", &[&path, "planted"]),
+        "control: host can read it"
+    );
     let text = blocked("read", &[&path, "planted"]);
     let _ = std::fs::remove_file(&key);
     assert!(text.contains("ENOENT"), "{text}");
@@ -64,7 +67,12 @@ fn etc_shadow_is_unreadable() {
 #[test]
 fn system_dirs_are_read_only() {
     need_sandbox!();
-    for p in ["/usr/openshell-evil", "/etc/openshell-evil", "/usr/bin/openshell-evil", "/evil"] {
+    for p in [
+        "/usr/openshell-evil",
+        "/etc/openshell-evil",
+        "/usr/bin/openshell-evil",
+        "/evil",
+    ] {
         blocked("write", &[p]);
     }
 }
@@ -72,7 +80,14 @@ fn system_dirs_are_read_only() {
 #[test]
 fn host_home_root_var_run_are_absent() {
     need_sandbox!();
-    for p in ["/root", "/home", "/var", "/run", "/sys", "/proc/1/root/root"] {
+    for p in [
+        "/root",
+        "/home",
+        "/var",
+        "/run",
+        "/sys",
+        "/proc/1/root/root",
+    ] {
         blocked("exists", &[p]);
     }
 }
@@ -84,10 +99,15 @@ fn symlink_planted_in_workspace_cannot_reach_host_files() {
     std::os::unix::fs::symlink("/etc/passwd", proj.path().join("passwd-link")).unwrap();
     let secret = TempDir::new("secret");
     std::fs::write(secret.path().join("token"), "hostsecret").unwrap();
-    std::os::unix::fs::symlink(secret.path().join("token"), proj.path().join("token-link")).unwrap();
+    std::os::unix::fs::symlink(secret.path().join("token"), proj.path().join("token-link"))
+        .unwrap();
     let mount = format!("{}:/sandbox/proj", proj.path().display());
     // The link target is a host path; inside it resolves in the sandbox's root.
-    let text = blocked_with(&["--mount", &mount], "read", &["/sandbox/proj/token-link", "hostsecret"]);
+    let text = blocked_with(
+        &["--mount", &mount],
+        "read",
+        &["/sandbox/proj/token-link", "hostsecret"],
+    );
     assert!(text.contains("ENOENT"), "{text}");
 }
 
@@ -101,7 +121,10 @@ fn mount_is_refused() {
 #[test]
 fn new_user_namespace_is_refused() {
     need_sandbox!();
-    assert!(escapes_on_host("unshare-user", &[]) || nix_root(), "control");
+    assert!(
+        escapes_on_host("unshare-user", &[]) || nix_root(),
+        "control"
+    );
     blocked("unshare-user", &[]);
     blocked("clone-newuser", &[]);
     blocked("unshare-net", &[]);
@@ -126,13 +149,25 @@ fn ptrace_of_a_sibling_is_refused() {
     let mount = format!("{}:/sandbox/.probe:ro", probe_bin().display());
     let out = sb.run(
         &["--mount", &mount],
-        &["sh", "-c", "sleep 30 & /sandbox/.probe attack ptrace $!; r=$?; kill $!; exit $r"],
+        &[
+            "sh",
+            "-c",
+            "sleep 30 & /sandbox/.probe attack ptrace $!; r=$?; kill $!; exit $r",
+        ],
     );
     let text = stdout(&out);
-    assert!(out.status.success() && text.starts_with("BLOCKED"), "{text} {}", stderr(&out));
+    assert!(
+        out.status.success() && text.starts_with("BLOCKED"),
+        "{text} {}",
+        stderr(&out)
+    );
     let out = sb.run(
         &["--mount", &mount],
-        &["sh", "-c", "sleep 30 & /sandbox/.probe attack process-vm-readv $!; r=$?; kill $!; exit $r"],
+        &[
+            "sh",
+            "-c",
+            "sleep 30 & /sandbox/.probe attack process-vm-readv $!; r=$?; kill $!; exit $r",
+        ],
     );
     assert!(stdout(&out).starts_with("BLOCKED"), "{}", stdout(&out));
 }
@@ -140,7 +175,10 @@ fn ptrace_of_a_sibling_is_refused() {
 #[test]
 fn kernel_keyring_is_refused() {
     need_sandbox!();
-    assert!(escapes_on_host("keyctl", &[]), "control: add_key works on the host");
+    assert!(
+        escapes_on_host("keyctl", &[]),
+        "control: add_key works on the host"
+    );
     let t = blocked("keyctl", &[]);
     assert!(t.contains("EPERM"), "{t}");
 }
@@ -177,10 +215,27 @@ fn raw_and_packet_sockets_are_refused() {
     blocked("socket", &[&s(libc::AF_INET6), &s(libc::SOCK_RAW), "58"]);
     blocked("socket", &[&s(libc::AF_PACKET), &s(libc::SOCK_RAW), "0"]);
     blocked("socket", &[&s(libc::AF_VSOCK), &s(libc::SOCK_STREAM), "0"]);
-    blocked("socket", &[&s(libc::AF_BLUETOOTH), &s(libc::SOCK_STREAM), "0"]);
-    blocked("socket", &[&s(libc::AF_NETLINK), &s(libc::SOCK_RAW), &s(libc::NETLINK_AUDIT)]);
+    blocked(
+        "socket",
+        &[&s(libc::AF_BLUETOOTH), &s(libc::SOCK_STREAM), "0"],
+    );
+    blocked(
+        "socket",
+        &[
+            &s(libc::AF_NETLINK),
+            &s(libc::SOCK_RAW),
+            &s(libc::NETLINK_AUDIT),
+        ],
+    );
     assert!(
-        escapes_on_host("socket", &[&s(libc::AF_NETLINK), &s(libc::SOCK_RAW), &s(libc::NETLINK_AUDIT)]),
+        escapes_on_host(
+            "socket",
+            &[
+                &s(libc::AF_NETLINK),
+                &s(libc::SOCK_RAW),
+                &s(libc::NETLINK_AUDIT)
+            ]
+        ),
         "control: netlink audit sockets open on the host"
     );
 }
@@ -199,8 +254,15 @@ fn setuid_binary_does_not_regain_root() {
     }
     let sb = Sandbox::new();
     let out = sb.run(&[], &[mount_bin, "-t", "tmpfs", "none", "/tmp"]);
-    assert!(!out.status.success(), "setuid mount succeeded: {}", stderr(&out));
-    let out = sb.run(&[], &["sh", "-c", "id -u; grep NoNewPrivs /proc/self/status"]);
+    assert!(
+        !out.status.success(),
+        "setuid mount succeeded: {}",
+        stderr(&out)
+    );
+    let out = sb.run(
+        &[],
+        &["sh", "-c", "id -u; grep NoNewPrivs /proc/self/status"],
+    );
     assert_eq!(stdout(&out), "1000\nNoNewPrivs:\t1\n");
 }
 
@@ -236,7 +298,10 @@ fn host_loopback_service_is_unreachable() {
     let _ = listener.accept(); // drain the control connection
     let t = blocked("tcp-connect", &[&addr]);
     assert!(t.contains("ECONNREFUSED"), "{t}");
-    assert!(listener.accept().is_err(), "the host listener got a connection");
+    assert!(
+        listener.accept().is_err(),
+        "the host listener got a connection"
+    );
 }
 
 #[test]
@@ -329,9 +394,23 @@ fn nothing_survives_the_run() {
     need_sandbox!();
     let sb = Sandbox::new();
     // A daemonised grandchild, detached from the command's session.
-    let out = sb.run(&[], &["sh", "-c", "setsid sleep 123.25 </dev/null >/dev/null 2>&1 & echo started"]);
+    let out = sb.run(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "setsid sleep 123.25 </dev/null >/dev/null 2>&1 & echo started",
+        ],
+    );
     assert_eq!(stdout(&out), "started\n");
     std::thread::sleep(std::time::Duration::from_millis(200));
-    let ps = Command::new("pgrep").args(["-f", "sleep 123.25"]).output().unwrap();
-    assert!(stdout(&ps).trim().is_empty(), "orphan survived: {}", stdout(&ps));
+    let ps = Command::new("pgrep")
+        .args(["-f", "sleep 123.25"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&ps).trim().is_empty(),
+        "orphan survived: {}",
+        stdout(&ps)
+    );
 }

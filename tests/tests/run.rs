@@ -12,11 +12,17 @@ use openshell_tests::{Sandbox, TempDir, need_sandbox, policy_file, stderr, stdou
 fn identity_cwd_and_root_view() {
     need_sandbox!();
     let sb = Sandbox::new();
-    let out = sb.run(&["--name", "idtest"], &["sh", "-c", "id; pwd; ls /; hostname"]);
+    let out = sb.run(
+        &["--name", "idtest"],
+        &["sh", "-c", "id; pwd; ls /; hostname"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("uid=1000(sandbox) gid=1000(sandbox) groups=1000(sandbox)"));
+    assert_eq!(
+        lines.next(),
+        Some("uid=1000(sandbox) gid=1000(sandbox) groups=1000(sandbox)")
+    );
     assert_eq!(lines.next(), Some("/sandbox"));
     let rest: Vec<&str> = lines.collect();
     assert_eq!(rest.last(), Some(&"idtest"));
@@ -34,7 +40,10 @@ fn exit_codes_and_signals() {
     let sb = Sandbox::new();
     assert_eq!(sb.run(&[], &["sh", "-c", "exit 7"]).status.code(), Some(7));
     assert_eq!(sb.run(&[], &["true"]).status.code(), Some(0));
-    assert_eq!(sb.run(&[], &["sh", "-c", "kill -9 $$"]).status.code(), Some(137));
+    assert_eq!(
+        sb.run(&[], &["sh", "-c", "kill -9 $$"]).status.code(),
+        Some(137)
+    );
     let out = sb.run(&[], &["no-such-cmd"]);
     assert_eq!(out.status.code(), Some(127));
     assert_eq!(stderr(&out), "openshell: no such command: no-such-cmd\n");
@@ -80,23 +89,46 @@ fn environment_is_clean_and_extendable() {
         .cmd()
         .env("OPENSHELL_TEST_LEAK", "leaked")
         .env("COPY_ME", "copied")
-        .args(["run", "-e", "A=1", "-e", "COPY_ME", "-e", "MY_API_KEY=x", "--", "env"])
+        .args([
+            "run",
+            "-e",
+            "A=1",
+            "-e",
+            "COPY_ME",
+            "-e",
+            "MY_API_KEY=x",
+            "--",
+            "env",
+        ])
         .output()
         .unwrap();
     let env = stdout(&out);
     assert!(!env.contains("leaked"), "{env}");
-    for kv in ["A=1", "COPY_ME=copied", "OPENSHELL_SANDBOX=1", "HOME=/sandbox", "USER=sandbox"] {
+    for kv in [
+        "A=1",
+        "COPY_ME=copied",
+        "OPENSHELL_SANDBOX=1",
+        "HOME=/sandbox",
+        "USER=sandbox",
+    ] {
         assert!(env.lines().any(|l| l == kv), "{kv} missing in {env}");
     }
     assert!(env.lines().any(|l| l.starts_with("PATH=/usr/local/sbin")));
-    assert!(stderr(&out).contains("--env MY_API_KEY looks like a secret"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--env MY_API_KEY looks like a secret"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn workdir_and_hostname_flags() {
     need_sandbox!();
     let sb = Sandbox::new();
-    let out = sb.run(&["--workdir", "/tmp", "--hostname", "box1"], &["sh", "-c", "pwd; hostname"]);
+    let out = sb.run(
+        &["--workdir", "/tmp", "--hostname", "box1"],
+        &["sh", "-c", "pwd; hostname"],
+    );
     assert_eq!(stdout(&out), "/tmp\nbox1\n");
     let out = sb.run(&["--workdir", "/nope"], &["true"]);
     assert_eq!(out.status.code(), Some(125));
@@ -109,11 +141,21 @@ fn live_mount_and_upload_with_gitignore() {
     let sb = Sandbox::new();
     let live = TempDir::new("live");
     // As root the sandbox user is an unprivileged host id (docs/security.md): let it in.
-    std::fs::set_permissions(live.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(
+        live.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let mount = format!("{}:/sandbox/live", live.path().display());
-    let out = sb.run(&["--mount", &mount], &["sh", "-c", "echo hi > /sandbox/live/f"]);
+    let out = sb.run(
+        &["--mount", &mount],
+        &["sh", "-c", "echo hi > /sandbox/live/f"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(std::fs::read_to_string(live.path().join("f")).unwrap(), "hi\n");
+    assert_eq!(
+        std::fs::read_to_string(live.path().join("f")).unwrap(),
+        "hi\n"
+    );
 
     let proj = TempDir::new("up");
     std::fs::write(proj.path().join(".gitignore"), "*.log\nbuild/\n").unwrap();
@@ -123,9 +165,15 @@ fn live_mount_and_upload_with_gitignore() {
     std::fs::write(proj.path().join("build/out"), "bin").unwrap();
     let up = proj.path().to_string_lossy().into_owned();
     let up_arg = format!("{up}:/sandbox/code");
-    let out = sb.run(&["--upload", &up_arg], &["sh", "-c", "cd /sandbox/code && ls -A | sort"]);
+    let out = sb.run(
+        &["--upload", &up_arg],
+        &["sh", "-c", "cd /sandbox/code && ls -A | sort"],
+    );
     assert_eq!(stdout(&out), ".gitignore\nmain.rs\n", "{}", stderr(&out));
-    let out = sb.run(&["--upload", &up_arg, "--no-git-ignore"], &["ls", "/sandbox/code"]);
+    let out = sb.run(
+        &["--upload", &up_arg, "--no-git-ignore"],
+        &["ls", "/sandbox/code"],
+    );
     assert_eq!(stdout(&out), "build\ndebug.log\nmain.rs\n");
     let out = sb.run(&["--upload", &format!("{up}:/etc/x")], &["true"]);
     assert_eq!(out.status.code(), Some(125));
@@ -138,16 +186,32 @@ fn bad_arguments_fail_clearly() {
     let sb = Sandbox::new();
     let out = sb.run(&["--mount", "/nonexistent:/x"], &["true"]);
     assert_eq!(out.status.code(), Some(125));
-    assert!(stderr(&out).starts_with("openshell: --mount /nonexistent:/x: host path"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("openshell: --mount /nonexistent:/x: host path"),
+        "{}",
+        stderr(&out)
+    );
     let out = sb.run(&["--name", "Bad Name"], &["true"]);
-    assert!(stderr(&out).contains("invalid sandbox name"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid sandbox name"),
+        "{}",
+        stderr(&out)
+    );
     let out = sb.cmd().args(["run"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     // A name in use is refused while the first sandbox runs.
-    let mut first = sb.cmd().args(["run", "--name", "dup", "--", "sleep", "5"]).spawn().unwrap();
+    let mut first = sb
+        .cmd()
+        .args(["run", "--name", "dup", "--", "sleep", "5"])
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let out = sb.run(&["--name", "dup"], &["true"]);
-    assert!(stderr(&out).contains("a sandbox named dup already exists"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("a sandbox named dup already exists"),
+        "{}",
+        stderr(&out)
+    );
     let _ = first.kill();
     let _ = first.wait();
 }
@@ -157,18 +221,33 @@ fn bad_policy_stops_before_anything_starts() {
     need_sandbox!();
     let dir = TempDir::new("badpol");
     let sb = Sandbox::new();
-    let pol = policy_file(dir.path(), "p.yaml", "version: 1\nprocess:\n  run_as_user: root\n");
+    let pol = policy_file(
+        dir.path(),
+        "p.yaml",
+        "version: 1\nprocess:\n  run_as_user: root\n",
+    );
     let marker = dir.path().join("ran");
     let script = format!("touch {}", marker.display());
     let out = sb.run(&["--policy", pol.to_str().unwrap()], &["sh", "-c", &script]);
     assert_eq!(out.status.code(), Some(125));
     let err = stderr(&out);
-    assert!(err.starts_with(&format!("openshell: {}:3:", pol.display())), "{err}");
+    assert!(
+        err.starts_with(&format!("openshell: {}:3:", pol.display())),
+        "{err}"
+    );
     assert!(err.contains("never allowed"), "{err}");
     assert!(!marker.exists());
-    let pol = policy_file(dir.path(), "q.yaml", "version: 1\nfilesystem_policy:\n  read_wirte: [/tmp]\n");
+    let pol = policy_file(
+        dir.path(),
+        "q.yaml",
+        "version: 1\nfilesystem_policy:\n  read_wirte: [/tmp]\n",
+    );
     let out = sb.run(&["--policy", pol.to_str().unwrap()], &["true"]);
-    assert!(stderr(&out).contains("q.yaml:3:3: filesystem_policy: unknown field `read_wirte`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("q.yaml:3:3: filesystem_policy: unknown field `read_wirte`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -176,22 +255,39 @@ fn policy_identity_is_honoured() {
     need_sandbox!();
     let dir = TempDir::new("idpol");
     let sb = Sandbox::new();
-    let pol = policy_file(dir.path(), "p.yaml", "version: 1\nprocess:\n  run_as_user: 1500\n  run_as_group: 1600\n");
-    let out = sb.run(&["--policy", pol.to_str().unwrap()], &["sh", "-c", "id -u; id -g"]);
+    let pol = policy_file(
+        dir.path(),
+        "p.yaml",
+        "version: 1\nprocess:\n  run_as_user: 1500\n  run_as_group: 1600\n",
+    );
+    let out = sb.run(
+        &["--policy", pol.to_str().unwrap()],
+        &["sh", "-c", "id -u; id -g"],
+    );
     assert_eq!(stdout(&out), "1500\n1600\n", "{}", stderr(&out));
 }
 
 #[test]
 fn policy_validate_command() {
     let sb = Sandbox::new();
-    let compat = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/compat/policies");
+    let compat =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/compat/policies");
     if let Ok(rd) = std::fs::read_dir(&compat) {
         for e in rd.flatten() {
-            let out = sb.cmd().args(["policy", "validate"]).arg(e.path()).output().unwrap();
+            let out = sb
+                .cmd()
+                .args(["policy", "validate"])
+                .arg(e.path())
+                .output()
+                .unwrap();
             let name = e.file_name().to_string_lossy().into_owned();
             if name.contains("content-guard") {
                 assert_eq!(out.status.code(), Some(1));
-                assert!(stderr(&out).contains("not supported yet"), "{}", stderr(&out));
+                assert!(
+                    stderr(&out).contains("not supported yet"),
+                    "{}",
+                    stderr(&out)
+                );
             } else {
                 assert!(out.status.success(), "{name}: {}", stderr(&out));
                 assert!(stdout(&out).contains(": valid ("), "{}", stdout(&out));
@@ -199,10 +295,23 @@ fn policy_validate_command() {
         }
     }
     let dir = TempDir::new("val");
-    let bad = policy_file(dir.path(), "bad.yaml", "version: 1\nfilesystem_policy:\n  read_write: [/]\n");
-    let out = sb.cmd().args(["policy", "validate", "-o", "json"]).arg(&bad).output().unwrap();
+    let bad = policy_file(
+        dir.path(),
+        "bad.yaml",
+        "version: 1\nfilesystem_policy:\n  read_write: [/]\n",
+    );
+    let out = sb
+        .cmd()
+        .args(["policy", "validate", "-o", "json"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("\"valid\": false"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("\"valid\": false"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -234,7 +343,11 @@ fn single_id_mapping_still_runs_as_the_sandbox_user() {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     // Root always maps a range; rootless without subids maps exactly one id.
-    assert_eq!(text.lines().nth(1), Some(if root { "2" } else { "1" }), "{text}");
+    assert_eq!(
+        text.lines().nth(1),
+        Some(if root { "2" } else { "1" }),
+        "{text}"
+    );
 }
 
 #[test]
@@ -256,7 +369,11 @@ fn probe_reports_full_confinement() {
     ] {
         assert!(text.lines().any(|l| l == want), "{want} missing: {text}");
     }
-    assert!(text.lines().any(|l| l.starts_with("Uid: 1000\t1000\t1000\t1000")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("Uid: 1000\t1000\t1000\t1000")),
+        "{text}"
+    );
     assert!(text.lines().any(|l| l.starts_with("uid_map: ")), "{text}");
 }
 
@@ -264,7 +381,12 @@ fn probe_reports_full_confinement() {
 
 fn openpty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
     let (mut m, mut s) = (0, 0);
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: openpty writes two fds into m and s; name and termios are NULL.
     let rc = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
     assert_eq!(rc, 0);
@@ -277,7 +399,11 @@ fn read_until(master: &mut std::fs::File, want: &str, timeout: Duration) -> Stri
     let mut acc = String::new();
     let mut buf = [0u8; 4096];
     while start.elapsed() < timeout && !acc.contains(want) {
-        let mut p = libc::pollfd { fd: master.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut p = libc::pollfd {
+            fd: master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: polling one valid fd.
         if unsafe { libc::poll(&mut p, 1, 100) } > 0 {
             match master.read(&mut buf) {
@@ -315,7 +441,12 @@ fn pty_session_job_control_winsize_and_ctrl_c() {
     assert!(out.contains("/dev/pts/0"), "{out}");
     assert!(out.contains("40 100"), "{out}");
     // Window size follows: resize our terminal, signal openshell like a terminal would.
-    let ws = libc::winsize { ws_row: 30, ws_col: 90, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: 30,
+        ws_col: 90,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ on our own pty master with a valid winsize.
     unsafe {
         libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws);
@@ -333,8 +464,14 @@ fn pty_session_job_control_winsize_and_ctrl_c() {
     m.write_all(b"echo back=$((1+1))\n").unwrap();
     let out = read_until(&mut m, "back=2", Duration::from_secs(10));
     assert!(out.contains("back=2"), "{out}");
-    assert!(start.elapsed() < Duration::from_secs(20), "sleep was not interrupted");
-    assert!(child.try_wait().unwrap().is_none(), "^C reached openshell itself");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "sleep was not interrupted"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "^C reached openshell itself"
+    );
     m.write_all(b"exit 3\n").unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(3));
@@ -349,11 +486,21 @@ fn version_help_doctor_completions() {
     assert!(stdout(&out).contains("--mount"));
     for shell in ["bash", "zsh", "fish"] {
         let out = sb.cmd().args(["completions", shell]).output().unwrap();
-        assert!(out.status.success() && stdout(&out).contains("openshell"), "{shell}");
+        assert!(
+            out.status.success() && stdout(&out).contains("openshell"),
+            "{shell}"
+        );
     }
     let out = sb.cmd().args(["doctor", "-o", "json"]).output().unwrap();
     let text = stdout(&out);
-    for check in ["user namespaces", "landlock", "seccomp", "overlayfs in userns", "nftables in userns", "id mapping"] {
+    for check in [
+        "user namespaces",
+        "landlock",
+        "seccomp",
+        "overlayfs in userns",
+        "nftables in userns",
+        "id mapping",
+    ] {
         assert!(text.contains(check), "{check} missing: {text}");
     }
     let _ = Command::new("true").status();

@@ -56,22 +56,40 @@ fn status() -> i32 {
         let key = line.split(':').next().unwrap_or("");
         if matches!(
             key,
-            "NoNewPrivs" | "Seccomp" | "CapInh" | "CapPrm" | "CapEff" | "CapBnd" | "CapAmb" | "Uid" | "Gid"
+            "NoNewPrivs"
+                | "Seccomp"
+                | "CapInh"
+                | "CapPrm"
+                | "CapEff"
+                | "CapBnd"
+                | "CapAmb"
+                | "Uid"
+                | "Gid"
         ) {
             println!("{}: {}", key, line[key.len() + 1..].trim());
         }
     }
     let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
-    println!("uid_map: {}", map.split_whitespace().collect::<Vec<_>>().join(" "));
+    println!(
+        "uid_map: {}",
+        map.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
     let mut fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     fds.sort();
     println!("fds: {}", fds.join(" "));
     // SAFETY: query-only landlock call with NULL attr.
     let abi = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, 0usize, 0usize, 1u32) };
     println!("landlock_abi: {abi}");
-    let mut core = libc::rlimit { rlim_cur: 1, rlim_max: 1 };
+    let mut core = libc::rlimit {
+        rlim_cur: 1,
+        rlim_max: 1,
+    };
     // SAFETY: getrlimit fills the struct.
     unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut core) };
     println!("rlimit_core: {}", core.rlim_cur);
@@ -80,7 +98,7 @@ fn status() -> i32 {
 
 fn attack(name: &str, args: &[String]) -> i32 {
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
-    // SAFETY (whole match): raw syscalls with valid, NUL-terminated strings and plain
+    // SAFETY: (whole match) raw syscalls with valid, NUL-terminated strings and plain
     // integer arguments; return values are only inspected, never trusted as pointers.
     unsafe {
         match name {
@@ -103,7 +121,11 @@ fn attack(name: &str, args: &[String]) -> i32 {
                 }
             }
             "write" => {
-                match std::fs::OpenOptions::new().create(true).append(true).open(arg(0)) {
+                match std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(arg(0))
+                {
                     Err(e) => {
                         println!("BLOCKED {}", errname(e.raw_os_error().unwrap_or(0)));
                         0
@@ -128,7 +150,14 @@ fn attack(name: &str, args: &[String]) -> i32 {
             "unshare-user" => verdict(libc::unshare(libc::CLONE_NEWUSER).into(), "unshare"),
             "unshare-net" => verdict(libc::unshare(libc::CLONE_NEWNET).into(), "unshare"),
             "clone-newuser" => {
-                let rc = libc::syscall(libc::SYS_clone, (libc::CLONE_NEWUSER | libc::SIGCHLD) as u64, 0, 0, 0, 0);
+                let rc = libc::syscall(
+                    libc::SYS_clone,
+                    (libc::CLONE_NEWUSER | libc::SIGCHLD) as u64,
+                    0,
+                    0,
+                    0,
+                    0,
+                );
                 if rc == 0 {
                     libc::_exit(0);
                 }
@@ -136,19 +165,39 @@ fn attack(name: &str, args: &[String]) -> i32 {
             }
             "clone3" => {
                 let rc = libc::syscall(libc::SYS_clone3, 0usize, 0usize);
-                println!("{} {}", if errno() == libc::ENOSYS { "BLOCKED" } else { "ESCAPED" }, errname(errno()));
+                println!(
+                    "{} {}",
+                    if errno() == libc::ENOSYS {
+                        "BLOCKED"
+                    } else {
+                        "ESCAPED"
+                    },
+                    errname(errno())
+                );
                 i32::from(rc >= 0 || errno() != libc::ENOSYS)
             }
             "ptrace" => {
                 let pid: i32 = arg(0).parse().unwrap_or(0);
-                verdict(libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0), "ptrace attach")
+                verdict(
+                    libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0),
+                    "ptrace attach",
+                )
             }
             "process-vm-readv" => {
                 let pid: i32 = arg(0).parse().unwrap_or(1);
                 let mut buf = [0u8; 8];
-                let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: 8 };
-                let remote = libc::iovec { iov_base: 0x400000 as *mut libc::c_void, iov_len: 8 };
-                verdict(libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) as i64, "process_vm_readv")
+                let local = libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: 8,
+                };
+                let remote = libc::iovec {
+                    iov_base: 0x400000 as *mut libc::c_void,
+                    iov_len: 8,
+                };
+                verdict(
+                    libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) as i64,
+                    "process_vm_readv",
+                )
             }
             "keyctl" => verdict(
                 libc::syscall(
@@ -163,7 +212,10 @@ fn attack(name: &str, args: &[String]) -> i32 {
             ),
             "io-uring" => {
                 let mut params = [0u8; 120];
-                verdict(libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()), "io_uring_setup")
+                verdict(
+                    libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()),
+                    "io_uring_setup",
+                )
             }
             "bpf" => {
                 // BPF_MAP_CREATE of a tiny array map.
@@ -172,28 +224,53 @@ fn attack(name: &str, args: &[String]) -> i32 {
                 attr[1] = 4;
                 attr[2] = 4;
                 attr[3] = 1;
-                verdict(libc::syscall(libc::SYS_bpf, 0, attr.as_mut_ptr(), 120u32), "bpf")
+                verdict(
+                    libc::syscall(libc::SYS_bpf, 0, attr.as_mut_ptr(), 120u32),
+                    "bpf",
+                )
             }
             "perf-event-open" => {
                 let mut attr = [0u8; 128];
                 attr[4..8].copy_from_slice(&128u32.to_ne_bytes());
-                verdict(libc::syscall(libc::SYS_perf_event_open, attr.as_mut_ptr(), 0, -1, -1, 0), "perf_event_open")
+                verdict(
+                    libc::syscall(libc::SYS_perf_event_open, attr.as_mut_ptr(), 0, -1, -1, 0),
+                    "perf_event_open",
+                )
             }
             "userfaultfd" => verdict(libc::syscall(libc::SYS_userfaultfd, 0), "userfaultfd"),
             "open-by-handle" => {
                 let mut h = [0u8; 136];
                 h[0..4].copy_from_slice(&128u32.to_ne_bytes());
-                verdict(libc::syscall(libc::SYS_open_by_handle_at, libc::AT_FDCWD, h.as_mut_ptr(), 0), "open_by_handle_at")
+                verdict(
+                    libc::syscall(
+                        libc::SYS_open_by_handle_at,
+                        libc::AT_FDCWD,
+                        h.as_mut_ptr(),
+                        0,
+                    ),
+                    "open_by_handle_at",
+                )
             }
-            "finit-module" => verdict(libc::syscall(libc::SYS_finit_module, 0, cstr("").as_ptr(), 0), "finit_module"),
-            "kexec" => verdict(libc::syscall(libc::SYS_kexec_load, 0, 0, 0, 0), "kexec_load"),
+            "finit-module" => verdict(
+                libc::syscall(libc::SYS_finit_module, 0, cstr("").as_ptr(), 0),
+                "finit_module",
+            ),
+            "kexec" => verdict(
+                libc::syscall(libc::SYS_kexec_load, 0, 0, 0, 0),
+                "kexec_load",
+            ),
             "setns" => {
                 let fd = libc::open(cstr("/proc/1/ns/mnt").as_ptr(), libc::O_RDONLY);
                 verdict(libc::setns(fd, 0).into(), "setns")
             }
             "chroot" => verdict(libc::chroot(cstr("/tmp").as_ptr()).into(), "chroot"),
             "mknod" => verdict(
-                libc::mknod(cstr("/tmp/evil-null").as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)).into(),
+                libc::mknod(
+                    cstr("/tmp/evil-null").as_ptr(),
+                    libc::S_IFCHR | 0o666,
+                    libc::makedev(1, 3),
+                )
+                .into(),
                 "mknod",
             ),
             "socket" => {
@@ -212,17 +289,30 @@ fn attack(name: &str, args: &[String]) -> i32 {
             }
             "tcp-connect" | "udp-connect" => {
                 let addr: std::net::SocketAddr = arg(0).parse().expect("ADDR:PORT");
-                let ty = if name == "tcp-connect" { libc::SOCK_STREAM } else { libc::SOCK_DGRAM };
-                let std::net::SocketAddr::V4(v4) = addr else { return 2 };
+                let ty = if name == "tcp-connect" {
+                    libc::SOCK_STREAM
+                } else {
+                    libc::SOCK_DGRAM
+                };
+                let std::net::SocketAddr::V4(v4) = addr else {
+                    return 2;
+                };
                 let fd = libc::socket(libc::AF_INET, ty, 0);
                 let sa = libc::sockaddr_in {
                     sin_family: libc::AF_INET as u16,
                     sin_port: v4.port().to_be(),
-                    sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*v4.ip()).to_be(),
+                    },
                     sin_zero: [0; 8],
                 };
                 verdict(
-                    libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&sa) as u32).into(),
+                    libc::connect(
+                        fd,
+                        (&sa as *const libc::sockaddr_in).cast(),
+                        std::mem::size_of_val(&sa) as u32,
+                    )
+                    .into(),
                     "connect",
                 )
             }
@@ -235,14 +325,28 @@ fn attack(name: &str, args: &[String]) -> i32 {
                     sa.sun_path[i + 1] = b as libc::c_char;
                 }
                 let len = (std::mem::size_of::<libc::sa_family_t>() + 1 + n.len()) as u32;
-                verdict(libc::connect(fd, (&sa as *const libc::sockaddr_un).cast(), len).into(), "connect")
+                verdict(
+                    libc::connect(fd, (&sa as *const libc::sockaddr_un).cast(), len).into(),
+                    "connect",
+                )
             }
             "exists" => {
                 let ok = std::path::Path::new(&arg(0)).exists();
-                println!("{} {}", if ok { "ESCAPED exists" } else { "BLOCKED absent" }, arg(0));
+                println!(
+                    "{} {}",
+                    if ok {
+                        "ESCAPED exists"
+                    } else {
+                        "BLOCKED absent"
+                    },
+                    arg(0)
+                );
                 i32::from(ok)
             }
-            "sethostname" => verdict(libc::sethostname(cstr("x").as_ptr(), 1).into(), "sethostname"),
+            "sethostname" => verdict(
+                libc::sethostname(cstr("x").as_ptr(), 1).into(),
+                "sethostname",
+            ),
             _ => {
                 println!("unknown attack {name}");
                 2
