@@ -10,7 +10,7 @@
 //! - **rootless, single id**: only the sandbox user exists inside; it is you.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 /// Base of the inside→outside range used for root when it has no `/etc/subuid` entry.
 pub const ROOT_FALLBACK_BASE: u32 = 2_000_000_000;
@@ -253,8 +253,11 @@ pub fn apply(plan: &IdPlan, pid: i32) -> Result<(), IdMapError> {
             write_proc(pid, "gid_map", &render(&plan.gid_map))
         }
         Writer::Helper => {
-            helper("newuidmap", pid, &plan.uid_map)?;
-            helper("newgidmap", pid, &plan.gid_map)
+            // Both helpers at once: each is a setuid exec that costs milliseconds.
+            let uid = helper("newuidmap", pid, &plan.uid_map)?;
+            let gid = helper("newgidmap", pid, &plan.gid_map);
+            let uid = finish("newuidmap", uid);
+            finish("newgidmap", gid?).and(uid)
         }
     }
 }
@@ -270,15 +273,29 @@ fn write_proc(pid: i32, file: &str, content: &str) -> Result<(), IdMapError> {
     std::fs::write(&path, content).map_err(|source| IdMapError::Write { file: path, source })
 }
 
-fn helper(name: &'static str, pid: i32, map: &[Extent]) -> Result<(), IdMapError> {
-    let mut cmd = Command::new(name);
+fn helper(name: &'static str, pid: i32, map: &[Extent]) -> Result<Child, IdMapError> {
+    let path = ["/usr/bin", "/bin", "/usr/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| name.into());
+    let mut cmd = Command::new(path);
     cmd.arg(pid.to_string());
     for e in map {
         cmd.args([e.inside, e.outside, e.count].map(|n| n.to_string()));
     }
-    let out = cmd.output().map_err(|e| IdMapError::Helper {
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.spawn().map_err(|e| IdMapError::Helper {
         helper: name,
         status: "not started".into(),
+        stderr: e.to_string(),
+    })
+}
+
+fn finish(name: &'static str, child: Child) -> Result<(), IdMapError> {
+    let out = child.wait_with_output().map_err(|e| IdMapError::Helper {
+        helper: name,
+        status: "lost".into(),
         stderr: e.to_string(),
     })?;
     if out.status.success() {

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Start-up benchmark, side by side in one run: `openshell run -- true` vs bubblewrap,
+# crun and `unshare -Urnmpf true`; then the RSS of a sandbox's own processes.
+# Needs: hyperfine bubblewrap crun busybox-static (apt). Run as root: crun is measured
+# as root inside a private mount namespace with /sys/fs/cgroup/unified hidden (Debian's
+# crun refuses the cgroup v1+v2 hybrid otherwise; rootless crun cannot run here at all).
+# With BENCH_USER=name it also measures openshell/bwrap/unshare as that unprivileged user.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+os=${OPENSHELL:-$here/../target/release/openshell}
+runs=${RUNS:-200}
+work=$(mktemp -d /tmp/openshell-bench.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+chmod 755 "$work"
+cp "$os" "$work/openshell"
+
+# A minimal OCI bundle for crun: busybox-static as /bin/true.
+mkdir -p "$work/bundle/rootfs/bin"
+cp /bin/busybox "$work/bundle/rootfs/bin/"
+ln -s busybox "$work/bundle/rootfs/bin/true"
+(cd "$work/bundle" && crun spec && python3 - <<'PY'
+import json
+c = json.load(open("config.json"))
+c["process"]["args"] = ["/bin/true"]
+c["process"]["terminal"] = False
+c["linux"].pop("resources", None)
+json.dump(c, open("config.json", "w"))
+PY
+)
+chmod -R a+rX "$work"
+
+bwrap_cmd="bwrap --unshare-all --die-with-parent --ro-bind /usr /usr --symlink usr/lib /lib --symlink usr/lib64 /lib64 --symlink usr/bin /bin --proc /proc --dev /dev --tmpfs /tmp true"
+export OPENSHELL_STATE_DIR=$work/state
+
+echo "== start-up as root ($(date -u +%F), $(uname -r), $runs runs each)"
+unshare -m --propagation private sh -c "
+  umount -l /sys/fs/cgroup/unified 2>/dev/null || true
+  hyperfine -N --warmup 10 --runs $runs --export-json $work/root.json \
+    -n openshell '$work/openshell run -- true' \
+    -n bwrap '$bwrap_cmd' \
+    -n crun 'crun run --bundle $work/bundle openshell-bench' \
+    -n unshare 'unshare -Urnmpf true' >/dev/null
+"
+python3 - "$work/root.json" <<'PY'
+import json, sys
+r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
+base = r["openshell"]["median"]
+for name, x in r.items():
+    print(f"{name:10s} median {x['median']*1000:7.2f} ms  mean {x['mean']*1000:7.2f} ms  openshell/{name} = {base/x['median']:.2f}x")
+PY
+
+if [ -n "${BENCH_USER:-}" ]; then
+  echo "== start-up as $BENCH_USER (rootless)"
+  mkdir -m 0777 "$work/u"
+  runuser -u "$BENCH_USER" -- env OPENSHELL_STATE_DIR="$work/u/state" hyperfine -N --warmup 10 --runs "$runs" \
+    --export-json "$work/u/user.json" \
+    -n openshell "$work/openshell run -- true" \
+    -n bwrap "$bwrap_cmd" \
+    -n unshare "unshare -Urnmpf true" >/dev/null
+  python3 - "$work/u/user.json" <<'PY'
+import json, sys
+r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
+base = r["openshell"]["median"]
+for name, x in r.items():
+    print(f"{name:10s} median {x['median']*1000:7.2f} ms  openshell/{name} = {base/x['median']:.2f}x")
+PY
+fi
+
+echo "== memory of a sandbox's own processes (supervisor + init) while 'sleep' runs"
+"$work/openshell" run -T -- sleep 3 &
+sup=$!
+sleep 1
+init=$(cat /proc/$sup/task/$sup/children | awk '{print $1}')
+for p in $sup $init; do
+  name=$([ "$p" = "$sup" ] && echo supervisor || echo init)
+  rss=$(awk '/^VmRSS/{print $2}' /proc/$p/status)
+  pss=$(awk '/^Pss:/{print $2}' /proc/$p/smaps_rollup)
+  echo "$name pid $p: RSS ${rss} kB, PSS ${pss} kB"
+done
+wait $sup
