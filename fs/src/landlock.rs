@@ -27,6 +27,8 @@ pub struct LandlockPlan {
     pub list_only: Vec<PathBuf>,
     /// Refuse to run unless everything is enforced (`hard_requirement`).
     pub hard: bool,
+    /// The ABI to build the ruleset for: [`usable_abi`] at plan time.
+    pub abi: i32,
 }
 
 /// Landlock could not be applied as asked.
@@ -54,6 +56,16 @@ pub fn kernel_abi() -> i32 {
         )
     };
     i32::try_from(v).unwrap_or(0).max(0)
+}
+
+/// The ABI sandboxes use: the kernel's, capped by `OPENSHELL_LANDLOCK_MAX_ABI` when set
+/// (to see how a policy behaves on an older kernel; it can only lower, never raise).
+pub fn usable_abi() -> i32 {
+    let cap = std::env::var("OPENSHELL_LANDLOCK_MAX_ABI")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(i32::MAX);
+    kernel_abi().min(cap).max(0)
 }
 
 /// What this kernel cannot enforce compared with [`TARGET_ABI`], in words.
@@ -85,18 +97,25 @@ fn abi_of(v: i32) -> ABI {
 
 /// Restrict the calling process (and its future children) to the plan's paths.
 /// Paths that do not exist in the sandbox are skipped: nothing there to reach.
-pub fn restrict_self(plan: &LandlockPlan) -> Result<RestrictionStatus, LandlockError> {
-    let abi = abi_of(TARGET_ABI);
+/// Returns `None` when Landlock is unavailable (best_effort: reported before start).
+pub fn restrict_self(plan: &LandlockPlan) -> Result<Option<RestrictionStatus>, LandlockError> {
+    if plan.abi < 1 {
+        return Ok(None);
+    }
+    let abi = abi_of(plan.abi);
     let level = if plan.hard {
         CompatLevel::HardRequirement
     } else {
         CompatLevel::BestEffort
     };
-    let mut ruleset = Ruleset::default()
+    let mut base = Ruleset::default()
         .set_compatibility(level)
-        .handle_access(AccessFs::from_all(abi))?
-        .scope(Scope::from_all(abi))?
-        .create()?;
+        .handle_access(AccessFs::from_all(abi))?;
+    let scopes = Scope::from_all(abi);
+    if !scopes.is_empty() {
+        base = base.scope(scopes)?;
+    }
+    let mut ruleset = base.create()?;
     for (paths, rights) in [
         (&plan.list_only, AccessFs::ReadDir.into()),
         (&plan.read_only, AccessFs::from_read(abi)),
@@ -117,7 +136,7 @@ pub fn restrict_self(plan: &LandlockPlan) -> Result<RestrictionStatus, LandlockE
     if plan.hard && status.ruleset != RulesetStatus::FullyEnforced {
         return Err(LandlockError::NotEnforced(status.ruleset));
     }
-    Ok(status)
+    Ok(Some(status))
 }
 
 #[cfg(test)]

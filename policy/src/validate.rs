@@ -38,7 +38,8 @@ pub fn validate(policy: &Policy, source: &str) -> Vec<Issue> {
     };
     v.run(policy);
     // Report in file order, so the first line is the first problem in the file.
-    v.issues.sort_by_key(|i| i.location.unwrap_or((usize::MAX, 0)));
+    v.issues
+        .sort_by_key(|i| i.location.unwrap_or((usize::MAX, 0)));
     v.issues
 }
 

@@ -101,7 +101,7 @@ pub fn probe() -> Vec<Check> {
         check("user namespaces", Level::Fail, "cannot create a user namespace", fix)
     });
     // Landlock.
-    let abi = openshell_fs::landlock::kernel_abi();
+    let abi = openshell_fs::landlock::usable_abi();
     let missing = openshell_fs::landlock::gaps(abi);
     out.push(match abi {
         0 => check(

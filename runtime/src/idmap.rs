@@ -284,7 +284,9 @@ fn helper(name: &'static str, pid: i32, map: &[Extent]) -> Result<Child, IdMapEr
     for e in map {
         cmd.args([e.inside, e.outside, e.count].map(|n| n.to_string()));
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     cmd.spawn().map_err(|e| IdMapError::Helper {
         helper: name,
         status: "not started".into(),

@@ -17,7 +17,7 @@ use nix::sys::socket::{
     AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair,
 };
 use nix::unistd::Pid;
-use openshell_fs::landlock::{LandlockPlan, gaps, kernel_abi};
+use openshell_fs::landlock::{LandlockPlan, gaps, usable_abi};
 use openshell_fs::{RootSpec, UserMount};
 use openshell_netns::NetworkMode;
 use openshell_policy::{Compatibility, Policy};
@@ -178,7 +178,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         )));
     }
     // Landlock: decide before anything exists whether this kernel is good enough.
-    let abi = kernel_abi();
+    let abi = usable_abi();
     let missing = gaps(abi);
     let hard = policy.compatibility() == Compatibility::HardRequirement;
     if !missing.is_empty() {
@@ -230,6 +230,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             read_write: rw.into_iter().map(PathBuf::from).collect(),
             list_only: vec![PathBuf::from("/")],
             hard,
+            abi,
         },
         seccomp: crate::seccomp::compile(&crate::seccomp::rules()),
     };

@@ -505,3 +505,121 @@ fn version_help_doctor_completions() {
     }
     let _ = Command::new("true").status();
 }
+
+// ---- Landlock compatibility modes, on a kernel capped to an older ABI ----
+
+const NO_ETC: &str = "version: 1\nfilesystem_policy:\n  read_only: [/usr, /lib, /lib64, /bin, /proc]\n  read_write: [/sandbox, /tmp, /dev/null]\nlandlock:\n  compatibility: MODE\n";
+
+#[test]
+fn best_effort_says_what_it_cannot_enforce_and_keeps_the_rest() {
+    need_sandbox!();
+    let dir = TempDir::new("be");
+    let sb = Sandbox::new();
+    let pol = policy_file(dir.path(), "p.yaml", &NO_ETC.replace("MODE", "best_effort"));
+    let out = sb
+        .cmd()
+        .env("OPENSHELL_LANDLOCK_MAX_ABI", "5")
+        .args([
+            "run",
+            "--policy",
+            pol.to_str().unwrap(),
+            "--",
+            "cat",
+            "/etc/hostname",
+        ])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(
+        err.contains("landlock best_effort on ABI 5: not enforced: abstract unix socket scoping (ABI 6), signal scoping (ABI 6)"),
+        "{err}"
+    );
+    // The file rules of ABI 5 still hold: /etc is not in the policy.
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "read /etc/hostname: {}",
+        stdout(&out)
+    );
+    assert!(err.contains("Permission denied"), "{err}");
+    // Without Landlock at all it still runs, and says loudly that nothing is enforced.
+    let out = sb
+        .cmd()
+        .env("OPENSHELL_LANDLOCK_MAX_ABI", "0")
+        .args(["run", "--policy", pol.to_str().unwrap(), "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        stderr(&out).contains("not enforced: all filesystem rules (Landlock unavailable)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn hard_requirement_refuses_to_start_when_landlock_falls_short() {
+    need_sandbox!();
+    let dir = TempDir::new("hard");
+    let sb = Sandbox::new();
+    let pol = policy_file(
+        dir.path(),
+        "p.yaml",
+        &NO_ETC.replace("MODE", "hard_requirement"),
+    );
+    let marker = dir.path().join("ran");
+    let script = format!("touch {}", marker.display());
+    let out = sb
+        .cmd()
+        .env("OPENSHELL_LANDLOCK_MAX_ABI", "5")
+        .args([
+            "run",
+            "--policy",
+            pol.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("landlock hard_requirement cannot be met on this kernel (ABI 5)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!marker.exists());
+    // On this kernel's own ABI the same policy runs.
+    let out = sb.run(&["--policy", pol.to_str().unwrap()], &["true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn killing_the_supervisor_kills_the_sandbox() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let mut child = sb
+        .cmd()
+        .args(["run", "--", "sh", "-c", "sleep 77.125 & sleep 77.125"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = |want: bool| {
+        for _ in 0..50 {
+            let out = Command::new("pgrep")
+                .args(["-f", "sleep 77.125"])
+                .output()
+                .unwrap();
+            if stdout(&out).trim().is_empty() != want {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    assert!(seen(true), "sandbox never started");
+    child.kill().unwrap(); // SIGKILL: no cleanup code of ours runs
+    let _ = child.wait();
+    assert!(seen(false), "sandbox processes outlived their supervisor");
+}
