@@ -220,18 +220,11 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         mounts: opts.mounts.clone(),
     };
     let mounts = openshell_fs::plan::host_view(&openshell_fs::host_facts(), &spec);
-    let (ro, rw) = policy.fs_paths(&workdir);
     let confinement = Confinement {
         uid,
         gid,
         setgroups: ids.setgroups_allowed(),
-        landlock: LandlockPlan {
-            read_only: ro.into_iter().map(PathBuf::from).collect(),
-            read_write: rw.into_iter().map(PathBuf::from).collect(),
-            list_only: vec![PathBuf::from("/")],
-            hard,
-            abi,
-        },
+        landlock: landlock_plan(&policy, &workdir, abi),
         seccomp: crate::seccomp::compile(&crate::seccomp::rules()),
     };
     let tty = opts.tty.unwrap_or_else(|| {
@@ -262,6 +255,18 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     let code = start_and_wait(&cfg, &ids)?;
     drop(cleanup);
     Ok(code)
+}
+
+/// The Landlock rules a policy asks for, at the ABI this host offers.
+pub fn landlock_plan(policy: &Policy, workdir: &str, abi: i32) -> LandlockPlan {
+    let (ro, rw) = policy.fs_paths(workdir);
+    LandlockPlan {
+        read_only: ro.into_iter().map(PathBuf::from).collect(),
+        read_write: rw.into_iter().map(PathBuf::from).collect(),
+        list_only: vec![PathBuf::from("/")],
+        hard: policy.compatibility() == Compatibility::HardRequirement,
+        abi,
+    }
 }
 
 fn chown_tree(path: &std::path::Path, uid: Option<u32>, gid: Option<u32>) {
@@ -393,4 +398,45 @@ fn start_and_wait(cfg: &InitConfig, ids: &idmap::IdPlan) -> Result<i32, RunError
         None => crate::relay::wait_plain(init_pid, &sfd),
     };
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn landlock_plan_from_policy() {
+        let p = Policy::parse(
+            "version: 1\nfilesystem_policy:\n  include_workdir: true\n  read_only: [/usr]\n  read_write: [/tmp]\nlandlock:\n  compatibility: hard_requirement\n",
+        )
+        .unwrap();
+        let plan = landlock_plan(&p, "/work", 7);
+        assert_eq!(
+            plan,
+            LandlockPlan {
+                read_only: vec![PathBuf::from("/usr")],
+                read_write: vec![PathBuf::from("/tmp"), PathBuf::from("/work")],
+                list_only: vec![PathBuf::from("/")],
+                hard: true,
+                abi: 7,
+            }
+        );
+        let d = landlock_plan(&Policy::restrictive_default(), "/sandbox", 6);
+        assert!(!d.hard);
+        assert!(d.read_write.contains(&PathBuf::from("/sandbox")));
+        assert!(!d.read_write.iter().any(|p| p == std::path::Path::new("/")));
+    }
+
+    #[test]
+    fn environment_is_clean_and_overridable() {
+        let env = environment(
+            &[("HOME".into(), "/x".into()), ("A".into(), "1".into())],
+            false,
+        );
+        assert!(env.contains(&("HOME".into(), "/x".into())));
+        assert_eq!(env.iter().filter(|(k, _)| k == "HOME").count(), 1);
+        assert!(env.contains(&("OPENSHELL_SANDBOX".into(), "1".into())));
+        assert!(looks_secret("ANTHROPIC_API_KEY") && looks_secret("gh_token"));
+        assert!(!looks_secret("EDITOR"));
+    }
 }
