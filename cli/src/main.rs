@@ -25,6 +25,9 @@ pub struct Cli {
 enum Command {
     /// Run a command in a new sandbox and return its exit status.
     Run(cmd::run::RunArgs),
+    /// Pull, list, inspect and remove OCI images.
+    #[command(subcommand)]
+    Image(cmd::image::ImageCommand),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),
@@ -42,6 +45,7 @@ fn main() {
     let code = match cli.command {
         Command::Run(args) => cmd::run::run(args),
         Command::Policy(c) => cmd::policy::run(c, cli.output),
+        Command::Image(c) => cmd::image::run(c, cli.output),
         Command::Doctor => cmd::doctor::run(cli.output),
         Command::Completions { shell } => {
             let mut c = <Cli as clap::CommandFactory>::command();

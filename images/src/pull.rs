@@ -150,7 +150,8 @@ pub fn pull(store: &Store, reference: &Reference, opts: &PullOptions) -> Result<
             })
         })
         .collect::<Result<_>>()?;
-    fetch_layers(store, &client, &layers, opts)?;
+    let implicit = fetch_layers(store, &client, &layers, opts)?;
+    inherit_implicit_dirs(store, &layers, &implicit);
     let rec = ImageRecord {
         digest,
         index_digest,
@@ -193,18 +194,54 @@ fn short(d: &str) -> &str {
     &hex(d)[..12.min(hex(d).len())]
 }
 
+/// A directory a layer created only as the parent of an entry takes the mode, owner and
+/// mtime of the same directory in the nearest lower layer (as flattening unpackers see it).
+fn inherit_implicit_dirs(
+    store: &Store,
+    layers: &[LayerRecord],
+    implicit: &[Vec<std::path::PathBuf>],
+) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    for (i, dirs) in implicit.iter().enumerate() {
+        let here = store.layer_dir(&layers[i].diff_id);
+        for rel in dirs.iter().rev() {
+            let lower = layers[..i]
+                .iter()
+                .rev()
+                .map(|l| store.layer_dir(&l.diff_id).join(rel))
+                .find_map(|p| std::fs::symlink_metadata(&p).ok().filter(|m| m.is_dir()));
+            if let Some(m) = lower {
+                let p = here.join(rel);
+                let _ = std::os::unix::fs::lchown(&p, Some(m.uid()), Some(m.gid()));
+                let _ = std::fs::set_permissions(
+                    &p,
+                    std::fs::Permissions::from_mode(m.mode() & 0o7777),
+                );
+                let t = nix::sys::time::TimeSpec::new(m.mtime(), 0);
+                let _ = nix::sys::stat::utimensat(
+                    nix::fcntl::AT_FDCWD,
+                    &p,
+                    &t,
+                    &t,
+                    nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+                );
+            }
+        }
+    }
+}
+
 fn fetch_layers(
     store: &Store,
     client: &Client,
     layers: &[LayerRecord],
     opts: &PullOptions,
-) -> Result<()> {
+) -> Result<Vec<Vec<std::path::PathBuf>>> {
     let bars = (!opts.quiet && std::io::stderr().is_terminal()).then(MultiProgress::new);
     let style =
         ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
-    let results: Vec<Result<()>> = std::thread::scope(|s| {
+    let results: Vec<Result<Vec<std::path::PathBuf>>> = std::thread::scope(|s| {
         let handles: Vec<_> = layers
             .iter()
             .map(|l| {
@@ -234,18 +271,18 @@ fn fetch_layer(
     layer: &LayerRecord,
     opts: &PullOptions,
     bar: Option<ProgressBar>,
-) -> Result<()> {
+) -> Result<Vec<std::path::PathBuf>> {
     let dest = store.layer_dir(&layer.diff_id);
     if dest.exists() {
         if let Some(b) = bar {
             b.finish_with_message("exists");
         }
-        return Ok(());
+        return Ok(vec![]);
     }
     let compression = manifest::compression(&layer.media_type).map_err(ImageError::Invalid)?;
     let _lock = store.lock(&format!("layer-{}", hex(&layer.diff_id)))?;
     if dest.exists() {
-        return Ok(()); // another pull finished it while we waited
+        return Ok(vec![]); // another pull finished it while we waited
     }
     let tmp = store.tmp_dir(&format!("layer-{}", short(&layer.diff_id)))?;
     let result = download_and_unpack(client, layer, compression, &tmp, opts, bar.clone());
@@ -265,7 +302,7 @@ fn fetch_layer(
                     stats.skipped_devices.join(", ")
                 );
             }
-            Ok(())
+            Ok(stats.implicit_dirs)
         }
         Err(e) => {
             let _ = force_remove(&tmp);

@@ -58,6 +58,9 @@ pub struct Stats {
     pub entries: u64,
     /// Device nodes not created (path list).
     pub skipped_devices: Vec<String>,
+    /// Parent directories created without an entry of their own: they should take the
+    /// attributes of the same directory in a lower layer (see `pull`).
+    pub implicit_dirs: Vec<PathBuf>,
 }
 
 /// A refusal or failure while unpacking; the caller adds the layer name.
@@ -107,21 +110,24 @@ struct Layer {
     root: OwnedFd,
     own: Ownership,
     dirs: Vec<(PathBuf, u32, i64, u64, u64)>,
+    implicit: std::collections::BTreeSet<PathBuf>,
 }
 
 impl Layer {
     /// Open `rel` (a directory) beneath the root, creating missing directories 0755.
-    fn dir(&self, rel: &Path) -> UnpackResult<OwnedFd> {
+    fn dir(&mut self, rel: &Path) -> UnpackResult<OwnedFd> {
         let mut cur = openat2(
             self.root.as_fd(),
             ".",
             beneath(OFlag::O_DIRECTORY | OFlag::O_RDONLY),
         )
         .map_err(|e| format!("open layer root: {e}"))?;
+        let mut so_far = PathBuf::new();
         for comp in rel.components() {
             let Component::Normal(name) = comp else {
                 continue;
             };
+            so_far.push(name);
             let open = |fd: &OwnedFd| {
                 openat2(
                     fd.as_fd(),
@@ -134,6 +140,7 @@ impl Layer {
                 Err(Errno::ENOENT) => {
                     mkdirat(cur.as_fd(), name, Mode::from_bits_truncate(0o755))
                         .map_err(|e| format!("create {}: {e}", rel.display()))?;
+                    self.implicit.insert(so_far.clone());
                     open(&cur).map_err(|e| format!("open {}: {e}", rel.display()))?
                 }
                 Err(Errno::ENOTDIR) if is_symlink(&cur, name) => {
@@ -242,6 +249,7 @@ pub fn unpack<R: Read>(
         root,
         own,
         dirs: Vec::new(),
+        implicit: Default::default(),
     };
     let mut stats = Stats::default();
     let mut archive = tar::Archive::new(tar);
@@ -301,6 +309,7 @@ pub fn unpack<R: Read>(
         use tar::EntryType as T;
         match kind {
             T::Directory => {
+                layer.implicit.remove(&rel);
                 layer.clear(&parent, &rel, &name, true)?;
                 match mkdirat(
                     parent.as_fd(),
@@ -421,7 +430,8 @@ pub fn unpack<R: Read>(
     layer
         .dirs
         .sort_by_key(|(p, ..)| std::cmp::Reverse(p.components().count()));
-    for (rel, mode, mtime, _, _) in &layer.dirs {
+    let dirs = std::mem::take(&mut layer.dirs);
+    for (rel, mode, mtime, _, _) in &dirs {
         let parent = layer.dir(rel.parent().unwrap_or(Path::new("")))?;
         let name = rel.file_name().unwrap_or_default();
         nix::sys::stat::fchmodat(
@@ -433,6 +443,7 @@ pub fn unpack<R: Read>(
         .map_err(|e| format!("chmod {}: {e}", rel.display()))?;
         set_mtime(&parent, name, *mtime);
     }
+    stats.implicit_dirs = layer.implicit.into_iter().collect();
     Ok(stats)
 }
 

@@ -1,0 +1,353 @@
+//! `openshell image pull|list|inspect|rm|prune|login|logout`.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use openshell_images::auth::{self, Credentials};
+use openshell_images::manifest::Platform;
+use openshell_images::pull::{Limits, PullOptions};
+use openshell_images::registry::{Client, RegistryOptions};
+use openshell_images::unpack::Ownership;
+use openshell_images::{ImageError, ImageRecord, Reference, Store};
+
+use crate::output::{Format, structured, table};
+
+/// How to reach registries (shared by pull, login and run --from).
+#[derive(Debug, Clone, Args, Default)]
+pub struct RegistryArgs {
+    /// Trust this CA certificate (PEM) for registry TLS, besides the system store.
+    /// Repeatable.
+    #[arg(long = "registry-ca", value_name = "FILE")]
+    pub registry_ca: Vec<PathBuf>,
+    /// Allow plain http for this registry (host:port). Loopback registries may always
+    /// use it. Repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure_registry: Vec<String>,
+    /// Platform to pick from a multi-platform image (default: this host's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+}
+
+impl RegistryArgs {
+    fn options(&self) -> RegistryOptions {
+        RegistryOptions {
+            insecure: self.insecure_registry.clone(),
+            ca_files: self.registry_ca.clone(),
+            credentials: None,
+        }
+    }
+
+    /// Arguments to pass these settings on to a child `openshell image pull`.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for f in &self.registry_ca {
+            v.push("--registry-ca".into());
+            v.push(f.display().to_string());
+        }
+        for h in &self.insecure_registry {
+            v.push("--insecure-registry".into());
+            v.push(h.clone());
+        }
+        if let Some(p) = &self.platform {
+            v.push("--platform".into());
+            v.push(p.clone());
+        }
+        v
+    }
+}
+
+/// Image commands.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image from a registry into the local store.
+    Pull {
+        /// Image reference (python:3.12, host:port/name:tag, name@sha256:...).
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Print only the image digest.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// List stored images.
+    #[command(alias = "ls")]
+    List {
+        /// Print only digests.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show an image's record and config.
+    Inspect {
+        /// Name or digest (prefix).
+        image: String,
+    },
+    /// Remove images (refused while a sandbox uses one, unless --force).
+    Rm {
+        /// Names or digests.
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Remove even if a sandbox uses it.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Delete layers and blobs no image uses, and leftovers of interrupted pulls.
+    Prune,
+    /// Store credentials for a registry.
+    Login {
+        /// Registry host[:port].
+        registry: String,
+        /// User name.
+        #[arg(short, long)]
+        username: String,
+        /// Read the password from stdin (recommended).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Password (visible in the process list: prefer --password-stdin).
+        #[arg(short, long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        #[command(flatten)]
+        registry_args: RegistryArgs,
+    },
+    /// Remove stored credentials for a registry.
+    Logout {
+        /// Registry host[:port].
+        registry: String,
+    },
+}
+
+/// Ownership of unpacked files: root shifts ids into the sandbox range.
+pub fn ownership() -> Ownership {
+    if !nix::unistd::geteuid().is_root() {
+        return Ownership::Flatten;
+    }
+    let ids = openshell_runtime::idmap::plan(&openshell_runtime::idmap::facts(), 1000, 1000);
+    match (ids.outside_uid(1), ids.outside_gid(1)) {
+        (Some(u), Some(g)) => Ownership::Shift {
+            uid_base: u - 1,
+            gid_base: g - 1,
+        },
+        _ => Ownership::Flatten,
+    }
+}
+
+/// Open the default store.
+pub fn store() -> Result<Store, ImageError> {
+    Store::open(Store::default_root())
+}
+
+/// Pull `reference` with these settings.
+pub fn pull(reference: &str, reg: &RegistryArgs, quiet: bool) -> Result<ImageRecord, ImageError> {
+    let r = Reference::parse(reference).map_err(ImageError::Invalid)?;
+    let platform = match &reg.platform {
+        Some(p) => Platform::parse(p).map_err(ImageError::Invalid)?,
+        None => Platform::host(),
+    };
+    let opts = PullOptions {
+        registry: reg.options(),
+        platform,
+        ownership: ownership(),
+        limits: Limits::default(),
+        quiet,
+    };
+    openshell_images::pull::pull(&store()?, &r, &opts)
+}
+
+fn age(secs: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let d = now.saturating_sub(secs);
+    match d {
+        0..=59 => format!("{d}s ago"),
+        60..=3599 => format!("{}m ago", d / 60),
+        3600..=86399 => format!("{}h ago", d / 3600),
+        _ => format!("{}d ago", d / 86400),
+    }
+}
+
+fn human(bytes: u64) -> String {
+    let mut v = bytes as f64;
+    for unit in ["B", "kB", "MB", "GB"] {
+        if v < 1000.0 {
+            return format!("{v:.1} {unit}");
+        }
+        v /= 1000.0;
+    }
+    format!("{v:.1} TB")
+}
+
+/// Sandboxes (by name) whose state says they use `digest`.
+fn users_of(digest: &str) -> Vec<String> {
+    let dir = openshell_runtime::state::base_dir().join("sandboxes");
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    rd.flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("image")).is_ok_and(|d| d.trim() == digest)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn fail(e: impl std::fmt::Display) -> i32 {
+    eprintln!("openshell: {e}");
+    1
+}
+
+/// Run an image command.
+pub fn run(cmd: ImageCommand, format: Format) -> i32 {
+    match cmd {
+        ImageCommand::Pull {
+            reference,
+            registry,
+            quiet,
+        } => match pull(&reference, &registry, quiet) {
+            Ok(rec) => {
+                if quiet {
+                    println!("{}", rec.digest);
+                } else {
+                    println!(
+                        "pulled {} {}",
+                        rec.names.last().map_or("", String::as_str),
+                        rec.digest
+                    );
+                }
+                0
+            }
+            Err(e) => fail(e),
+        },
+        ImageCommand::List { quiet } => {
+            let list = match store().and_then(|s| s.list()) {
+                Ok(l) => l,
+                Err(e) => return fail(e),
+            };
+            if quiet {
+                list.iter().for_each(|r| println!("{}", r.digest));
+            } else if !structured(format, &list) {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.names.first().cloned().unwrap_or_else(|| "<none>".into()),
+                            r.digest[7..19].to_string(),
+                            human(r.size()),
+                            r.layers.len().to_string(),
+                            age(r.pulled),
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "DIGEST", "SIZE", "LAYERS", "PULLED"], &rows);
+            }
+            0
+        }
+        ImageCommand::Inspect { image } => {
+            let s = match store() {
+                Ok(s) => s,
+                Err(e) => return fail(e),
+            };
+            match s.find(&image).and_then(|r| s.config(&r).map(|c| (r, c))) {
+                Ok((rec, cfg)) => {
+                    let v = serde_json::json!({ "image": rec, "config": cfg });
+                    if !structured(
+                        if format == Format::Table {
+                            Format::Json
+                        } else {
+                            format
+                        },
+                        &v,
+                    ) {
+                        unreachable!("json output always prints");
+                    }
+                    0
+                }
+                Err(e) => fail(e),
+            }
+        }
+        ImageCommand::Rm { images, force } => {
+            let s = match store() {
+                Ok(s) => s,
+                Err(e) => return fail(e),
+            };
+            let mut code = 0;
+            for name in images {
+                let rec = match s.find(&name) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        code = fail(e);
+                        continue;
+                    }
+                };
+                if let Some(sb) = users_of(&rec.digest).first()
+                    && !force
+                {
+                    code = fail(ImageError::InUse {
+                        image: name,
+                        sandbox: sb.clone(),
+                    });
+                    continue;
+                }
+                match s.remove(&rec) {
+                    Ok(()) => println!("removed {} {}", name, rec.digest),
+                    Err(e) => code = fail(e),
+                }
+            }
+            code
+        }
+        ImageCommand::Prune => match store().and_then(|s| s.prune()) {
+            Ok((layers, bytes)) => {
+                println!("removed {layers} layers and {} of blobs", human(bytes));
+                0
+            }
+            Err(e) => fail(e),
+        },
+        ImageCommand::Login {
+            registry,
+            username,
+            password_stdin,
+            password,
+            registry_args,
+        } => {
+            let password = match (password, password_stdin) {
+                (Some(p), _) => p,
+                (None, true) => {
+                    let mut p = String::new();
+                    if let Err(e) = std::io::stdin().read_to_string(&mut p) {
+                        return fail(e);
+                    }
+                    p.trim_end_matches(['\n', '\r']).to_string()
+                }
+                (None, false) => return fail("give the password with --password-stdin (or -p)"),
+            };
+            let creds = Credentials {
+                user: username,
+                password,
+            };
+            let r = match Reference::parse(&format!("{registry}/openshell-login-check")) {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            let mut opts = registry_args.options();
+            opts.credentials = Some(creds.clone());
+            if let Err(e) = Client::new(&r, &opts).and_then(|c| c.check_login()) {
+                return fail(e);
+            }
+            match auth::store(&r.registry, &creds) {
+                Ok(file) => {
+                    println!("login succeeded; credentials stored in {}", file.display());
+                    0
+                }
+                Err(e) => fail(e),
+            }
+        }
+        ImageCommand::Logout { registry } => match auth::remove(&registry) {
+            Ok(true) => {
+                println!("removed credentials for {registry}");
+                0
+            }
+            Ok(false) => fail(format!("not logged in to {registry}")),
+            Err(e) => fail(e),
+        },
+    }
+}
