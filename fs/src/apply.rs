@@ -209,6 +209,12 @@ fn run(op: &MountOp, root: &Path) -> Result<(), FsError> {
             )
             .map_err(mount_err("tmpfs", path))
         }
+        MountOp::Overlay {
+            lowers,
+            upper,
+            work,
+            path,
+        } => overlay(lowers, upper, work, &inside(root, path)),
         MountOp::ReadOnly { path } => {
             if !path.exists() {
                 return Ok(());
@@ -232,6 +238,55 @@ fn run(op: &MountOp, root: &Path) -> Result<(), FsError> {
             )
         }
     }
+}
+
+/// Mount the overlay; where the kernel refuses (or `OPENSHELL_NO_OVERLAY=1`), copy the
+/// layers into `upper` and bind that instead, so the sandbox still gets a private root.
+fn overlay(lowers: &[PathBuf], upper: &Path, work: &Path, at: &Path) -> Result<(), FsError> {
+    let join = |ps: &[PathBuf]| {
+        ps.iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        join(lowers),
+        upper.display(),
+        work.display()
+    );
+    let forced_copy = std::env::var_os("OPENSHELL_NO_OVERLAY").is_some_and(|v| v == "1");
+    if !forced_copy {
+        match mount(
+            Some("overlay"),
+            at,
+            Some("overlay"),
+            MsFlags::MS_NOSUID,
+            Some(data.as_str()),
+        ) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EPERM | Errno::EINVAL | Errno::ENODEV | Errno::EOPNOTSUPP) => {}
+            Err(source) => {
+                return Err(FsError::Mount {
+                    what: "overlay".into(),
+                    path: at.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+    crate::flatten::flatten(lowers, upper).map_err(|source| FsError::Create {
+        path: upper.to_path_buf(),
+        source,
+    })?;
+    mount(
+        Some(upper),
+        at,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(mount_err("copied root", at))
 }
 
 /// Swap the root: the new root is `root`; the old one is detached and forgotten.

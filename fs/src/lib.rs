@@ -5,11 +5,12 @@
 //! nothing of processes, namespaces other than mount, or the network.
 
 pub mod apply;
+pub mod flatten;
 pub mod landlock;
 pub mod plan;
 
 pub use apply::{FsError, apply};
-pub use plan::{HostFacts, MountOp, MountPlan, RootSpec, UserMount};
+pub use plan::{HostFacts, ImageLayers, MountOp, MountPlan, RootSpec, UserMount};
 
 /// Read what the host-view plan needs to know about the host.
 pub fn host_facts() -> HostFacts {

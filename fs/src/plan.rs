@@ -39,6 +39,25 @@ pub enum MountOp {
     MaskDir { path: PathBuf },
     /// Make an existing mount read-only in place (post-pivot).
     ReadOnly { path: PathBuf },
+    /// An overlayfs of image layers (top first) with the sandbox's own upper dir; where
+    /// overlay cannot be mounted, the layers are copied into `upper` and it is bound.
+    Overlay {
+        lowers: Vec<PathBuf>,
+        upper: PathBuf,
+        work: PathBuf,
+        path: PathBuf,
+    },
+}
+
+/// The layers of an image root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageLayers {
+    /// Unpacked layer directories, base first.
+    pub layers: Vec<PathBuf>,
+    /// The sandbox's upper dir (its changes).
+    pub upper: PathBuf,
+    /// overlayfs work dir (same filesystem as `upper`).
+    pub work: PathBuf,
 }
 
 /// What the host looks like, read before the sandbox is created.
@@ -146,7 +165,29 @@ pub fn host_view(facts: &HostFacts, spec: &RootSpec) -> MountPlan {
             }
         }
     }
-    common_tail(&mut ops, facts, spec);
+    common_tail(&mut ops, facts, spec, false);
+    let mut after = after_pivot();
+    // The host view's root is a scaffold of binds: nothing may be added to it.
+    after.push(MountOp::ReadOnly { path: p("/") });
+    MountPlan {
+        root: spec.root.clone(),
+        before_pivot: ops,
+        after_pivot: after,
+    }
+}
+
+/// The image view: overlayfs of the image's layers (shared, read-only) and the
+/// sandbox's own upper dir, then the same /proc, /dev, /tmp, /sandbox as the host view.
+/// The root stays writable (changes land in the upper dir); Landlock decides who may
+/// write where.
+pub fn image_view(img: &ImageLayers, spec: &RootSpec) -> MountPlan {
+    let mut ops = vec![MountOp::Overlay {
+        lowers: img.layers.iter().rev().cloned().collect(),
+        upper: img.upper.clone(),
+        work: img.work.clone(),
+        path: p("/"),
+    }];
+    common_tail(&mut ops, &HostFacts::default(), spec, true);
     MountPlan {
         root: spec.root.clone(),
         before_pivot: ops,
@@ -155,7 +196,7 @@ pub fn host_view(facts: &HostFacts, spec: &RootSpec) -> MountPlan {
 }
 
 /// Steps every root gets: /proc, /dev, /tmp, /sandbox, /etc overrides, user mounts.
-fn common_tail(ops: &mut Vec<MountOp>, facts: &HostFacts, spec: &RootSpec) {
+fn common_tail(ops: &mut Vec<MountOp>, facts: &HostFacts, spec: &RootSpec, touch_etc: bool) {
     ops.push(MountOp::Mkdir {
         path: p("/proc"),
         mode: 0o555,
@@ -239,6 +280,9 @@ fn common_tail(ops: &mut Vec<MountOp>, facts: &HostFacts, spec: &RootSpec) {
         });
     }
     for (dest, src) in &spec.etc_files {
+        if touch_etc {
+            ops.push(MountOp::Touch { path: dest.clone() });
+        }
         ops.push(MountOp::Bind {
             src: src.clone(),
             path: dest.clone(),
@@ -284,7 +328,7 @@ fn after_pivot() -> Vec<MountOp> {
             .iter()
             .map(|d| MountOp::ReadOnly { path: p(d) }),
     );
-    ops.push(MountOp::ReadOnly { path: p("/") });
+
     ops
 }
 
@@ -414,6 +458,47 @@ mod tests {
             plan.after_pivot.last(),
             Some(&MountOp::ReadOnly { path: p("/") })
         );
+    }
+
+    #[test]
+    fn image_view_overlays_layers_top_first_and_keeps_root_writable() {
+        let img = ImageLayers {
+            layers: vec![p("/s/l/base"), p("/s/l/top")],
+            upper: p("/state/upper"),
+            work: p("/state/work"),
+        };
+        let plan = image_view(&img, &spec());
+        assert_eq!(
+            plan.before_pivot[0],
+            MountOp::Overlay {
+                lowers: vec![p("/s/l/top"), p("/s/l/base")],
+                upper: p("/state/upper"),
+                work: p("/state/work"),
+                path: p("/"),
+            }
+        );
+        // Generated /etc files get a mount point first (the image may lack them).
+        let i = plan
+            .before_pivot
+            .iter()
+            .position(|o| {
+                *o == MountOp::Touch {
+                    path: p("/etc/passwd"),
+                }
+            })
+            .expect("touch");
+        assert!(
+            matches!(&plan.before_pivot[i + 1], MountOp::Bind { path, .. } if path == &p("/etc/passwd"))
+        );
+        assert!(
+            !plan
+                .after_pivot
+                .contains(&MountOp::ReadOnly { path: p("/") })
+        );
+        // No host /etc secrets to mask in an image.
+        assert!(!plan.before_pivot.iter().any(
+            |o| matches!(o, MountOp::Bind { src, path, .. } if src == &p("/dev/null") && path.starts_with("/etc"))
+        ));
     }
 
     #[test]

@@ -122,6 +122,17 @@ impl Policy {
         }
     }
 
+    /// The default for an image root: as [`Policy::restrictive_default`], but the whole
+    /// image is readable (it holds nothing of the host; images put programs and data in
+    /// many places: /app, /opt, /home/node, ...). Writes stay limited to the same paths.
+    pub fn image_default() -> Self {
+        let mut p = Self::restrictive_default();
+        if let Some(fs) = p.filesystem_policy.as_mut() {
+            fs.read_only.insert(0, "/".into());
+        }
+        p
+    }
+
     /// The uid and gid sandboxed processes run as.
     pub fn identity(&self) -> (u32, u32) {
         let id = |s: &Option<IdSpec>| match s {
@@ -153,7 +164,8 @@ impl Policy {
             .cloned()
             .unwrap_or_default();
         let mut rw = fs.read_write.clone();
-        if fs.include_workdir && !rw.iter().any(|p| p == workdir) {
+        // Never `/`: an image whose WorkingDir is `/` must not make everything writable.
+        if fs.include_workdir && workdir != "/" && !rw.iter().any(|p| p == workdir) {
             rw.push(workdir.to_string());
         }
         (fs.read_only, rw)

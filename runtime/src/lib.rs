@@ -7,6 +7,7 @@
 
 pub mod features;
 pub mod idmap;
+pub mod image;
 pub mod init;
 pub mod relay;
 pub mod run;

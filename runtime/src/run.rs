@@ -23,6 +23,7 @@ use openshell_netns::NetworkMode;
 use openshell_policy::{Compatibility, Policy};
 
 use crate::idmap;
+use crate::image::ImageSpec;
 use crate::init::{self, InitConfig, msg};
 use crate::spawn::{Confinement, ExecSpec};
 use crate::state::{self, SandboxDir, StateError};
@@ -52,6 +53,8 @@ pub struct RunOptions {
     pub keep: bool,
     /// Force a pty on/off; None = when stdin and stdout are terminals.
     pub tty: Option<bool>,
+    /// Run on this image instead of the host view.
+    pub image: Option<ImageSpec>,
 }
 
 /// `run` failed before the command could start.
@@ -124,8 +127,13 @@ pub fn looks_secret(key: &str) -> bool {
     .any(|w| k.contains(w))
 }
 
-/// The clean environment of a sandboxed command.
-pub fn environment(extra: &[(String, String)], tty: bool) -> Vec<(String, String)> {
+/// The clean environment of a sandboxed command: our defaults, then the image's Env,
+/// then `--env`.
+pub fn environment(
+    image: &[String],
+    extra: &[(String, String)],
+    tty: bool,
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), PATH.into()),
         ("HOME".into(), "/sandbox".into()),
@@ -143,9 +151,13 @@ pub fn environment(extra: &[(String, String)], tty: bool) -> Vec<(String, String
     if let Some(t) = term {
         env.push(("TERM".into(), t));
     }
-    for (k, v) in extra {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
+    let image = image
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+    for (k, v) in image.chain(extra.iter().cloned()) {
+        env.retain(|(ek, _)| *ek != k);
+        env.push((k, v));
     }
     env
 }
@@ -160,18 +172,34 @@ fn cstrings<I: IntoIterator<Item = String>>(it: I) -> Result<Vec<CString>, RunEr
 
 /// Run a command in a new sandbox; returns its exit status.
 pub fn run(opts: RunOptions) -> Result<i32, RunError> {
-    if opts.command.is_empty() {
+    let command = match &opts.image {
+        Some(img) => img.command(&opts.command),
+        None => opts.command.clone(),
+    };
+    if command.is_empty() {
         return Err(RunError::Invalid(
-            "no command given: openshell run -- CMD [ARGS]".into(),
+            "no command given (and the image has no Entrypoint/Cmd): openshell run -- CMD [ARGS]"
+                .into(),
         ));
     }
-    let policy = opts
-        .policy
-        .clone()
-        .unwrap_or_else(Policy::restrictive_default);
+    // The policy's `process` wins; without one, the image's User (never root).
+    let explicit_identity = opts.policy.as_ref().is_some_and(|p| p.process.is_some());
+    let policy = opts.policy.clone().unwrap_or_else(|| match opts.image {
+        Some(_) => Policy::image_default(),
+        None => Policy::restrictive_default(),
+    });
     let name = opts.name.clone().unwrap_or_else(state::generate_name);
     let hostname = opts.hostname.clone().unwrap_or_else(|| name.clone());
-    let workdir = opts.workdir.clone().unwrap_or_else(|| "/sandbox".into());
+    let workdir = opts
+        .workdir
+        .clone()
+        .or_else(|| {
+            opts.image
+                .as_ref()
+                .and_then(|i| i.workdir.clone())
+                .filter(|w| !w.is_empty())
+        })
+        .unwrap_or_else(|| "/sandbox".into());
     if !workdir.starts_with('/') {
         return Err(RunError::Invalid(format!(
             "--workdir {workdir}: must be absolute"
@@ -193,7 +221,13 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             missing.join(", ")
         );
     }
-    let (uid, gid) = policy.identity();
+    let (uid, gid) = match &opts.image {
+        Some(img) if !explicit_identity => img
+            .identity()
+            .map_err(RunError::Invalid)?
+            .unwrap_or_else(|| policy.identity()),
+        _ => policy.identity(),
+    };
     let ids = idmap::plan(&idmap::facts(), uid, gid);
     let is_root = nix::unistd::geteuid().is_root();
 
@@ -212,14 +246,27 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         let (ou, og) = (ids.outside_uid(uid), ids.outside_gid(gid));
         chown_tree(&workspace, ou, og);
     }
-    let etc_files = dir.write_etc(&hostname, uid, gid)?;
+    let etc_files = dir.write_etc(&hostname, uid, gid, opts.image.is_none())?;
     let spec = RootSpec {
         root: dir.rootfs(),
         workspace,
         etc_files,
         mounts: opts.mounts.clone(),
     };
-    let mounts = openshell_fs::plan::host_view(&openshell_fs::host_facts(), &spec);
+    let mounts = match &opts.image {
+        None => openshell_fs::plan::host_view(&openshell_fs::host_facts(), &spec),
+        Some(img) => {
+            let (upper, work) = dir.image_dirs(&img.digest)?;
+            openshell_fs::plan::image_view(
+                &openshell_fs::ImageLayers {
+                    layers: img.layers.clone(),
+                    upper,
+                    work,
+                },
+                &spec,
+            )
+        }
+    };
     let confinement = Confinement {
         uid,
         gid,
@@ -238,7 +285,12 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             );
         }
     }
-    let env = environment(&opts.env, tty);
+    let image_env = opts
+        .image
+        .as_ref()
+        .map(|i| i.env.clone())
+        .unwrap_or_default();
+    let env = environment(&image_env, &opts.env, tty);
     let cfg = InitConfig {
         net: NetworkMode::Isolated,
         mounts,
@@ -246,7 +298,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         setgroups: ids.setgroups_allowed(),
         tty,
         exec: ExecSpec {
-            argv: cstrings(opts.command.clone())?,
+            argv: cstrings(command)?,
             env: cstrings(env.into_iter().map(|(k, v)| format!("{k}={v}")))?,
             cwd: PathBuf::from(&workdir),
         },
@@ -430,9 +482,11 @@ mod tests {
     #[test]
     fn environment_is_clean_and_overridable() {
         let env = environment(
+            &["PATH=/img".into(), "HOME=/img".into()],
             &[("HOME".into(), "/x".into()), ("A".into(), "1".into())],
             false,
         );
+        assert!(env.contains(&("PATH".into(), "/img".into())));
         assert!(env.contains(&("HOME".into(), "/x".into())));
         assert_eq!(env.iter().filter(|(k, _)| k == "HOME").count(), 1);
         assert!(env.contains(&("OPENSHELL_SANDBOX".into(), "1".into())));

@@ -131,17 +131,22 @@ impl SandboxDir {
     }
 
     /// Write the generated /etc files; return (sandbox path, host file) pairs.
+    /// `accounts`: also passwd/group (host view; an image keeps its own).
     pub fn write_etc(
         &self,
         hostname: &str,
         uid: u32,
         gid: u32,
+        accounts: bool,
     ) -> Result<Vec<(PathBuf, PathBuf)>, StateError> {
-        let host_passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
-        let host_group = fs::read_to_string("/etc/group").unwrap_or_default();
-        let files = [
-            ("passwd", passwd(&host_passwd, uid, gid)),
-            ("group", group(&host_group, gid)),
+        let mut files = Vec::new();
+        if accounts {
+            let host_passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+            let host_group = fs::read_to_string("/etc/group").unwrap_or_default();
+            files.push(("passwd", passwd(&host_passwd, uid, gid)));
+            files.push(("group", group(&host_group, gid)));
+        }
+        files.extend([
             ("hostname", format!("{hostname}\n")),
             (
                 "hosts",
@@ -151,7 +156,7 @@ impl SandboxDir {
                 "resolv.conf",
                 "# openshell: no DNS in this sandbox\n".to_string(),
             ),
-        ];
+        ]);
         let mut out = Vec::new();
         for (name, content) in files {
             let host = self.path.join("etc").join(name);
@@ -160,6 +165,18 @@ impl SandboxDir {
             out.push((Path::new("/etc").join(name), host));
         }
         Ok(out)
+    }
+
+    /// Create the overlay upper and work dirs of an image sandbox and record which
+    /// image it uses (so `image rm` can refuse). Returns (upper, work).
+    pub fn image_dirs(&self, digest: &str) -> Result<(PathBuf, PathBuf), StateError> {
+        let (upper, work) = (self.path.join("upper"), self.path.join("work"));
+        for d in [&upper, &work] {
+            fs::create_dir_all(d).map_err(io_err("create", d))?;
+        }
+        let f = self.path.join("image");
+        fs::write(&f, format!("{digest}\n")).map_err(io_err("write", &f))?;
+        Ok((upper, work))
     }
 
     /// Remove everything of this sandbox.

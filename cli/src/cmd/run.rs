@@ -4,12 +4,34 @@ use std::path::PathBuf;
 
 use clap::Args;
 use openshell_policy::Policy;
+use openshell_runtime::image::ImageSpec;
 use openshell_runtime::spawn::EXIT_SETUP;
 use openshell_runtime::{RunOptions, run as run_sandbox};
+
+/// When to pull the `--from` image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PullPolicy {
+    /// Pull even if the image is in the store.
+    Always,
+    /// Pull only when it is not in the store.
+    Missing,
+    /// Never pull; fail when it is not in the store.
+    Never,
+}
 
 /// `openshell run [OPTIONS] -- CMD [ARGS]...`
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Root filesystem: an image reference (python:3.12, host:port/name:tag,
+    /// name@sha256:...) or a directory holding a rootfs. Default: the host's own
+    /// /usr, /etc, ... read-only (no image needed).
+    #[arg(long, value_name = "IMAGE|DIR")]
+    pub from: Option<String>,
+    /// When to pull the --from image.
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pub pull: PullPolicy,
+    #[command(flatten)]
+    pub registry: super::image::RegistryArgs,
     /// Policy file (OpenShell YAML). Default: read-only system, writable /sandbox and
     /// /tmp, no network.
     #[arg(long, value_name = "FILE")]
@@ -20,9 +42,10 @@ pub struct RunArgs {
     /// Hostname inside the sandbox (default: the name).
     #[arg(long)]
     pub hostname: Option<String>,
-    /// Working directory inside the sandbox.
-    #[arg(long, short = 'w', value_name = "DIR", default_value = "/sandbox")]
-    pub workdir: String,
+    /// Working directory inside the sandbox (default: the image's WorkingDir, else
+    /// /sandbox).
+    #[arg(long, short = 'w', value_name = "DIR")]
+    pub workdir: Option<String>,
     /// Set an environment variable (K=V, or K to copy it from here). Repeatable.
     #[arg(long, short = 'e', value_name = "K=V")]
     pub env: Vec<String>,
@@ -45,8 +68,9 @@ pub struct RunArgs {
     /// ... or never allocate one.
     #[arg(long, short = 'T')]
     pub no_tty: bool,
-    /// The command and its arguments.
-    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    /// The command and its arguments (default with --from: the image's Entrypoint and
+    /// Cmd).
+    #[arg(trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -85,12 +109,21 @@ fn options(args: RunArgs) -> Result<RunOptions, String> {
         .iter()
         .map(|m| openshell_fs::plan::parse_user_mount(m))
         .collect::<Result<Vec<_>, _>>()?;
+    if args.command.is_empty() && args.from.is_none() {
+        return Err("no command given: openshell run [OPTIONS] -- CMD [ARGS]".into());
+    }
+    let image = args
+        .from
+        .as_deref()
+        .map(|f| resolve_image(f, args.pull, &args.registry))
+        .transpose()?;
     Ok(RunOptions {
+        image,
         command: args.command,
         policy,
         name: args.name,
         hostname: args.hostname,
-        workdir: Some(args.workdir),
+        workdir: args.workdir,
         env: parse_env(&args.env)?,
         mounts,
         uploads: args.upload,
@@ -103,6 +136,81 @@ fn options(args: RunArgs) -> Result<RunOptions, String> {
         } else {
             None
         },
+    })
+}
+
+/// Turn `--from` into the layers and config the runtime needs, pulling if asked to.
+/// The pull runs in a child process: this one must stay single-threaded until the
+/// sandbox is cloned.
+fn resolve_image(
+    from: &str,
+    pull: PullPolicy,
+    reg: &super::image::RegistryArgs,
+) -> Result<ImageSpec, String> {
+    let path = std::path::Path::new(from);
+    let path_like = from.starts_with('/') || from.starts_with("./") || from.starts_with("../");
+    if path_like || (path.is_dir() && !from.contains(':')) {
+        let dir = std::fs::canonicalize(path).map_err(|e| format!("--from {from}: {e}"))?;
+        if !dir.is_dir() {
+            return Err(format!("--from {from}: not a directory"));
+        }
+        return Ok(ImageSpec {
+            name: dir.display().to_string(),
+            digest: format!("dir:{}", dir.display()),
+            layers: vec![dir],
+            ..Default::default()
+        });
+    }
+    let reference = openshell_images::Reference::parse(from).map_err(|e| format!("--from: {e}"))?;
+    let name = reference.to_string();
+    let store = super::image::store().map_err(|e| e.to_string())?;
+    let have = store.find(&name).is_ok();
+    let fetch = match pull {
+        PullPolicy::Always => true,
+        PullPolicy::Missing => !have,
+        PullPolicy::Never if !have => {
+            return Err(format!(
+                "image {name} is not in the store and --pull never was given"
+            ));
+        }
+        PullPolicy::Never => false,
+    };
+    if fetch {
+        let exe = std::env::current_exe().map_err(|e| format!("find openshell itself: {e}"))?;
+        let status = std::process::Command::new(exe)
+            .args(["image", "pull"])
+            .args(reg.to_args())
+            .arg(&name)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("start the pull: {e}"))?;
+        if !status.success() {
+            return Err(format!("could not pull {name} (see above)"));
+        }
+    }
+    let rec = store.find(&name).map_err(|e| e.to_string())?;
+    let cfg = store.config(&rec).map_err(|e| e.to_string())?;
+    let layers: Vec<PathBuf> = rec
+        .layers
+        .iter()
+        .map(|l| store.layer_dir(&l.diff_id))
+        .collect();
+    if let Some(missing) = layers.iter().find(|l| !l.is_dir()) {
+        return Err(format!(
+            "image {name}: layer {} is missing from the store; pull it again with --pull always",
+            missing.display()
+        ));
+    }
+    let rc = cfg.config.unwrap_or_default();
+    Ok(ImageSpec {
+        name,
+        digest: rec.digest,
+        layers,
+        env: rc.env.unwrap_or_default(),
+        user: rc.user,
+        workdir: rc.working_dir,
+        entrypoint: rc.entrypoint.unwrap_or_default(),
+        cmd: rc.cmd.unwrap_or_default(),
     })
 }
 
