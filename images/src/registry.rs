@@ -97,8 +97,7 @@ impl Client {
             .build();
         let agent: ureq::Agent = config.into();
         let host = reference.api_host().to_string();
-        let plain_ok =
-            reference.is_loopback() || opts.insecure.iter().any(|h| *h == reference.registry);
+        let plain_ok = reference.is_loopback() || opts.insecure.contains(&reference.registry);
         let base = if plain_ok && !speaks_https(&agent, &host) {
             format!("http://{host}")
         } else {
@@ -297,7 +296,7 @@ impl Client {
             .get("www-authenticate")
             .and_then(|v| v.to_str().ok())
             .and_then(auth::parse_challenge);
-        let ok = match challenge {
+        match challenge {
             Some(Challenge::Bearer { realm, service, .. }) => self
                 .fetch_token(&realm, service.as_deref(), "registry:catalog:*")
                 .map(|_| ()),
@@ -314,8 +313,7 @@ impl Client {
                 }
             }
             None => Err(self.status_error(resp.status().as_u16(), "/v2/")),
-        };
-        ok
+        }
     }
 }
 

@@ -294,7 +294,7 @@ impl Store {
                 out.push(r);
             }
         }
-        out.sort_by(|a, b| b.pulled.cmp(&a.pulled));
+        out.sort_by_key(|r| std::cmp::Reverse(r.pulled));
         Ok(out)
     }
 
