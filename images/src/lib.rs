@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod digest;
 pub mod error;
+pub mod import;
 pub mod manifest;
 pub mod pull;
 pub mod reference;

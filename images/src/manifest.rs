@@ -33,6 +33,9 @@ pub struct Descriptor {
     /// Platform (index entries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
+    /// Annotations (`org.opencontainers.image.ref.name` in layouts).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// os/architecture/variant.

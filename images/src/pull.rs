@@ -114,25 +114,55 @@ pub fn pull(store: &Store, reference: &Reference, opts: &PullOptions) -> Result<
                 }
             }
         };
-    let digest = sha256(&manifest_bytes);
-    store.put_blob(&digest, &manifest_bytes)?;
-    let config = fetch_config(
+    complete(
         store,
         &client,
-        &manifest.config.digest,
-        manifest.config.size,
-    )?;
-    let cfg: ImageConfig = serde_json::from_slice(&config)
-        .map_err(|e| doc_err(reference, format!("bad image config: {e}")))?;
+        &reference.to_string(),
+        &manifest,
+        &manifest_bytes,
+        index_digest,
+        opts,
+    )
+}
+
+/// Where blobs come from: a registry, or an image layout on disk.
+pub trait BlobSource: Sync {
+    /// Open a blob for reading.
+    fn open_blob(&self, digest: &str) -> Result<crate::registry::Blob>;
+}
+
+impl BlobSource for Client {
+    fn open_blob(&self, digest: &str) -> Result<crate::registry::Blob> {
+        self.blob(digest)
+    }
+}
+
+/// Given a resolved manifest: store it, fetch the config and every missing layer, and
+/// record the image under `name`.
+pub fn complete(
+    store: &Store,
+    source: &dyn BlobSource,
+    name: &str,
+    manifest: &manifest::Manifest,
+    manifest_bytes: &[u8],
+    index_digest: Option<String>,
+    opts: &PullOptions,
+) -> Result<ImageRecord> {
+    let doc_err = |detail: String| ImageError::Document {
+        reference: name.to_string(),
+        detail,
+    };
+    let digest = sha256(manifest_bytes);
+    store.put_blob(&digest, manifest_bytes)?;
+    let config = fetch_config(store, source, &manifest.config.digest, manifest.config.size)?;
+    let cfg: ImageConfig =
+        serde_json::from_slice(&config).map_err(|e| doc_err(format!("bad image config: {e}")))?;
     if cfg.rootfs.diff_ids.len() != manifest.layers.len() {
-        return Err(doc_err(
-            reference,
-            format!(
-                "config lists {} diff-ids for {} layers",
-                cfg.rootfs.diff_ids.len(),
-                manifest.layers.len()
-            ),
-        ));
+        return Err(doc_err(format!(
+            "config lists {} diff-ids for {} layers",
+            cfg.rootfs.diff_ids.len(),
+            manifest.layers.len()
+        )));
     }
     let layers: Vec<LayerRecord> = manifest
         .layers
@@ -141,7 +171,7 @@ pub fn pull(store: &Store, reference: &Reference, opts: &PullOptions) -> Result<
         .map(|(d, diff)| {
             crate::reference::parse_digest(diff)
                 .and_then(|_| crate::reference::parse_digest(&d.digest))
-                .map_err(|e| doc_err(reference, e))?;
+                .map_err(doc_err)?;
             Ok(LayerRecord {
                 digest: d.digest.clone(),
                 diff_id: diff.clone(),
@@ -150,7 +180,7 @@ pub fn pull(store: &Store, reference: &Reference, opts: &PullOptions) -> Result<
             })
         })
         .collect::<Result<_>>()?;
-    let implicit = fetch_layers(store, &client, &layers, opts)?;
+    let implicit = fetch_layers(store, source, &layers, opts)?;
     inherit_implicit_dirs(store, &layers, &implicit);
     let rec = ImageRecord {
         digest,
@@ -165,10 +195,15 @@ pub fn pull(store: &Store, reference: &Reference, opts: &PullOptions) -> Result<
         names: vec![],
         pulled: now(),
     };
-    store.save(&rec, &reference.to_string())
+    store.save(&rec, name)
 }
 
-fn fetch_config(store: &Store, client: &Client, digest: &str, size: u64) -> Result<Vec<u8>> {
+fn fetch_config(
+    store: &Store,
+    client: &dyn BlobSource,
+    digest: &str,
+    size: u64,
+) -> Result<Vec<u8>> {
     if let Ok(b) = store.read_blob(digest) {
         return Ok(b);
     }
@@ -177,7 +212,7 @@ fn fetch_config(store: &Store, client: &Client, digest: &str, size: u64) -> Resu
             "image config of {size} bytes is over the {MAX_DOCUMENT}-byte limit"
         )));
     }
-    let blob = client.blob(digest)?;
+    let blob = client.open_blob(digest)?;
     let mut bytes = Vec::new();
     blob.reader
         .take(MAX_DOCUMENT + 1)
@@ -232,7 +267,7 @@ fn inherit_implicit_dirs(
 
 fn fetch_layers(
     store: &Store,
-    client: &Client,
+    client: &dyn BlobSource,
     layers: &[LayerRecord],
     opts: &PullOptions,
 ) -> Result<Vec<Vec<std::path::PathBuf>>> {
@@ -267,7 +302,7 @@ fn fetch_layers(
 
 fn fetch_layer(
     store: &Store,
-    client: &Client,
+    client: &dyn BlobSource,
     layer: &LayerRecord,
     opts: &PullOptions,
     bar: Option<ProgressBar>,
@@ -315,7 +350,7 @@ fn fetch_layer(
 }
 
 fn download_and_unpack(
-    client: &Client,
+    client: &dyn BlobSource,
     layer: &LayerRecord,
     compression: Compression,
     tmp: &std::path::Path,
@@ -327,7 +362,7 @@ fn download_and_unpack(
         digest: layer.digest.clone(),
         detail,
     };
-    let blob = client.blob(&layer.digest)?;
+    let blob = client.open_blob(&layer.digest)?;
     if let Some(len) = blob.length
         && len != layer.size
     {

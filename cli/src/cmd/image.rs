@@ -60,9 +60,10 @@ impl RegistryArgs {
 /// Image commands.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Pull an image from a registry into the local store.
+    /// Pull an image from a registry (or import an offline one) into the local store.
     Pull {
-        /// Image reference (python:3.12, host:port/name:tag, name@sha256:...).
+        /// Image reference (python:3.12, host:port/name:tag, name@sha256:...), or
+        /// oci:DIR[:tag], oci-archive:FILE[:tag], docker-archive:FILE.
         reference: String,
         #[command(flatten)]
         registry: RegistryArgs,
@@ -136,9 +137,8 @@ pub fn store() -> Result<Store, ImageError> {
     Store::open(Store::default_root())
 }
 
-/// Pull `reference` with these settings.
+/// Pull `reference` (or import an `oci:`, `oci-archive:`, `docker-archive:` source).
 pub fn pull(reference: &str, reg: &RegistryArgs, quiet: bool) -> Result<ImageRecord, ImageError> {
-    let r = Reference::parse(reference).map_err(ImageError::Invalid)?;
     let platform = match &reg.platform {
         Some(p) => Platform::parse(p).map_err(ImageError::Invalid)?,
         None => Platform::host(),
@@ -150,6 +150,10 @@ pub fn pull(reference: &str, reg: &RegistryArgs, quiet: bool) -> Result<ImageRec
         limits: Limits::default(),
         quiet,
     };
+    if let Some(src) = openshell_images::import::Source::parse(reference) {
+        return openshell_images::import::import(&store()?, &src, reference, &opts);
+    }
+    let r = Reference::parse(reference).map_err(ImageError::Invalid)?;
     openshell_images::pull::pull(&store()?, &r, &opts)
 }
 

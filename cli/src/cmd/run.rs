@@ -161,10 +161,17 @@ fn resolve_image(
             ..Default::default()
         });
     }
-    let reference = openshell_images::Reference::parse(from).map_err(|e| format!("--from: {e}"))?;
-    let name = reference.to_string();
     let store = super::image::store().map_err(|e| e.to_string())?;
-    let have = store.find(&name).is_ok();
+    let (name, have) = match openshell_images::import::Source::parse(from) {
+        // Offline sources are (re)imported every time: unchanged layers are kept.
+        Some(_) => (from.to_string(), false),
+        None => {
+            let r = openshell_images::Reference::parse(from).map_err(|e| format!("--from: {e}"))?;
+            let name = r.to_string();
+            let have = store.find(&name).is_ok();
+            (name, have)
+        }
+    };
     let fetch = match pull {
         PullPolicy::Always => true,
         PullPolicy::Missing => !have,
