@@ -119,8 +119,16 @@ pub fn lookup(registry: &str, repository: &str) -> Option<Credentials> {
     let mut keys = vec![format!("{registry}/{repository}")];
     keys.extend(keys_for(registry));
     for file in auth_files() {
-        let Ok(text) = std::fs::read_to_string(&file) else {
-            continue;
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                eprintln!(
+                    "openshell: warning: cannot read credentials from {}: {e}",
+                    file.display()
+                );
+                continue;
+            }
         };
         let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) else {
             continue;
