@@ -87,7 +87,10 @@ pub fn unavailable() -> Option<String> {
                 "openshell run -- true failed: {}",
                 String::from_utf8_lossy(&o.stderr).trim()
             )),
-            Err(e) => Some(format!("cannot run {}: {e}", openshell_bin().display())),
+            Err(e) => Some(format!(
+                "cannot run {}: {e} (build it first: cargo build --workspace)",
+                openshell_bin().display()
+            )),
         }
     });
     if let Some(reason) = why {

@@ -109,9 +109,6 @@ fn options(args: RunArgs) -> Result<RunOptions, String> {
         .iter()
         .map(|m| openshell_fs::plan::parse_user_mount(m))
         .collect::<Result<Vec<_>, _>>()?;
-    if args.command.is_empty() && args.from.is_none() {
-        return Err("no command given: openshell run [OPTIONS] -- CMD [ARGS]".into());
-    }
     let image = args
         .from
         .as_deref()
@@ -223,6 +220,10 @@ fn resolve_image(
 
 /// Run and return the exit status (125 when openshell itself failed).
 pub fn run(args: RunArgs) -> i32 {
+    if args.command.is_empty() && args.from.is_none() {
+        eprintln!("openshell: no command given: openshell run [OPTIONS] -- CMD [ARGS]");
+        return 2;
+    }
     let opts = match options(args) {
         Ok(o) => o,
         Err(e) => {
