@@ -33,9 +33,10 @@ PY
 echo "== start-up: image view (busybox cached) vs host view"
 export OPENSHELL_IMAGE_DIR=$work/store2
 "$os" image pull -q "$reg/busybox:latest" >/dev/null
-hyperfine -N --warmup 10 --runs 100 --export-json "$work/start.json" \
-  -n host-view "$os run -- true" \
-  -n image-view "$os run --pull never --from $reg/busybox:latest -- true" >/dev/null
+sleep 2 # let the machine settle after the pulls
+hyperfine -N --warmup 30 --runs 200 --export-json "$work/start.json" \
+  -n image-view "$os run --pull never --from $reg/busybox:latest -- true" \
+  -n host-view "$os run -- true" >/dev/null
 python3 - "$work/start.json" <<'PY'
 import json, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}

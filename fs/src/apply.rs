@@ -93,6 +93,11 @@ fn run(op: &MountOp, root: &Path) -> Result<(), FsError> {
     match op {
         MountOp::Mkdir { path, mode } => {
             let at = inside(root, path);
+            // An existing directory (an image's /proc, /tmp, ...) is only a mount point
+            // or keeps the image's mode: touching it would copy it up for nothing.
+            if at.is_dir() {
+                return Ok(());
+            }
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(*mode)
