@@ -117,9 +117,19 @@ impl Client {
     }
 
     fn unreachable(&self, e: impl std::fmt::Display) -> ImageError {
+        let detail = e.to_string();
+        if detail.contains("certificate") {
+            return ImageError::Http {
+                registry: self.reference.registry.clone(),
+                detail: format!(
+                    "TLS certificate not trusted ({}); if the registry uses a private CA, pass --registry-ca FILE",
+                    detail.trim_start_matches("io: ")
+                ),
+            };
+        }
         ImageError::Unreachable {
             registry: self.reference.registry.clone(),
-            detail: e.to_string(),
+            detail,
         }
     }
 
