@@ -276,15 +276,22 @@ fn fetch_layers(
         ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
+    // One bar per layer and a total under them.
+    let total = bars.as_ref().map(|m| {
+        let t = m.add(ProgressBar::new(layers.iter().map(|l| l.size).sum()));
+        t.set_style(style.clone());
+        t.set_prefix("total       ".to_string());
+        t
+    });
     let results: Vec<Result<Vec<std::path::PathBuf>>> = std::thread::scope(|s| {
         let handles: Vec<_> = layers
             .iter()
             .map(|l| {
                 let bar = bars.as_ref().map(|m| {
-                    let b = m.add(ProgressBar::new(l.size));
+                    let b = m.insert_from_back(1, ProgressBar::new(l.size));
                     b.set_style(style.clone());
                     b.set_prefix(short(&l.digest).to_string());
-                    b
+                    (b, total.clone().unwrap_or_else(ProgressBar::hidden))
                 });
                 s.spawn(move || fetch_layer(store, client, l, opts, bar))
             })
@@ -297,6 +304,9 @@ fn fetch_layers(
             })
             .collect()
     });
+    if let Some(t) = total {
+        t.finish();
+    }
     results.into_iter().collect()
 }
 
@@ -305,11 +315,12 @@ fn fetch_layer(
     client: &dyn BlobSource,
     layer: &LayerRecord,
     opts: &PullOptions,
-    bar: Option<ProgressBar>,
+    bar: Option<(ProgressBar, ProgressBar)>,
 ) -> Result<Vec<std::path::PathBuf>> {
     let dest = store.layer_dir(&layer.diff_id);
     if dest.exists() {
-        if let Some(b) = bar {
+        if let Some((b, t)) = bar {
+            t.inc(layer.size);
             b.finish_with_message("exists");
         }
         return Ok(vec![]);
@@ -324,7 +335,7 @@ fn fetch_layer(
     match result {
         Ok(stats) => {
             std::fs::rename(&tmp, &dest).map_err(ImageError::io("rename", &dest))?;
-            if let Some(b) = &bar {
+            if let Some((b, _)) = &bar {
                 b.finish();
             } else if !opts.quiet {
                 eprintln!("layer {} {} bytes done", layer.digest, layer.size);
@@ -341,7 +352,7 @@ fn fetch_layer(
         }
         Err(e) => {
             let _ = force_remove(&tmp);
-            if let Some(b) = &bar {
+            if let Some((b, _)) = &bar {
                 b.abandon();
             }
             Err(e)
@@ -355,7 +366,7 @@ fn download_and_unpack(
     compression: Compression,
     tmp: &std::path::Path,
     opts: &PullOptions,
-    bar: Option<ProgressBar>,
+    bar: Option<(ProgressBar, ProgressBar)>,
 ) -> Result<unpack::Stats> {
     let integrity = |detail: String| ImageError::Integrity {
         what: "layer",
@@ -377,7 +388,10 @@ fn download_and_unpack(
         "layer blob (larger than its manifest size)",
     );
     let tap = match bar {
-        Some(b) => tap.on_read(move |n| b.inc(n)),
+        Some((b, t)) => tap.on_read(move |n| {
+            b.inc(n);
+            t.inc(n);
+        }),
         None => tap,
     };
     let raw = Shared(std::rc::Rc::new(std::cell::RefCell::new(tap)));
@@ -404,7 +418,12 @@ fn download_and_unpack(
         Ok(())
     };
     let stats = unpack::unpack(&mut tar, tmp, opts.ownership, &mut check).map_err(|detail| {
-        if detail.contains("exceeds the limit") || detail.contains("decompression bomb") {
+        if detail.contains("No space left on device") {
+            ImageError::Limit(format!(
+                "no space left on the device holding the image store ({}): free some space (openshell image prune) and retry",
+                tmp.parent().and_then(|p| p.parent()).unwrap_or(tmp).display()
+            ))
+        } else if detail.contains("exceeds the limit") || detail.contains("decompression bomb") {
             ImageError::Limit(format!("layer {name}: {detail}"))
         } else if detail.contains("broken tar stream") || detail.contains("not a tar stream") {
             integrity(detail)

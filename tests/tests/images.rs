@@ -655,3 +655,81 @@ fn interrupted_and_concurrent_pulls() {
     assert_eq!(ok(&a), ok(&b));
     assert_eq!(std::fs::read_dir(&layers).unwrap().count(), 4);
 }
+
+#[test]
+fn inconsistent_images_are_refused_and_nothing_is_kept() {
+    let e = need_registry!();
+    let sb = sb();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/push_hostile.py");
+    let push = Command::new("python3")
+        .arg(&script)
+        .arg(&e.plain)
+        .output()
+        .unwrap();
+    assert!(push.status.success(), "push: {}", stderr(&push));
+    for (tag, want) in [
+        ("wrong-diffid", "uncompressed content hashes to"),
+        ("wrong-size", "the manifest says"),
+    ] {
+        let out = os(
+            &sb,
+            &[
+                "image",
+                "pull",
+                &format!("{}/openshell-test/hostile:{tag}", e.plain),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1), "{tag}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(want) && err.contains("nothing of it was kept"),
+            "{tag}: {err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(sb.state.path().join("images/layers"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(sb.state.path().join("images/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(ok(&os(&sb, &["image", "list", "-q"])), "");
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error() {
+    let e = need_registry!();
+    need_sandbox!();
+    let sb = sb();
+    let store = sb.state.path().join("tiny");
+    std::fs::create_dir_all(&store).unwrap();
+    // A 256 KiB tmpfs as the store, in a private mount namespace of our own.
+    let script = format!(
+        "mount -t tmpfs -o size=256k none {s} && OPENSHELL_IMAGE_DIR={s} {os} image pull {r}/busybox:latest",
+        s = store.display(),
+        os = openshell_tests::openshell_bin().display(),
+        r = e.plain
+    );
+    let out = Command::new("unshare")
+        .args(["-Urm", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("no space left on the device holding the image store"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
