@@ -242,6 +242,62 @@ pub enum IdMapError {
     },
 }
 
+/// Run `f` in a forked child inside a new user namespace with `plan`'s maps, and
+/// return its exit code. Used rootless with subordinate ids so that image files keep
+/// their owners (unpacking) and so that trees holding such files can be removed.
+/// The caller must be single-threaded (it forks).
+pub fn run_mapped(plan: &IdPlan, f: impl FnOnce() -> i32) -> Result<i32, IdMapError> {
+    use std::io::Write;
+    let pipe_err = |e: nix::errno::Errno| IdMapError::Write {
+        file: "pipe".into(),
+        source: e.into(),
+    };
+    let (ready_r, ready_w) = nix::unistd::pipe().map_err(pipe_err)?;
+    let (go_r, go_w) = nix::unistd::pipe().map_err(pipe_err)?;
+    // SAFETY: the CLI calls this before starting any thread, so fork is sound.
+    match unsafe { nix::unistd::fork() }.map_err(pipe_err)? {
+        nix::unistd::ForkResult::Child => {
+            drop(ready_r);
+            drop(go_w);
+            // SAFETY: unshare with a flag only.
+            if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+                // SAFETY: leave the child at once.
+                unsafe { libc::_exit(125) }
+            }
+            let _ = nix::unistd::write(&ready_w, b"u");
+            drop(ready_w);
+            let mut b = [0u8; 1];
+            if !matches!(nix::unistd::read(&go_r, &mut b), Ok(1)) || b[0] != b'm' {
+                // SAFETY: the parent could not map us; leave.
+                unsafe { libc::_exit(125) }
+            }
+            let code = f();
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            // SAFETY: leave the child without running the parent's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(ready_w);
+            drop(go_r);
+            let mut b = [0u8; 1];
+            let _ = nix::unistd::read(&ready_r, &mut b);
+            let mapped = apply(plan, child.as_raw());
+            if mapped.is_ok() {
+                let _ = nix::unistd::write(&go_w, b"m");
+            }
+            drop(go_w);
+            let status = nix::sys::wait::waitpid(child, None);
+            mapped?;
+            Ok(match status {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
+                Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
+                _ => 125,
+            })
+        }
+    }
+}
+
 /// Write both maps for the process `pid` (called by the parent while the child waits).
 pub fn apply(plan: &IdPlan, pid: i32) -> Result<(), IdMapError> {
     match plan.writer {

@@ -94,6 +94,9 @@ fn sys(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> RunError {
 struct Cleanup {
     dir: SandboxDir,
     keep: bool,
+    /// Rootless with subordinate ids: the upper dir holds files of other ids, which
+    /// only a user namespace mapped like the sandbox can remove.
+    mapped: Option<idmap::IdPlan>,
 }
 
 impl Drop for Cleanup {
@@ -103,7 +106,17 @@ impl Drop for Cleanup {
                 "openshell: kept sandbox state in {}",
                 self.dir.path.display()
             );
-        } else {
+            return;
+        }
+        if let Some(plan) = self
+            .mapped
+            .as_ref()
+            .filter(|_| self.dir.path.join("upper").exists())
+        {
+            let dir = self.dir.clone();
+            let _ = idmap::run_mapped(plan, || i32::from(dir.remove().is_err()));
+        }
+        if self.dir.path.exists() {
             let _ = self.dir.remove();
         }
     }
@@ -235,6 +248,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     let cleanup = Cleanup {
         dir: dir.clone(),
         keep: opts.keep,
+        mapped: (ids.mode == "subids").then(|| ids.clone()),
     };
     let workspace = dir.workspace();
     for up in &opts.uploads {

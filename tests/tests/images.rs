@@ -733,3 +733,115 @@ fn a_full_disk_is_a_clear_error() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+fn check_tree_script() -> String {
+    std::env::var("OS_TEST_CHECK_TREE").unwrap_or_else(|_| {
+        format!(
+            "{}/../../shared/testenv/lib/check_tree.py",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    })
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn unpacked_layers_give_the_expected_tree() {
+    let e = need_registry!();
+    need_sandbox!();
+    let sb = sb();
+    let store = sb.state.path().join("images");
+    // Rootless with subordinate ids keeps owners, which a plain `unshare -U` cannot
+    // read back; compare the tree of a flattened-ownership store there.
+    let out = sb
+        .cmd()
+        .env("OPENSHELL_IMAGE_DIR", &store)
+        .env("OPENSHELL_NO_SUBIDS", "1")
+        .args([
+            "image",
+            "pull",
+            "-q",
+            &format!("{}/busybox:multilayer", e.plain),
+        ])
+        .output()
+        .unwrap();
+    let digest = ok(&out).trim().trim_start_matches("sha256:").to_string();
+    let rec: String =
+        std::fs::read_to_string(store.join(format!("records/{digest}.json"))).unwrap();
+    let diffs: Vec<String> = rec
+        .split("\"diff_id\": \"sha256:")
+        .skip(1)
+        .map(|s| s[..64].to_string())
+        .collect();
+    assert_eq!(diffs.len(), 4);
+    let lower: Vec<String> = diffs
+        .iter()
+        .rev()
+        .map(|d| store.join("layers").join(d).display().to_string())
+        .collect();
+    let m = sb.state.path().join("merged");
+    for d in ["u", "w", "m"] {
+        std::fs::create_dir_all(m.join(d)).unwrap();
+    }
+    let script = format!(
+        "mount -t overlay overlay -o lowerdir={},upperdir={u},workdir={w},userxattr {mnt} && python3 {ct} {mnt} {exp} --rootless",
+        lower.join(":"),
+        u = m.join("u").display(),
+        w = m.join("w").display(),
+        mnt = m.join("m").display(),
+        ct = check_tree_script(),
+        exp = format!(
+            "{}/expected/busybox_multilayer.tsv",
+            var("OS_TEST_IMAGES_DIR")
+        ),
+    );
+    let out = Command::new("unshare")
+        .args(["-Urm", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("matches busybox_multilayer.tsv"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn image_ownership_is_kept_where_ids_allow() {
+    let e = need_registry!();
+    need_sandbox!();
+    let sb = sb();
+    let ml = format!("{}/busybox:multilayer", e.plain);
+    let subids = std::path::Path::new("/usr/bin/newuidmap").exists()
+        && std::fs::read_to_string("/etc/subuid")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with(&format!("{}:", std::env::var("USER").unwrap_or_default())));
+    let files =
+        "/bin/busybox /data/owner/uid1000.txt /data/owner/uid65534.txt /data/owner/dir-uid1000";
+    let out = os(
+        &sb,
+        &[
+            "run",
+            "--from",
+            &ml,
+            "--",
+            "sh",
+            "-c",
+            &format!("stat -c '%u %g %n' {files}"),
+        ],
+    );
+    let text = ok(&out);
+    if is_root() || subids {
+        assert_eq!(
+            text,
+            "0 0 /bin/busybox\n1000 1000 /data/owner/uid1000.txt\n65534 65534 /data/owner/uid65534.txt\n1000 1000 /data/owner/dir-uid1000\n"
+        );
+    } else {
+        eprintln!("ownership flattened (no subordinate ids for this user): {text}");
+    }
+}

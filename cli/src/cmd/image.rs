@@ -117,18 +117,32 @@ pub enum ImageCommand {
     },
 }
 
-/// Ownership of unpacked files: root shifts ids into the sandbox range.
-pub fn ownership() -> Ownership {
-    if !nix::unistd::geteuid().is_root() {
-        return Ownership::Flatten;
+/// Run `f` where the store's files can be owned as the image says, and tell it how:
+/// root shifts image ids into the sandbox's range; rootless with subordinate ids works
+/// in a user namespace mapped like the sandbox (so ids are kept as they are); rootless
+/// without them flattens ownership to the user.
+pub fn in_store_userns(f: impl FnOnce(Ownership) -> i32) -> i32 {
+    use openshell_runtime::idmap;
+    let ids = idmap::plan(&idmap::facts(), 1000, 1000);
+    if nix::unistd::geteuid().is_root() {
+        return f(match (ids.outside_uid(1), ids.outside_gid(1)) {
+            (Some(u), Some(g)) => Ownership::Shift {
+                uid_base: u - 1,
+                gid_base: g - 1,
+            },
+            _ => Ownership::Flatten,
+        });
     }
-    let ids = openshell_runtime::idmap::plan(&openshell_runtime::idmap::facts(), 1000, 1000);
-    match (ids.outside_uid(1), ids.outside_gid(1)) {
-        (Some(u), Some(g)) => Ownership::Shift {
-            uid_base: u - 1,
-            gid_base: g - 1,
-        },
-        _ => Ownership::Flatten,
+    if ids.mode != "subids" {
+        return f(Ownership::Flatten);
+    }
+    let identity = Ownership::Shift {
+        uid_base: 0,
+        gid_base: 0,
+    };
+    match idmap::run_mapped(&ids, || f(identity)) {
+        Ok(code) => code,
+        Err(e) => fail(format!("user namespace for the image store: {e}")),
     }
 }
 
@@ -138,7 +152,12 @@ pub fn store() -> Result<Store, ImageError> {
 }
 
 /// Pull `reference` (or import an `oci:`, `oci-archive:`, `docker-archive:` source).
-pub fn pull(reference: &str, reg: &RegistryArgs, quiet: bool) -> Result<ImageRecord, ImageError> {
+pub fn pull(
+    reference: &str,
+    reg: &RegistryArgs,
+    quiet: bool,
+    ownership: Ownership,
+) -> Result<ImageRecord, ImageError> {
     let platform = match &reg.platform {
         Some(p) => Platform::parse(p).map_err(ImageError::Invalid)?,
         None => Platform::host(),
@@ -146,7 +165,7 @@ pub fn pull(reference: &str, reg: &RegistryArgs, quiet: bool) -> Result<ImageRec
     let opts = PullOptions {
         registry: reg.options(),
         platform,
-        ownership: ownership(),
+        ownership,
         limits: Limits::default(),
         quiet,
     };
@@ -207,7 +226,7 @@ pub fn run(cmd: ImageCommand, format: Format) -> i32 {
             reference,
             registry,
             quiet,
-        } => match pull(&reference, &registry, quiet) {
+        } => in_store_userns(|own| match pull(&reference, &registry, quiet, own) {
             Ok(rec) => {
                 if quiet {
                     println!("{}", rec.digest);
@@ -221,7 +240,7 @@ pub fn run(cmd: ImageCommand, format: Format) -> i32 {
                 0
             }
             Err(e) => fail(e),
-        },
+        }),
         ImageCommand::List { quiet } => {
             let list = match store().and_then(|s| s.list()) {
                 Ok(l) => l,
@@ -299,13 +318,13 @@ pub fn run(cmd: ImageCommand, format: Format) -> i32 {
             }
             code
         }
-        ImageCommand::Prune => match store().and_then(|s| s.prune()) {
+        ImageCommand::Prune => in_store_userns(|_| match store().and_then(|s| s.prune()) {
             Ok((layers, bytes)) => {
                 println!("removed {layers} layers and {} of blobs", human(bytes));
                 0
             }
             Err(e) => fail(e),
-        },
+        }),
         ImageCommand::Login {
             registry,
             username,
