@@ -786,6 +786,7 @@ fn unpacked_layers_give_the_expected_tree() {
     for d in ["u", "w", "m"] {
         std::fs::create_dir_all(m.join(d)).unwrap();
     }
+    let expected = format!("{}/expected/busybox_multilayer.tsv", var("OS_TEST_IMAGES_DIR"));
     let script = format!(
         "mount -t overlay overlay -o lowerdir={},upperdir={u},workdir={w},userxattr {mnt} && python3 {ct} {mnt} {exp} --rootless",
         lower.join(":"),
