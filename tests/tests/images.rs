@@ -786,7 +786,10 @@ fn unpacked_layers_give_the_expected_tree() {
     for d in ["u", "w", "m"] {
         std::fs::create_dir_all(m.join(d)).unwrap();
     }
-    let expected = format!("{}/expected/busybox_multilayer.tsv", var("OS_TEST_IMAGES_DIR"));
+    let expected = format!(
+        "{}/expected/busybox_multilayer.tsv",
+        var("OS_TEST_IMAGES_DIR")
+    );
     let script = format!(
         "mount -t overlay overlay -o lowerdir={},upperdir={u},workdir={w},userxattr {mnt} && python3 {ct} {mnt} {exp} --rootless",
         lower.join(":"),
@@ -794,10 +797,7 @@ fn unpacked_layers_give_the_expected_tree() {
         w = m.join("w").display(),
         mnt = m.join("m").display(),
         ct = check_tree_script(),
-        exp = format!(
-            "{}/expected/busybox_multilayer.tsv",
-            var("OS_TEST_IMAGES_DIR")
-        ),
+        exp = expected,
     );
     let out = Command::new("unshare")
         .args(["-Urm", "sh", "-c", &script])
