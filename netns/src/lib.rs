@@ -1,21 +1,55 @@
-//! Network setup of a sandbox's namespaces.
+//! Network setup of a sandbox's namespaces (DESIGN.md §3).
 //!
-//! Today the sandbox gets a net namespace of its own with only loopback up: no route
-//! out, so outside connections fail at once with "network unreachable" and host
-//! loopback services are out of reach. The router/agent namespace pair, veth and
-//! nftables of DESIGN.md §3 slot in here as [`NetworkMode::Proxied`] later; init calls
-//! [`setup`] at the same point of its ordered setup either way. Synchronous: runs in init.
+//! Every sandbox gets two network namespaces inside its user namespace, joined by a
+//! veth pair: the *router* namespace (`vr` 10.200.0.1/30, the proxy, bypass and DNS
+//! listeners, nftables rules) and the *agent* namespace (`va` 10.200.0.2/30, lo, a
+//! default route via 10.200.0.1) where the sandboxed processes live. init calls
+//! [`setup_router`] in the namespace it was created in, hands the listeners to the
+//! supervisor, then [`enter_agent`]; nothing runs in the router namespace afterwards,
+//! the listeners keep it alive. Without nftables the agent gets no default route
+//! ("network unreachable" at once) and [`Router::rules`] says so.
+//! Synchronous: runs in init.
 
+pub mod netlink;
+pub mod rules;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 
 use nix::errno::Errno;
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket,
+    sockopt,
+};
+
+/// The router's address (gateway, proxy, DNS).
+pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
+/// The agent's address.
+pub const AGENT_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
+/// Prefix length of the link.
+pub const PREFIX: u8 = 30;
+/// The explicit proxy port.
+pub const PROXY_PORT: u16 = 3128;
+/// Where connections that ignore the proxy are redirected.
+pub const BYPASS_PORT: u16 = 15001;
+/// DNS.
+pub const DNS_PORT: u16 = 53;
+/// Router-side veth name.
+pub const ROUTER_IF: &str = "vr";
+/// Agent-side veth name.
+pub const AGENT_IF: &str = "va";
 
 /// How the sandbox is networked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetworkMode {
-    /// Own namespace, loopback only.
+    /// Own namespace, loopback only (no proxy).
     Isolated,
+    /// Router/agent namespaces; every connection goes through the supervisor's proxy.
+    Proxied {
+        /// The nft binary on the host, if any (loaded before pivot_root).
+        nft: Option<PathBuf>,
+    },
 }
 
 /// A network setup step that failed.
@@ -31,12 +65,150 @@ pub enum NetError {
         #[source]
         source: Errno,
     },
+    /// A netlink request failed.
+    #[error("{what}: {source}")]
+    Netlink {
+        what: &'static str,
+        #[source]
+        source: Errno,
+    },
+    /// Binding a listener failed.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: Errno,
+    },
 }
 
-/// Configure the current (fresh) net namespace for `mode`.
-pub fn setup(mode: NetworkMode) -> Result<(), NetError> {
-    match mode {
-        NetworkMode::Isolated => link_up("lo"),
+fn nl(what: &'static str) -> impl FnOnce(Errno) -> NetError {
+    move |source| NetError::Netlink { what, source }
+}
+
+/// Listeners bound in the router namespace, for the supervisor.
+#[derive(Debug)]
+pub struct Listeners {
+    /// TCP 10.200.0.1:3128 (explicit proxy).
+    pub proxy: OwnedFd,
+    /// TCP 10.200.0.1:15001 (redirected connections).
+    pub bypass: OwnedFd,
+    /// UDP 10.200.0.1:53.
+    pub dns: OwnedFd,
+}
+
+/// The router namespace while init still holds it.
+pub struct Router {
+    netlink: netlink::Netlink,
+    va_router_index: i32,
+    /// The listeners (send them to the supervisor).
+    pub listeners: Listeners,
+    nft: Option<std::process::Child>,
+}
+
+/// Configure the current (fresh) net namespace for `Isolated`: loopback only.
+pub fn setup_isolated() -> Result<(), NetError> {
+    link_up("lo")
+}
+
+fn tcp_listener(port: u16) -> Result<OwnedFd, NetError> {
+    let addr = SocketAddrV4::new(ROUTER_IP, port);
+    let err = |source| NetError::Listen {
+        addr: addr.to_string(),
+        source,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(err)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(err)?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(addr)).map_err(err)?;
+    listen(&fd, Backlog::new(1024).unwrap_or(Backlog::MAXCONN)).map_err(err)?;
+    Ok(fd)
+}
+
+fn udp_socket(port: u16) -> Result<OwnedFd, NetError> {
+    let addr = SocketAddrV4::new(ROUTER_IP, port);
+    let err = |source| NetError::Listen {
+        addr: format!("udp {addr}"),
+        source,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(err)?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(addr)).map_err(err)?;
+    Ok(fd)
+}
+
+/// In the namespace init was created in: lo up, the veth pair, the router address,
+/// the listeners, and the nftables rules (loaded by a child while we go on).
+pub fn setup_router(nft: Option<&std::path::Path>) -> Result<Router, NetError> {
+    link_up("lo")?;
+    let mut nl_router = netlink::Netlink::open().map_err(nl("open netlink"))?;
+    nl_router
+        .request(netlink::veth_msg(ROUTER_IF, AGENT_IF))
+        .map_err(nl("create the veth pair"))?;
+    let vr = netlink::index_of(ROUTER_IF).map_err(nl("find vr"))?;
+    let va_router_index = netlink::index_of(AGENT_IF).map_err(nl("find va"))?;
+    nl_router
+        .request(netlink::addr_msg(vr, ROUTER_IP, PREFIX))
+        .map_err(nl("address vr"))?;
+    nl_router
+        .request(netlink::up_msg(vr))
+        .map_err(nl("bring up vr"))?;
+    let nft = nft.and_then(|bin| rules::load(bin).ok());
+    let listeners = Listeners {
+        proxy: tcp_listener(PROXY_PORT)?,
+        bypass: tcp_listener(BYPASS_PORT)?,
+        dns: udp_socket(DNS_PORT)?,
+    };
+    Ok(Router {
+        netlink: nl_router,
+        va_router_index,
+        listeners,
+        nft,
+    })
+}
+
+impl Router {
+    /// Move the calling process into a fresh agent namespace and configure it. The
+    /// default route is added only when the router's rules are in place (`rules_ok`),
+    /// so without them nothing can even try to leave.
+    pub fn enter_agent(&mut self) -> Result<bool, NetError> {
+        let rules_ok = match self.nft.take() {
+            Some(child) => rules::wait(child),
+            None => false,
+        };
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(nl("unshare the agent namespace"))?;
+        let ns = std::fs::File::open("/proc/self/ns/net").map_err(|e| NetError::Netlink {
+            what: "open the agent namespace",
+            source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })?;
+        self.netlink
+            .request(netlink::move_msg(self.va_router_index, ns.as_raw_fd()))
+            .map_err(nl("move va into the agent namespace"))?;
+        let mut nl_agent = netlink::Netlink::open().map_err(nl("open netlink"))?;
+        link_up("lo")?;
+        let va = netlink::index_of(AGENT_IF).map_err(nl("find va"))?;
+        nl_agent
+            .request(netlink::addr_msg(va, AGENT_IP, PREFIX))
+            .map_err(nl("address va"))?;
+        nl_agent
+            .request(netlink::up_msg(va))
+            .map_err(nl("bring up va"))?;
+        if rules_ok {
+            nl_agent
+                .request(netlink::default_route_msg(va, ROUTER_IP))
+                .map_err(nl("default route"))?;
+        }
+        Ok(rules_ok)
     }
 }
 

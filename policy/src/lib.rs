@@ -5,6 +5,7 @@
 //! on this one, never the reverse.
 #![forbid(unsafe_code)]
 
+pub mod engine;
 pub mod host;
 pub mod schema;
 pub mod validate;

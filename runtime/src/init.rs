@@ -31,6 +31,9 @@ pub mod msg {
     pub const READY: u8 = b'R';
     /// init → supervisor: setup failed; the rest is the message.
     pub const ERROR: u8 = b'E';
+    /// init → supervisor: the router's listeners ride along (proxy, bypass, dns);
+    /// the second byte is 1 when the nftables rules are in place.
+    pub const NET: u8 = b'N';
 }
 
 /// Everything init needs; built by the supervisor before clone.
@@ -99,7 +102,29 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, String> 
         nix::unistd::setgroups(&[]).map_err(e("setgroups"))?;
     }
     // 4. Network, while we still see the namespace we were created in.
-    openshell_netns::setup(cfg.net).map_err(|err| err.to_string())?;
+    match &cfg.net {
+        NetworkMode::Isolated => {
+            openshell_netns::setup_isolated().map_err(|err| err.to_string())?
+        }
+        NetworkMode::Proxied { nft } => {
+            let mut router =
+                openshell_netns::setup_router(nft.as_deref()).map_err(|err| err.to_string())?;
+            // Into the agent namespace; the router namespace lives on through the
+            // listeners, which go to the supervisor (our copies close with `router`).
+            let rules = router.enter_agent().map_err(|err| err.to_string())?;
+            let l = &router.listeners;
+            let fds = [l.proxy.as_raw_fd(), l.bypass.as_raw_fd(), l.dns.as_raw_fd()];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            sendmsg::<()>(
+                sync.as_raw_fd(),
+                &[IoSlice::new(&[msg::NET, u8::from(rules)])],
+                &cmsg,
+                MsgFlags::empty(),
+                None,
+            )
+            .map_err(|e| format!("send the listeners: {e}"))?;
+        }
+    }
     // 5. The root filesystem: slave /, build, pivot, masks, read-only remounts.
     openshell_fs::apply(&cfg.mounts).map_err(|err| format!("filesystem: {err}"))?;
     // 6. Hostname (own uts namespace).

@@ -6,9 +6,11 @@
 //! the kernel offers (for `doctor`). The CLI calls in here and does no kernel work itself.
 
 pub mod features;
+pub mod identity;
 pub mod idmap;
 pub mod image;
 pub mod init;
+pub mod netsvc;
 pub mod relay;
 pub mod run;
 pub mod seccomp;

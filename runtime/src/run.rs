@@ -55,6 +55,12 @@ pub struct RunOptions {
     pub tty: Option<bool>,
     /// Run on this image instead of the host view.
     pub image: Option<ImageSpec>,
+    /// Route the network through the policy proxy (false: loopback only).
+    pub network: bool,
+    /// Echo network decisions on stderr.
+    pub verbose: bool,
+    /// Keep decision logs here (default: the sandbox's `logs/`).
+    pub log_dir: Option<PathBuf>,
 }
 
 /// `run` failed before the command could start.
@@ -146,6 +152,7 @@ pub fn environment(
     image: &[String],
     extra: &[(String, String)],
     tty: bool,
+    proxied: bool,
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), PATH.into()),
@@ -158,6 +165,27 @@ pub fn environment(
         ),
         ("OPENSHELL_SANDBOX".into(), "1".into()),
     ];
+    if proxied {
+        let url = format!(
+            "http://{}:{}",
+            openshell_netns::ROUTER_IP,
+            openshell_netns::PROXY_PORT
+        );
+        for k in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "grpc_proxy",
+        ] {
+            env.push((k.into(), url.clone()));
+        }
+        for k in ["NO_PROXY", "no_proxy"] {
+            env.push((k.into(), "127.0.0.1,localhost,::1".into()));
+        }
+        env.push(("NODE_USE_ENV_PROXY".into(), "1".into()));
+    }
     let term = std::env::var("TERM")
         .ok()
         .or(tty.then(|| "xterm-256color".to_string()));
@@ -260,7 +288,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         let (ou, og) = (ids.outside_uid(uid), ids.outside_gid(gid));
         chown_tree(&workspace, ou, og);
     }
-    let etc_files = dir.write_etc(&hostname, uid, gid, opts.image.is_none())?;
+    let etc_files = dir.write_etc(&hostname, uid, gid, opts.image.is_none(), opts.network)?;
     let spec = RootSpec {
         root: dir.rootfs(),
         workspace,
@@ -304,9 +332,25 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         .as_ref()
         .map(|i| i.env.clone())
         .unwrap_or_default();
-    let env = environment(&image_env, &opts.env, tty);
+    let env = environment(&image_env, &opts.env, tty, opts.network);
+    let net = if opts.network {
+        NetworkMode::Proxied {
+            nft: ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists()),
+        }
+    } else {
+        NetworkMode::Isolated
+    };
+    let net_setup = opts.network.then(|| NetSetup {
+        policy: policy.clone(),
+        log_dir: opts.log_dir.clone().or_else(|| Some(dir.path.join("logs"))),
+        verbose: opts.verbose,
+        control: dir.path.join("control.sock"),
+    });
     let cfg = InitConfig {
-        net: NetworkMode::Isolated,
+        net,
         mounts,
         hostname,
         setgroups: ids.setgroups_allowed(),
@@ -318,7 +362,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         },
         confinement,
     };
-    let code = start_and_wait(&cfg, &ids)?;
+    let code = start_and_wait(&cfg, &ids, net_setup)?;
     drop(cleanup);
     Ok(code)
 }
@@ -359,8 +403,20 @@ fn chown_tree(path: &std::path::Path, uid: Option<u32>, gid: Option<u32>) {
     }
 }
 
+/// What the network service needs besides init's listeners.
+struct NetSetup {
+    policy: Policy,
+    log_dir: Option<PathBuf>,
+    verbose: bool,
+    control: PathBuf,
+}
+
 /// Clone init, write its maps, release it, then supervise until it exits.
-fn start_and_wait(cfg: &InitConfig, ids: &idmap::IdPlan) -> Result<i32, RunError> {
+fn start_and_wait(
+    cfg: &InitConfig,
+    ids: &idmap::IdPlan,
+    net: Option<NetSetup>,
+) -> Result<i32, RunError> {
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -417,9 +473,10 @@ fn start_and_wait(cfg: &InitConfig, ids: &idmap::IdPlan) -> Result<i32, RunError
     }
     nix::unistd::write(&ours, &[msg::GO]).map_err(sys("release init"))?;
     let mut master = None;
+    let mut listeners: Option<([OwnedFd; 3], bool)> = None;
     loop {
         let mut buf = [0u8; 4096];
-        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 3]);
         let mut iov = [IoSliceMut::new(&mut buf)];
         let r = recvmsg::<()>(
             ours.as_raw_fd(),
@@ -427,15 +484,20 @@ fn start_and_wait(cfg: &InitConfig, ids: &idmap::IdPlan) -> Result<i32, RunError
             Some(&mut cmsg),
             MsgFlags::MSG_CMSG_CLOEXEC,
         );
-        let (n, fd) = match r {
+        let (n, fds) = match r {
             Ok(m) => {
-                let fd = m.cmsgs().ok().and_then(|mut c| {
-                    c.find_map(|c| match c {
-                        ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
-                        _ => None,
+                let fds: Vec<std::os::fd::RawFd> = m
+                    .cmsgs()
+                    .ok()
+                    .map(|c| {
+                        c.flat_map(|c| match c {
+                            ControlMessageOwned::ScmRights(fds) => fds,
+                            _ => vec![],
+                        })
+                        .collect()
                     })
-                });
-                (m.bytes, fd)
+                    .unwrap_or_default();
+                (m.bytes, fds)
             }
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(sys("read from init")(e)),
@@ -444,7 +506,13 @@ fn start_and_wait(cfg: &InitConfig, ids: &idmap::IdPlan) -> Result<i32, RunError
         match data.first() {
             Some(&msg::PTY) => {
                 // SAFETY: the fd arrived with SCM_RIGHTS and is ours alone.
-                master = fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+                master = fds.first().map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) });
+            }
+            Some(&msg::NET) if fds.len() == 3 => {
+                // SAFETY: the fds arrived with SCM_RIGHTS and are ours alone.
+                let owned: [OwnedFd; 3] =
+                    [fds[0], fds[1], fds[2]].map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+                listeners = Some((owned, data.get(1) == Some(&1)));
             }
             Some(&msg::READY) => break,
             Some(&msg::ERROR) => {
@@ -459,10 +527,29 @@ fn start_and_wait(cfg: &InitConfig, ids: &idmap::IdPlan) -> Result<i32, RunError
             }
         }
     }
+    let service = match (net, listeners) {
+        (Some(n), Some((fds, rules))) => Some(
+            crate::netsvc::NetService::start(crate::netsvc::NetConfig {
+                fds,
+                policy: n.policy,
+                init_pid: init_pid.as_raw() as u32,
+                log_dir: n.log_dir,
+                verbose: n.verbose,
+                control: n.control,
+                rules,
+            })
+            .map_err(|e| RunError::Setup(format!("start the proxy: {e}")))?,
+        ),
+        _ => None,
+    };
     let code = match master {
         Some(m) => crate::relay::relay_pty(init_pid, &sfd, m),
         None => crate::relay::wait_plain(init_pid, &sfd),
     };
+    // The proxy thread must be gone before anything forks again (cleanup).
+    if let Some(s) = service {
+        s.stop();
+    }
     Ok(code)
 }
 
@@ -499,8 +586,10 @@ mod tests {
             &["PATH=/img".into(), "HOME=/img".into()],
             &[("HOME".into(), "/x".into()), ("A".into(), "1".into())],
             false,
+            true,
         );
         assert!(env.contains(&("PATH".into(), "/img".into())));
+        assert!(env.contains(&("HTTPS_PROXY".into(), "http://10.200.0.1:3128".into())));
         assert!(env.contains(&("HOME".into(), "/x".into())));
         assert_eq!(env.iter().filter(|(k, _)| k == "HOME").count(), 1);
         assert!(env.contains(&("OPENSHELL_SANDBOX".into(), "1".into())));

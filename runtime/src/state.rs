@@ -138,6 +138,7 @@ impl SandboxDir {
         uid: u32,
         gid: u32,
         accounts: bool,
+        proxied: bool,
     ) -> Result<Vec<(PathBuf, PathBuf)>, StateError> {
         let mut files = Vec::new();
         if accounts {
@@ -154,7 +155,12 @@ impl SandboxDir {
             ),
             (
                 "resolv.conf",
-                "# openshell: no DNS in this sandbox\n".to_string(),
+                if proxied {
+                    "# openshell: answers only names the policy allows\nnameserver 10.200.0.1\n"
+                        .to_string()
+                } else {
+                    "# openshell: no DNS in this sandbox\n".to_string()
+                },
             ),
         ]);
         let mut out = Vec::new();

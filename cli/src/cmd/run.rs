@@ -8,6 +8,15 @@ use openshell_runtime::image::ImageSpec;
 use openshell_runtime::spawn::EXIT_SETUP;
 use openshell_runtime::{RunOptions, run as run_sandbox};
 
+/// `--network` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkArg {
+    /// Router/agent namespaces and the policy proxy.
+    Proxy,
+    /// Loopback only.
+    None,
+}
+
 /// When to pull the `--from` image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PullPolicy {
@@ -62,6 +71,17 @@ pub struct RunArgs {
     /// Keep the sandbox's state directory (workspace) after the command exits.
     #[arg(long)]
     pub keep: bool,
+    /// Network: `proxy` (every connection through the policy proxy; deny by default)
+    /// or `none` (loopback only).
+    #[arg(long, value_enum, default_value_t = NetworkArg::Proxy)]
+    pub network: NetworkArg,
+    /// Print every network decision on stderr.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Write the decision logs (human and OCSF JSON lines) into this directory
+    /// (default: the sandbox's logs/, removed with it unless --keep).
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
     /// Allocate a pty even when not on a terminal (-t) ...
     #[arg(long, short = 't', conflicts_with = "no_tty")]
     pub tty: bool,
@@ -115,6 +135,9 @@ fn options(args: RunArgs) -> Result<RunOptions, String> {
         .map(|f| resolve_image(f, args.pull, &args.registry))
         .transpose()?;
     Ok(RunOptions {
+        network: args.network == NetworkArg::Proxy,
+        verbose: args.verbose,
+        log_dir: args.log_dir,
         image,
         command: args.command,
         policy,

@@ -1,0 +1,213 @@
+//! A minimal rtnetlink client on a plain NETLINK_ROUTE socket: create a veth pair,
+//! bring links up, add IPv4 addresses and a default route, move a link to another
+//! network namespace. Messages are built by pure functions (unit-tested byte for byte
+//! where it matters); the socket only sends them and waits for the kernel's ack.
+//! Synchronous: runs in init.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send,
+    socket,
+};
+
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const RTM_NEWLINK: u16 = 16;
+const RTM_NEWADDR: u16 = 20;
+const RTM_NEWROUTE: u16 = 24;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_NET_NS_FD: u16 = 28;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_DATA: u16 = 2;
+const VETH_INFO_PEER: u16 = 1;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const RTA_GATEWAY: u16 = 5;
+const RTA_OIF: u16 = 4;
+const IFF_UP: u32 = 0x1;
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// One route attribute: length, type, payload, padding.
+pub fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
+    let len = 4 + payload.len();
+    let mut v = Vec::with_capacity(align4(len));
+    v.extend_from_slice(&(len as u16).to_ne_bytes());
+    v.extend_from_slice(&kind.to_ne_bytes());
+    v.extend_from_slice(payload);
+    v.resize(align4(len), 0);
+    v
+}
+
+fn name_attr(name: &str) -> Vec<u8> {
+    let mut b = name.as_bytes().to_vec();
+    b.push(0);
+    attr(IFLA_IFNAME, &b)
+}
+
+/// `struct ifinfomsg`.
+fn ifinfo(index: i32, flags: u32, change: u32) -> Vec<u8> {
+    let mut v = vec![libc::AF_UNSPEC as u8, 0, 0, 0];
+    v.extend_from_slice(&index.to_ne_bytes());
+    v.extend_from_slice(&flags.to_ne_bytes());
+    v.extend_from_slice(&change.to_ne_bytes());
+    v
+}
+
+/// RTM_NEWLINK creating veth `name` with peer `peer`.
+pub fn veth_msg(name: &str, peer: &str) -> (u16, u16, Vec<u8>) {
+    let mut peer_info = ifinfo(0, 0, 0);
+    peer_info.extend(name_attr(peer));
+    let data = attr(VETH_INFO_PEER, &peer_info);
+    let mut linkinfo = attr(IFLA_INFO_KIND, b"veth");
+    linkinfo.extend(attr(IFLA_INFO_DATA, &data));
+    let mut body = ifinfo(0, 0, 0);
+    body.extend(name_attr(name));
+    body.extend(attr(IFLA_LINKINFO, &linkinfo));
+    (RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
+}
+
+/// RTM_NEWLINK setting IFF_UP on `index`.
+pub fn up_msg(index: i32) -> (u16, u16, Vec<u8>) {
+    (RTM_NEWLINK, 0, ifinfo(index, IFF_UP, IFF_UP))
+}
+
+/// RTM_NEWLINK moving `index` into the namespace behind `ns_fd`.
+pub fn move_msg(index: i32, ns_fd: RawFd) -> (u16, u16, Vec<u8>) {
+    let mut body = ifinfo(index, 0, 0);
+    body.extend(attr(IFLA_NET_NS_FD, &(ns_fd as u32).to_ne_bytes()));
+    (RTM_NEWLINK, 0, body)
+}
+
+/// RTM_NEWADDR for `addr/prefix` on `index`.
+pub fn addr_msg(index: i32, addr: Ipv4Addr, prefix: u8) -> (u16, u16, Vec<u8>) {
+    let mut body = vec![libc::AF_INET as u8, prefix, 0, 0];
+    body.extend_from_slice(&(index as u32).to_ne_bytes());
+    body.extend(attr(IFA_LOCAL, &addr.octets()));
+    body.extend(attr(IFA_ADDRESS, &addr.octets()));
+    (RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body)
+}
+
+/// RTM_NEWROUTE: default route via `gw` out of `index`.
+pub fn default_route_msg(index: i32, gw: Ipv4Addr) -> (u16, u16, Vec<u8>) {
+    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
+    let mut body = vec![libc::AF_INET as u8, 0, 0, 0, libc::RT_TABLE_MAIN, 3, 0, 1];
+    body.extend_from_slice(&0u32.to_ne_bytes());
+    body.extend(attr(RTA_GATEWAY, &gw.octets()));
+    body.extend(attr(RTA_OIF, &(index as u32).to_ne_bytes()));
+    (RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body)
+}
+
+/// A NETLINK_ROUTE socket of the current network namespace (it stays bound to the
+/// namespace it was opened in, even after the process moves).
+pub struct Netlink {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+impl Netlink {
+    /// Open and bind.
+    pub fn open() -> Result<Self, Errno> {
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkRoute,
+        )?;
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
+        Ok(Self { fd, seq: 1 })
+    }
+
+    /// Send one request and wait for its ack.
+    pub fn request(&mut self, (kind, flags, body): (u16, u16, Vec<u8>)) -> Result<(), Errno> {
+        self.seq += 1;
+        let len = NLMSG_HDRLEN + body.len();
+        let mut msg = Vec::with_capacity(len);
+        msg.extend_from_slice(&(len as u32).to_ne_bytes());
+        msg.extend_from_slice(&kind.to_ne_bytes());
+        msg.extend_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+        msg.extend_from_slice(&self.seq.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(&body);
+        send(self.fd.as_raw_fd(), &msg, MsgFlags::empty())?;
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+            let mut off = 0;
+            while off + NLMSG_HDRLEN <= n {
+                let mlen =
+                    u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or([0; 4])) as usize;
+                let mtype = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+                let mseq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap_or([0; 4]));
+                if mtype == NLMSG_ERROR && mseq == self.seq && off + NLMSG_HDRLEN + 4 <= n {
+                    let err = i32::from_ne_bytes(
+                        buf[off + NLMSG_HDRLEN..off + NLMSG_HDRLEN + 4]
+                            .try_into()
+                            .unwrap_or([0; 4]),
+                    );
+                    return if err == 0 {
+                        Ok(())
+                    } else {
+                        Err(Errno::from_raw(-err))
+                    };
+                }
+                if mlen < NLMSG_HDRLEN {
+                    break;
+                }
+                off += align4(mlen);
+            }
+        }
+    }
+}
+
+/// Index of interface `name` in the current network namespace.
+pub fn index_of(name: &str) -> Result<i32, Errno> {
+    nix::net::if_::if_nametoindex(name).map(|i| i as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_are_padded() {
+        assert_eq!(attr(3, b"lo\0"), vec![7, 0, 3, 0, b'l', b'o', 0, 0]);
+        assert_eq!(attr(1, b"veth").len(), 8);
+    }
+
+    #[test]
+    fn veth_message_nests_the_peer() {
+        let (kind, flags, body) = veth_msg("vr", "va");
+        assert_eq!(kind, RTM_NEWLINK);
+        assert_eq!(flags, NLM_F_CREATE | NLM_F_EXCL);
+        // ifinfomsg, then IFLA_IFNAME "vr", then IFLA_LINKINFO.
+        assert_eq!(&body[16..24], &attr(IFLA_IFNAME, b"vr\0")[..]);
+        let linkinfo = &body[24..];
+        assert_eq!(
+            u16::from_ne_bytes([linkinfo[2], linkinfo[3]]),
+            IFLA_LINKINFO
+        );
+        assert!(linkinfo.windows(4).any(|w| w == b"veth"));
+        assert!(linkinfo.windows(3).any(|w| w == b"va\0"));
+    }
+
+    #[test]
+    fn route_and_address_messages() {
+        let (_, _, a) = addr_msg(5, Ipv4Addr::new(10, 200, 0, 2), 30);
+        assert_eq!(&a[..4], &[libc::AF_INET as u8, 30, 0, 0]);
+        assert!(a.windows(4).any(|w| w == [10, 200, 0, 2]));
+        let (k, _, r) = default_route_msg(5, Ipv4Addr::new(10, 200, 0, 1));
+        assert_eq!(k, RTM_NEWROUTE);
+        assert_eq!(r[4], libc::RT_TABLE_MAIN);
+    }
+}

@@ -1,0 +1,223 @@
+//! The per-sandbox proxy: every connection leaving a sandbox is decided here.
+//!
+//! Three listeners, bound by init in the sandbox's router namespace and served by the
+//! supervisor in the host's: the explicit proxy (HTTP CONNECT and absolute-form
+//! `http://` requests), the bypass listener (connections that ignored the proxy,
+//! redirected by nftables: logged and refused, or relayed for `protocol: tcp`), and
+//! DNS (answers only names some policy allows). Decisions come from
+//! `openshell_policy::engine`; who owns a connection comes from an [`Identify`]
+//! implementation (the runtime reads /proc); this crate knows nothing of namespaces.
+#![forbid(unsafe_code)]
+
+pub mod bypass;
+pub mod connect;
+pub mod dns;
+pub mod http;
+pub mod log;
+pub mod state;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openshell_policy::Endpoint;
+use openshell_policy::engine::ip_permitted;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+pub use log::Logger;
+pub use state::PolicyState;
+
+/// The process that owns a sandbox connection.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Peer {
+    /// Pid as seen from the host.
+    pub pid: u32,
+    /// Executable path as seen inside the sandbox.
+    pub exe: String,
+    /// `exe`, then the executables of its ancestors (up to, not including, init).
+    pub chain: Vec<String>,
+    /// SHA-256 of the executable's content.
+    pub sha256: Option<String>,
+}
+
+/// Finds the process behind a connection from the sandbox.
+pub trait Identify: Send + Sync {
+    /// `agent` is the connection's address on the agent side (10.200.0.2:port).
+    fn identify(&self, agent: SocketAddr) -> Option<Peer>;
+}
+
+/// Everything the handlers share.
+pub struct Context {
+    /// The live policy.
+    pub policy: Arc<PolicyState>,
+    /// Socket owner lookup.
+    pub identify: Arc<dyn Identify>,
+    /// Decision log.
+    pub log: Arc<Logger>,
+    /// First-seen SHA-256 of each executable path.
+    pins: Mutex<HashMap<String, String>>,
+    /// Names our DNS answered, by address (for transparent `protocol: tcp`).
+    pub dns_names: Mutex<HashMap<IpAddr, String>>,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+}
+
+impl Context {
+    /// A context for one sandbox.
+    pub fn new(
+        policy: Arc<PolicyState>,
+        identify: Arc<dyn Identify>,
+        log: Arc<Logger>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            policy,
+            identify,
+            log,
+            pins: Mutex::new(HashMap::new()),
+            dns_names: Mutex::new(HashMap::new()),
+            connect_timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// Who owns the connection, and whether its binary still is the one first seen at
+    /// that path (SHA-256 pinning). Unknown owners get an empty chain (matching only
+    /// `/**`-free policies: i.e. nothing).
+    pub fn who(&self, agent: SocketAddr) -> (Peer, Result<(), String>) {
+        let Some(peer) = self.identify.identify(agent) else {
+            return (
+                Peer {
+                    exe: "?".into(),
+                    ..Default::default()
+                },
+                Err("the connection's process could not be identified".into()),
+            );
+        };
+        let pinned = match &peer.sha256 {
+            Some(h) => {
+                let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+                let first = pins.entry(peer.exe.clone()).or_insert_with(|| h.clone());
+                if first == h {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} changed since its first use (sha256 differs)",
+                        peer.exe
+                    ))
+                }
+            }
+            None => Err(format!("could not read {} to check its sha256", peer.exe)),
+        };
+        (peer, pinned)
+    }
+}
+
+/// Why a dial failed: a policy refusal (403) or an unreachable upstream (502).
+#[derive(Debug)]
+pub enum DialError {
+    /// SSRF guard.
+    Refused(String),
+    /// Resolution or connection failed.
+    Unreachable(String),
+}
+
+/// Resolve `host` and connect to the first address the endpoint permits.
+pub async fn dial(
+    ctx: &Context,
+    ep: &Endpoint,
+    host: &str,
+    port: u16,
+) -> Result<TcpStream, DialError> {
+    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| DialError::Unreachable(format!("cannot resolve {host}: {e}")))?
+            .collect(),
+    };
+    let mut refused = None;
+    let mut last_err = None;
+    for a in addrs {
+        if let Err(why) = ip_permitted(ep, a.ip()) {
+            refused = Some(why);
+            continue;
+        }
+        match tokio::time::timeout(ctx.connect_timeout, TcpStream::connect(a)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Ok(Err(e)) => last_err = Some(format!("{a}: {e}")),
+            Err(_) => last_err = Some(format!("{a}: connect timed out")),
+        }
+    }
+    Err(match (last_err, refused) {
+        (Some(e), _) => DialError::Unreachable(e),
+        (None, Some(r)) => DialError::Refused(r),
+        (None, None) => DialError::Unreachable(format!("{host} has no address")),
+    })
+}
+
+/// Relay both ways until either side closes, or until the policy changes.
+pub async fn relay<A, B>(a: &mut A, b: &mut B, mut generation: watch::Receiver<u64>)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    generation.mark_unchanged();
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(a, b) => {}
+        _ = generation.changed() => {}
+    }
+}
+
+/// The listeners, as handed over by init.
+pub struct Listeners {
+    /// Explicit proxy.
+    pub proxy: std::net::TcpListener,
+    /// Redirected connections.
+    pub bypass: std::net::TcpListener,
+    /// DNS.
+    pub dns: std::net::UdpSocket,
+}
+
+/// Serve until `shutdown` fires.
+pub async fn serve(
+    ctx: Arc<Context>,
+    l: Listeners,
+    mut shutdown: tokio::sync::oneshot::Receiver<()>,
+) {
+    let prep = |r: std::io::Result<()>| r.is_ok();
+    if !(prep(l.proxy.set_nonblocking(true))
+        && prep(l.bypass.set_nonblocking(true))
+        && prep(l.dns.set_nonblocking(true)))
+    {
+        return;
+    }
+    let (Ok(proxy), Ok(bypass), Ok(dns)) = (
+        tokio::net::TcpListener::from_std(l.proxy),
+        tokio::net::TcpListener::from_std(l.bypass),
+        tokio::net::UdpSocket::from_std(l.dns),
+    ) else {
+        return;
+    };
+    let c1 = ctx.clone();
+    let explicit = tokio::spawn(async move {
+        while let Ok((sock, peer)) = proxy.accept().await {
+            tokio::spawn(connect::handle(c1.clone(), sock, peer));
+        }
+    });
+    let c2 = ctx.clone();
+    let redirected = tokio::spawn(async move {
+        while let Ok((sock, peer)) = bypass.accept().await {
+            tokio::spawn(bypass::handle(c2.clone(), sock, peer));
+        }
+    });
+    let resolver = tokio::spawn(dns::serve(ctx.clone(), dns));
+    let _ = (&mut shutdown).await;
+    explicit.abort();
+    redirected.abort();
+    resolver.abort();
+}

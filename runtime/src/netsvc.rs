@@ -1,0 +1,210 @@
+//! The supervisor's network service: the proxy on the listeners init handed over, and
+//! the control API on `control.sock` (HTTP/1.1 + JSON over a unix socket, mode 0600):
+//!
+//! - `GET /v1/policy` → `{version, sha256, policy}` (policy as YAML)
+//! - `PUT /v1/policy` (body: the whole policy YAML) → `{version, sha256, changed}`, or
+//!   400 `{error: "invalid_policy", detail}` and the old policy stays active
+//! - `GET /v1/policy/history` → the revisions with their status
+//!
+//! Runs on its own thread with a single-threaded tokio runtime, started only after init
+//! exists (the supervisor clones before any thread) and stopped before cleanup.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openshell_policy::Policy;
+use openshell_proxy::http::{self, HeadError};
+use openshell_proxy::{Context, Listeners, Logger, PolicyState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// A running network service.
+pub struct NetService {
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the service needs.
+pub struct NetConfig {
+    /// Proxy, bypass and DNS listeners from init.
+    pub fds: [OwnedFd; 3],
+    /// The sandbox's policy.
+    pub policy: Policy,
+    /// init's host pid (for socket owner lookups).
+    pub init_pid: u32,
+    /// Where logs go.
+    pub log_dir: Option<PathBuf>,
+    /// Echo decisions on stderr.
+    pub verbose: bool,
+    /// The control socket path.
+    pub control: PathBuf,
+    /// Whether the router's nftables rules loaded.
+    pub rules: bool,
+}
+
+impl NetService {
+    /// Start the proxy and control API on a thread of their own.
+    pub fn start(cfg: NetConfig) -> std::io::Result<Self> {
+        let [p, b, d] = cfg.fds;
+        let listeners = Listeners {
+            proxy: std::net::TcpListener::from(p),
+            bypass: std::net::TcpListener::from(b),
+            dns: std::net::UdpSocket::from(d),
+        };
+        let log = Arc::new(Logger::new(cfg.log_dir.as_deref(), cfg.verbose));
+        let state = PolicyState::new(cfg.policy);
+        let cur = state.current();
+        log.config(cur.version, &cur.sha256, true, "initial policy");
+        if !cfg.rules {
+            log.note(
+                "NET:MODE",
+                "nftables unavailable: no route out of the sandbox (bypass attempts fail at once, unlogged); the explicit proxy works",
+            );
+        }
+        let ctx = Context::new(
+            state,
+            Arc::new(crate::identity::SandboxProcs::new(cfg.init_pid)),
+            log,
+        );
+        let control = bind_control(&cfg.control)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("openshell-net".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async move {
+                    let c = ctx.clone();
+                    let ctl = tokio::spawn(async move {
+                        let Ok(l) = tokio::net::UnixListener::from_std(control) else {
+                            return;
+                        };
+                        while let Ok((s, _)) = l.accept().await {
+                            tokio::spawn(serve_control(c.clone(), s));
+                        }
+                    });
+                    openshell_proxy::serve(ctx, listeners, rx).await;
+                    ctl.abort();
+                });
+            })?;
+        Ok(Self {
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stop serving and wait for the thread.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for NetService {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+fn bind_control(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(path);
+    let l = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Largest request body the control API reads.
+const MAX_BODY: usize = 1 << 20;
+
+async fn serve_control(ctx: Arc<Context>, mut s: UnixStream) {
+    let (head, mut body) = match http::read_head(&mut s, 16 * 1024).await {
+        Ok(h) => h,
+        Err(HeadError::TooLarge) => {
+            return reply(&mut s, 431, serde_json::json!({"error": "head_too_large"})).await;
+        }
+        Err(_) => return,
+    };
+    let Ok(head) = http::parse_head(&head) else {
+        return reply(&mut s, 400, serde_json::json!({"error": "bad_request"})).await;
+    };
+    let len: usize = head
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if len > MAX_BODY {
+        return reply(
+            &mut s,
+            413,
+            serde_json::json!({"error": "body_too_large", "limit": MAX_BODY}),
+        )
+        .await;
+    }
+    while body.len() < len {
+        let mut chunk = vec![0u8; len - body.len()];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let path = head.target.split('?').next().unwrap_or("");
+    match (head.method.as_str(), path) {
+        ("GET", "/v1/policy") => {
+            let a = ctx.policy.current();
+            let v = serde_json::json!({"version": a.version, "sha256": a.sha256, "policy": a.policy.to_yaml()});
+            reply(&mut s, 200, v).await;
+        }
+        ("GET", "/v1/policy/history") => {
+            let v = serde_json::to_value(ctx.policy.history()).unwrap_or_default();
+            reply(&mut s, 200, v).await;
+        }
+        ("PUT", "/v1/policy") => {
+            let text = String::from_utf8_lossy(&body);
+            match ctx.policy.replace(&text) {
+                Ok(l) => {
+                    if l.changed {
+                        ctx.log.config(l.version, &l.sha256, true, "policy set");
+                    }
+                    reply(&mut s, 200, serde_json::to_value(&l).unwrap_or_default()).await;
+                }
+                Err(e) => {
+                    let cur = ctx.policy.current();
+                    ctx.log.config(
+                        cur.version,
+                        &cur.sha256,
+                        false,
+                        e.lines().next().unwrap_or(""),
+                    );
+                    reply(&mut s, 400, serde_json::json!({"error": "invalid_policy", "detail": e, "active_version": cur.version})).await;
+                }
+            }
+        }
+        _ => reply(&mut s, 404, serde_json::json!({"error": "not_found"})).await,
+    }
+}
+
+async fn reply(s: &mut UnixStream, status: u16, v: serde_json::Value) {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        413 => "Payload Too Large",
+        _ => "Error",
+    };
+    let _ = http::respond(s, status, reason, &[], &v.to_string()).await;
+    let _ = s.shutdown().await;
+}
