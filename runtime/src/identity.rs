@@ -12,10 +12,13 @@ use std::sync::Mutex;
 
 use openshell_proxy::{Identify, Peer};
 
+/// dev, inode, mtime (s, ns), size: one version of a file.
+type FileVersion = (u64, u64, i64, i64, u64);
+
 /// Identifies connections of one sandbox.
 pub struct SandboxProcs {
     init: u32,
-    hashes: Mutex<HashMap<(u64, u64, i64), String>>,
+    hashes: Mutex<HashMap<FileVersion, String>>,
 }
 
 impl SandboxProcs {
@@ -85,7 +88,15 @@ impl SandboxProcs {
     fn sha256(&self, pid: u32) -> Option<String> {
         let path = format!("/proc/{pid}/exe");
         let meta = std::fs::metadata(&path).ok()?;
-        let key = (meta.dev(), meta.ino(), meta.mtime());
+        // Rewritten in place within the same second keeps dev/ino/mtime: nanoseconds and
+        // size tell the versions apart.
+        let key = (
+            meta.dev(),
+            meta.ino(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.size(),
+        );
         if let Some(h) = self
             .hashes
             .lock()

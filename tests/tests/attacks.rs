@@ -305,13 +305,24 @@ fn host_loopback_service_is_unreachable() {
 }
 
 #[test]
-fn outside_addresses_are_unreachable_at_once() {
+fn outside_addresses_are_unreachable_at_once_without_network() {
     need_sandbox!();
     // A UDP connect only looks up the route: nothing is sent, whatever the outcome.
-    let t = blocked("udp-connect", &["192.0.2.1:53"]);
+    let t = blocked_with(&["--network", "none"], "udp-connect", &["192.0.2.1:53"]);
     assert!(t.contains("ENETUNREACH"), "{t}");
-    let t = blocked("tcp-connect", &["192.0.2.1:443"]);
+    let t = blocked_with(&["--network", "none"], "tcp-connect", &["192.0.2.1:443"]);
     assert!(t.contains("ENETUNREACH"), "{t}");
+}
+
+#[test]
+fn direct_connections_are_caught_and_reset_at_once() {
+    need_sandbox!();
+    // With the proxy, a program that ignores it is redirected to the bypass listener,
+    // which refuses it at once; nothing reaches the address. (192.0.2.1 is TEST-NET-1:
+    // even a broken sandbox would not reach a real host.)
+    // Refused actively (reset), not left to time out.
+    let t = blocked("tcp-exchange", &["192.0.2.1:443"]);
+    assert!(t.contains("ECONNRESET") || t.contains("EOF"), "{t}");
 }
 
 #[test]

