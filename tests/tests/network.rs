@@ -127,7 +127,7 @@ fn no_policy_denies_everything_with_a_clear_answer() {
     assert_eq!(v["reason"], "no policy allows this destination");
     let log = n.log();
     assert!(
-        log.contains(&format!("NET:OPEN DENIED /usr/bin/curl(")),
+        log.contains("NET:OPEN DENIED /usr/bin/curl("),
         "{log}"
     );
     assert!(
@@ -179,7 +179,7 @@ fn host_port_and_binary_decide() {
     assert!(text.contains("other=56"), "{text}");
     let log = n.log();
     assert!(
-        log.contains(&format!("NET:OPEN ALLOWED /usr/bin/curl("))
+        log.contains("NET:OPEN ALLOWED /usr/bin/curl(")
             && log.contains("[policy:upstream]"),
         "{log}"
     );
@@ -322,12 +322,12 @@ fn bypass_is_refused_and_logged_transparent_tcp_is_relayed() {
     assert!(text.contains("echo: ping"), "{text}{}", stderr(&out));
     let log = n.log();
     assert!(
-        log.contains(&format!("NET:BYPASS DENIED /usr/bin/curl("))
+        log.contains("NET:BYPASS DENIED /usr/bin/curl(")
             && log.contains(&format!("-> {}:80", up("OS_UPSTREAM_OTHER_IP"))),
         "{log}"
     );
     assert!(
-        log.contains(&format!("NET:OPEN ALLOWED /usr/bin/python3"))
+        log.contains("NET:OPEN ALLOWED /usr/bin/python3")
             && log.contains(&format!("-> {tcp_host}:7777 [policy:upstream]")),
         "{log}"
     );
