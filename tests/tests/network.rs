@@ -126,10 +126,7 @@ fn no_policy_denies_everything_with_a_clear_answer() {
     );
     assert_eq!(v["reason"], "no policy allows this destination");
     let log = n.log();
-    assert!(
-        log.contains("NET:OPEN DENIED /usr/bin/curl("),
-        "{log}"
-    );
+    assert!(log.contains("NET:OPEN DENIED /usr/bin/curl("), "{log}");
     assert!(
         log.contains(&format!(
             "-> {}:443 [reason:no policy allows this destination]",
@@ -179,8 +176,7 @@ fn host_port_and_binary_decide() {
     assert!(text.contains("other=56"), "{text}");
     let log = n.log();
     assert!(
-        log.contains("NET:OPEN ALLOWED /usr/bin/curl(")
-            && log.contains("[policy:upstream]"),
+        log.contains("NET:OPEN ALLOWED /usr/bin/curl(") && log.contains("[policy:upstream]"),
         "{log}"
     );
     assert!(
