@@ -98,11 +98,11 @@ pub struct Listeners {
 
 /// The router namespace while init still holds it.
 pub struct Router {
-    netlink: netlink::Netlink,
-    va_router_index: i32,
+    agent_ns: std::fs::File,
     /// The listeners (send them to the supervisor).
     pub listeners: Listeners,
     nft: Option<std::process::Child>,
+    agent_netlink: Option<netlink::Netlink>,
 }
 
 /// Configure the current (fresh) net namespace for `Isolated`: loopback only.
@@ -146,16 +146,37 @@ fn udp_socket(port: u16) -> Result<OwnedFd, NetError> {
     Ok(fd)
 }
 
-/// In the namespace init was created in: lo up, the veth pair, the router address,
-/// the listeners, and the nftables rules (loaded by a child while we go on).
+fn ns_file(what: &'static str) -> Result<std::fs::File, NetError> {
+    std::fs::File::open("/proc/self/ns/net").map_err(|e| NetError::Netlink {
+        what,
+        source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })
+}
+
+fn setns(ns: &std::fs::File, what: &'static str) -> Result<(), NetError> {
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(nl(what))
+}
+
+/// In the namespace init was created in (the router's): create the agent namespace
+/// (and come back), the veth pair with its agent end created directly inside it
+/// (moving a device costs an RCU grace period: tens of milliseconds), the router
+/// address, the nftables rules (loaded by a child while init goes on) and the listeners.
 pub fn setup_router(nft: Option<&std::path::Path>) -> Result<Router, NetError> {
+    let router_ns = ns_file("open the router namespace")?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(nl("create the agent namespace"))?;
+    let agent_ns = ns_file("open the agent namespace")?;
+    setns(&router_ns, "return to the router namespace")?;
     link_up("lo")?;
     let mut nl_router = netlink::Netlink::open().map_err(nl("open netlink"))?;
     nl_router
-        .request(netlink::veth_msg(ROUTER_IF, AGENT_IF))
+        .request(netlink::veth_msg(
+            ROUTER_IF,
+            AGENT_IF,
+            Some(agent_ns.as_raw_fd()),
+        ))
         .map_err(nl("create the veth pair"))?;
     let vr = netlink::index_of(ROUTER_IF).map_err(nl("find vr"))?;
-    let va_router_index = netlink::index_of(AGENT_IF).map_err(nl("find va"))?;
     nl_router
         .request(netlink::addr_msg(vr, ROUTER_IP, PREFIX))
         .map_err(nl("address vr"))?;
@@ -169,31 +190,18 @@ pub fn setup_router(nft: Option<&std::path::Path>) -> Result<Router, NetError> {
         dns: udp_socket(DNS_PORT)?,
     };
     Ok(Router {
-        netlink: nl_router,
-        va_router_index,
+        agent_ns,
         listeners,
         nft,
+        agent_netlink: None,
     })
 }
 
 impl Router {
-    /// Move the calling process into a fresh agent namespace and configure it. The
-    /// default route is added only when the router's rules are in place (`rules_ok`),
-    /// so without them nothing can even try to leave.
-    pub fn enter_agent(&mut self) -> Result<bool, NetError> {
-        let rules_ok = match self.nft.take() {
-            Some(child) => rules::wait(child),
-            None => false,
-        };
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(nl("unshare the agent namespace"))?;
-        let ns = std::fs::File::open("/proc/self/ns/net").map_err(|e| NetError::Netlink {
-            what: "open the agent namespace",
-            source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-        })?;
-        self.netlink
-            .request(netlink::move_msg(self.va_router_index, ns.as_raw_fd()))
-            .map_err(nl("move va into the agent namespace"))?;
+    /// Move the calling process into the agent namespace and configure lo and `va`.
+    /// No route out yet: see [`Router::finish`].
+    pub fn enter_agent(&mut self) -> Result<(), NetError> {
+        setns(&self.agent_ns, "enter the agent namespace")?;
         let mut nl_agent = netlink::Netlink::open().map_err(nl("open netlink"))?;
         link_up("lo")?;
         let va = netlink::index_of(AGENT_IF).map_err(nl("find va"))?;
@@ -203,7 +211,19 @@ impl Router {
         nl_agent
             .request(netlink::up_msg(va))
             .map_err(nl("bring up va"))?;
-        if rules_ok {
+        self.agent_netlink = Some(nl_agent);
+        Ok(())
+    }
+
+    /// Wait for the nftables rules; add the default route only when they are in place,
+    /// so without them nothing can even try to leave. Returns whether they are.
+    pub fn finish(&mut self) -> Result<bool, NetError> {
+        let rules_ok = match self.nft.take() {
+            Some(child) => rules::wait(child),
+            None => false,
+        };
+        if rules_ok && let Some(nl_agent) = self.agent_netlink.as_mut() {
+            let va = netlink::index_of(AGENT_IF).map_err(nl("find va"))?;
             nl_agent
                 .request(netlink::default_route_msg(va, ROUTER_IP))
                 .map_err(nl("default route"))?;

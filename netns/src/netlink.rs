@@ -64,10 +64,14 @@ fn ifinfo(index: i32, flags: u32, change: u32) -> Vec<u8> {
     v
 }
 
-/// RTM_NEWLINK creating veth `name` with peer `peer`.
-pub fn veth_msg(name: &str, peer: &str) -> (u16, u16, Vec<u8>) {
+/// RTM_NEWLINK creating veth `name` with peer `peer`, the peer created directly in the
+/// namespace behind `peer_ns` when given.
+pub fn veth_msg(name: &str, peer: &str, peer_ns: Option<RawFd>) -> (u16, u16, Vec<u8>) {
     let mut peer_info = ifinfo(0, 0, 0);
     peer_info.extend(name_attr(peer));
+    if let Some(fd) = peer_ns {
+        peer_info.extend(attr(IFLA_NET_NS_FD, &(fd as u32).to_ne_bytes()));
+    }
     let data = attr(VETH_INFO_PEER, &peer_info);
     let mut linkinfo = attr(IFLA_INFO_KIND, b"veth");
     linkinfo.extend(attr(IFLA_INFO_DATA, &data));
@@ -187,7 +191,7 @@ mod tests {
 
     #[test]
     fn veth_message_nests_the_peer() {
-        let (kind, flags, body) = veth_msg("vr", "va");
+        let (kind, flags, body) = veth_msg("vr", "va", Some(7));
         assert_eq!(kind, RTM_NEWLINK);
         assert_eq!(flags, NLM_F_CREATE | NLM_F_EXCL);
         // ifinfomsg, then IFLA_IFNAME "vr", then IFLA_LINKINFO.
@@ -199,6 +203,12 @@ mod tests {
         );
         assert!(linkinfo.windows(4).any(|w| w == b"veth"));
         assert!(linkinfo.windows(3).any(|w| w == b"va\0"));
+        let ns_attr = attr(IFLA_NET_NS_FD, &7u32.to_ne_bytes());
+        assert!(
+            linkinfo
+                .windows(ns_attr.len())
+                .any(|w| w == ns_attr.as_slice())
+        );
     }
 
     #[test]

@@ -69,11 +69,18 @@ impl Logger {
         if self.verbose {
             eprintln!("openshell: {line}");
         }
+        // One write per line: lines of concurrent connections never interleave.
         if let Some(f) = &self.human {
-            let _ = writeln!(f.lock().unwrap_or_else(|p| p.into_inner()), "{line}");
+            let _ = f
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .write_all(format!("{line}\n").as_bytes());
         }
         if let Some(f) = &self.ocsf {
-            let _ = writeln!(f.lock().unwrap_or_else(|p| p.into_inner()), "{json}");
+            let _ = f
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .write_all(format!("{json}\n").as_bytes());
         }
     }
 

@@ -101,34 +101,41 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, String> 
     if cfg.setgroups {
         nix::unistd::setgroups(&[]).map_err(e("setgroups"))?;
     }
-    // 4. Network, while we still see the namespace we were created in.
-    match &cfg.net {
+    // 4. Network, while we still see the namespace we were created in (the router's):
+    //    veth, listeners, nftables (loading in a child meanwhile); then into the agent's.
+    let mut router = match &cfg.net {
         NetworkMode::Isolated => {
-            openshell_netns::setup_isolated().map_err(|err| err.to_string())?
+            openshell_netns::setup_isolated().map_err(|err| err.to_string())?;
+            None
         }
         NetworkMode::Proxied { nft } => {
-            let mut router =
+            let mut r =
                 openshell_netns::setup_router(nft.as_deref()).map_err(|err| err.to_string())?;
-            // Into the agent namespace; the router namespace lives on through the
-            // listeners, which go to the supervisor (our copies close with `router`).
-            let rules = router.enter_agent().map_err(|err| err.to_string())?;
-            let l = &router.listeners;
-            let fds = [l.proxy.as_raw_fd(), l.bypass.as_raw_fd(), l.dns.as_raw_fd()];
-            let cmsg = [ControlMessage::ScmRights(&fds)];
-            sendmsg::<()>(
-                sync.as_raw_fd(),
-                &[IoSlice::new(&[msg::NET, u8::from(rules)])],
-                &cmsg,
-                MsgFlags::empty(),
-                None,
-            )
-            .map_err(|e| format!("send the listeners: {e}"))?;
+            r.enter_agent().map_err(|err| err.to_string())?;
+            Some(r)
         }
-    }
-    // 5. The root filesystem: slave /, build, pivot, masks, read-only remounts.
+    };
+    // 5. The root filesystem: slave /, build, pivot, masks, read-only remounts. (The
+    //    host's nft binary was started above, before the host view went away.)
     openshell_fs::apply(&cfg.mounts).map_err(|err| format!("filesystem: {err}"))?;
     // 6. Hostname (own uts namespace).
     nix::unistd::sethostname(&cfg.hostname).map_err(e("sethostname"))?;
+    // 6b. The route out exists only once the router's rules do; then the listeners go to
+    //     the supervisor (the router namespace lives on through them; ours close here).
+    if let Some(mut r) = router.take() {
+        let rules = r.finish().map_err(|err| err.to_string())?;
+        let l = &r.listeners;
+        let fds = [l.proxy.as_raw_fd(), l.bypass.as_raw_fd(), l.dns.as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<()>(
+            sync.as_raw_fd(),
+            &[IoSlice::new(&[msg::NET, u8::from(rules)])],
+            &cmsg,
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(|e| format!("send the listeners: {e}"))?;
+    }
     // 7. A pty from the sandbox's own devpts, its master handed to the supervisor.
     let slave = if cfg.tty { Some(open_pty(sync)?) } else { None };
     // 8. Block the signals we forward, then start the command.
