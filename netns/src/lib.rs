@@ -99,8 +99,7 @@ pub struct Listeners {
 /// The router namespace while init still holds it.
 pub struct Router {
     agent_ns: std::fs::File,
-    /// The listeners (send them to the supervisor).
-    pub listeners: Listeners,
+    listeners: Option<Listeners>,
     nft: Option<std::process::Child>,
     agent_netlink: Option<netlink::Netlink>,
 }
@@ -191,7 +190,7 @@ pub fn setup_router(nft: Option<&std::path::Path>) -> Result<Router, NetError> {
     };
     Ok(Router {
         agent_ns,
-        listeners,
+        listeners: Some(listeners),
         nft,
         agent_netlink: None,
     })
@@ -215,20 +214,29 @@ impl Router {
         Ok(())
     }
 
-    /// Wait for the nftables rules; add the default route only when they are in place,
-    /// so without them nothing can even try to leave. Returns whether they are.
-    pub fn finish(&mut self) -> Result<bool, NetError> {
-        let rules_ok = match self.nft.take() {
-            Some(child) => rules::wait(child),
-            None => false,
+    /// The pid of the child loading the nftables rules, if one was started. The
+    /// caller reaps it (init's reaper) and calls [`Router::route_out`] when it succeeded.
+    pub fn rules_loader(&self) -> Option<u32> {
+        self.nft.as_ref().map(std::process::Child::id)
+    }
+
+    /// Add the default route via the router: only once its rules are in place, so that
+    /// without them nothing can even try to leave (on-link 10.200.0.1 — proxy, DNS —
+    /// works either way).
+    pub fn route_out(&mut self) -> Result<(), NetError> {
+        self.nft = None;
+        let Some(nl_agent) = self.agent_netlink.as_mut() else {
+            return Ok(());
         };
-        if rules_ok && let Some(nl_agent) = self.agent_netlink.as_mut() {
-            let va = netlink::index_of(AGENT_IF).map_err(nl("find va"))?;
-            nl_agent
-                .request(netlink::default_route_msg(va, ROUTER_IP))
-                .map_err(nl("default route"))?;
-        }
-        Ok(rules_ok)
+        let va = netlink::index_of(AGENT_IF).map_err(nl("find va"))?;
+        nl_agent
+            .request(netlink::default_route_msg(va, ROUTER_IP))
+            .map_err(nl("default route"))
+    }
+
+    /// Hand over the listeners (init sends them to the supervisor, then drops its copies).
+    pub fn take_listeners(&mut self) -> Option<Listeners> {
+        self.listeners.take()
     }
 }
 

@@ -47,19 +47,16 @@ pub fn load(nft: &Path) -> std::io::Result<Child> {
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: runs in the forked child before exec; only raises capabilities with
-    // prctl/capset, which are async-signal-safe syscalls.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            use caps::{CapSet, Capability};
-            // A non-root uid loses every capability at exec unless it is ambient.
-            let _ = caps::raise(None, CapSet::Inheritable, Capability::CAP_NET_ADMIN);
-            let _ = caps::raise(None, CapSet::Ambient, Capability::CAP_NET_ADMIN);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn()?;
+    // A non-root uid loses every capability at exec unless it is ambient: raise
+    // CAP_NET_ADMIN as ambient around the spawn (no pre_exec hook, so the spawn can use
+    // posix_spawn, a vfork, instead of copying init's memory), then drop it again.
+    use caps::{CapSet, Capability};
+    let _ = caps::raise(None, CapSet::Inheritable, Capability::CAP_NET_ADMIN);
+    let _ = caps::raise(None, CapSet::Ambient, Capability::CAP_NET_ADMIN);
+    let spawned = cmd.spawn();
+    let _ = caps::clear(None, CapSet::Ambient);
+    let _ = caps::drop(None, CapSet::Inheritable, Capability::CAP_NET_ADMIN);
+    let mut child = spawned?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(ruleset().as_bytes())?;
     }

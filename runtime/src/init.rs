@@ -120,21 +120,33 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, String> 
     openshell_fs::apply(&cfg.mounts).map_err(|err| format!("filesystem: {err}"))?;
     // 6. Hostname (own uts namespace).
     nix::unistd::sethostname(&cfg.hostname).map_err(e("sethostname"))?;
-    // 6b. The route out exists only once the router's rules do; then the listeners go to
-    //     the supervisor (the router namespace lives on through them; ours close here).
+    // 6b. The route out exists only once the router's rules do, and before the command
+    //     starts (so that even its first bypass attempt is caught and logged). The rules
+    //     loaded while we mounted. Then the listeners go to the supervisor (the router
+    //     namespace lives on through them; our copies close here).
     if let Some(mut r) = router.take() {
-        let rules = r.finish().map_err(|err| err.to_string())?;
-        let l = &r.listeners;
-        let fds = [l.proxy.as_raw_fd(), l.bypass.as_raw_fd(), l.dns.as_raw_fd()];
-        let cmsg = [ControlMessage::ScmRights(&fds)];
-        sendmsg::<()>(
-            sync.as_raw_fd(),
-            &[IoSlice::new(&[msg::NET, u8::from(rules)])],
-            &cmsg,
-            MsgFlags::empty(),
-            None,
-        )
-        .map_err(|e| format!("send the listeners: {e}"))?;
+        let rules = match r.rules_loader() {
+            Some(pid) => matches!(
+                waitpid(Pid::from_raw(pid as i32), None),
+                Ok(WaitStatus::Exited(_, 0))
+            ),
+            None => false,
+        };
+        if rules {
+            r.route_out().map_err(|err| err.to_string())?;
+        }
+        if let Some(l) = r.take_listeners() {
+            let fds = [l.proxy.as_raw_fd(), l.bypass.as_raw_fd(), l.dns.as_raw_fd()];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            sendmsg::<()>(
+                sync.as_raw_fd(),
+                &[IoSlice::new(&[msg::NET, u8::from(rules)])],
+                &cmsg,
+                MsgFlags::empty(),
+                None,
+            )
+            .map_err(|e| format!("send the listeners: {e}"))?;
+        }
     }
     // 7. A pty from the sandbox's own devpts, its master handed to the supervisor.
     let slave = if cfg.tty { Some(open_pty(sync)?) } else { None };
@@ -159,10 +171,13 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, String> 
 
 /// Reap every child; forward signals to `main`; return its status when it ends.
 fn supervise(main: Pid, set: &SigSet) -> i32 {
+    // A child may have exited before SIGCHLD was blocked (its signal then discarded):
+    // reap once before waiting.
+    let mut sig = Signal::SIGCHLD;
     loop {
-        let Ok(sig) = set.wait() else { continue };
         if sig != Signal::SIGCHLD {
             let _ = kill(main, sig);
+            sig = set.wait().unwrap_or(Signal::SIGCHLD);
             continue;
         }
         loop {
@@ -173,6 +188,11 @@ fn supervise(main: Pid, set: &SigSet) -> i32 {
                 Ok(_) => {} // an orphan reaped
             }
         }
+        sig = loop {
+            if let Ok(s) = set.wait() {
+                break s;
+            }
+        };
     }
 }
 
