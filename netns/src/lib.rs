@@ -94,6 +94,8 @@ pub struct Listeners {
     pub bypass: OwnedFd,
     /// UDP 10.200.0.1:53.
     pub dns: OwnedFd,
+    /// NETLINK_SOCK_DIAG of the agent namespace (socket owner lookups).
+    pub diag: Option<OwnedFd>,
 }
 
 /// The router namespace while init still holds it.
@@ -187,6 +189,7 @@ pub fn setup_router(nft: Option<&std::path::Path>) -> Result<Router, NetError> {
         proxy: tcp_listener(PROXY_PORT)?,
         bypass: tcp_listener(BYPASS_PORT)?,
         dns: udp_socket(DNS_PORT)?,
+        diag: None,
     };
     Ok(Router {
         agent_ns,
@@ -211,6 +214,9 @@ impl Router {
             .request(netlink::up_msg(va))
             .map_err(nl("bring up va"))?;
         self.agent_netlink = Some(nl_agent);
+        if let Some(l) = self.listeners.as_mut() {
+            l.diag = netlink::sock_diag_socket().ok();
+        }
         Ok(())
     }
 

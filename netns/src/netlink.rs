@@ -179,6 +179,71 @@ pub fn index_of(name: &str) -> Result<i32, Errno> {
     nix::net::if_::if_nametoindex(name).map(|i| i as i32)
 }
 
+/// A NETLINK_SOCK_DIAG socket of the current network namespace: opened by init in the
+/// agent namespace and handed to the supervisor, it answers "which socket is this
+/// 4-tuple" in one round trip, however many sockets the namespace has.
+pub fn sock_diag_socket() -> Result<OwnedFd, Errno> {
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkSockDiag,
+    )?;
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
+    Ok(fd)
+}
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+
+/// The request for one TCP socket by its exact addresses (`src` is the socket's own).
+pub fn inet_diag_msg(src: std::net::SocketAddrV4, dst: std::net::SocketAddrV4) -> Vec<u8> {
+    let mut body = vec![libc::AF_INET as u8, libc::IPPROTO_TCP as u8, 0, 0];
+    body.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    body.extend_from_slice(&src.port().to_be_bytes());
+    body.extend_from_slice(&dst.port().to_be_bytes());
+    let mut a = [0u8; 16];
+    a[..4].copy_from_slice(&src.ip().octets());
+    body.extend_from_slice(&a);
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&dst.ip().octets());
+    body.extend_from_slice(&b);
+    body.extend_from_slice(&0u32.to_ne_bytes()); // interface
+    body.extend_from_slice(&u32::MAX.to_ne_bytes()); // no cookie
+    body.extend_from_slice(&u32::MAX.to_ne_bytes());
+    let len = NLMSG_HDRLEN + body.len();
+    let mut msg = Vec::with_capacity(len);
+    msg.extend_from_slice(&(len as u32).to_ne_bytes());
+    msg.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    msg.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&body);
+    msg
+}
+
+/// The inode of the TCP socket `src` → `dst` in the diag socket's namespace.
+pub fn socket_inode(
+    diag: &OwnedFd,
+    src: std::net::SocketAddrV4,
+    dst: std::net::SocketAddrV4,
+) -> Option<u64> {
+    send(
+        diag.as_raw_fd(),
+        &inet_diag_msg(src, dst),
+        MsgFlags::empty(),
+    )
+    .ok()?;
+    let mut buf = [0u8; 1024];
+    let n = recv(diag.as_raw_fd(), &mut buf, MsgFlags::empty()).ok()?;
+    let kind = u16::from_ne_bytes([*buf.get(4)?, *buf.get(5)?]);
+    if kind != SOCK_DIAG_BY_FAMILY || n < NLMSG_HDRLEN + 72 {
+        return None;
+    }
+    // struct inet_diag_msg: 4 bytes, sockid (48), expires, rqueue, wqueue, uid, inode.
+    let at = NLMSG_HDRLEN + 4 + 48 + 16;
+    Some(u32::from_ne_bytes(buf[at..at + 4].try_into().ok()?).into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

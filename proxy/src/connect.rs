@@ -89,7 +89,8 @@ pub async fn handle(ctx: Arc<Context>, mut sock: TcpStream, peer: SocketAddr) {
         .await;
     };
     let host = host.to_ascii_lowercase();
-    let (who, pinned) = ctx.who(peer);
+    let local = sock.local_addr().unwrap_or(peer);
+    let (who, pinned) = tokio::task::block_in_place(|| ctx.who(peer, local));
     let active = ctx.policy.current();
     let what = if forward_path.is_some() {
         format!("{} http://{host}:{port}", head.method)

@@ -141,9 +141,8 @@ pub async fn serve(ctx: Arc<Context>, sock: UdpSocket) {
                 });
                 answer(&q, 3, &[])
             } else {
-                match tokio::net::lookup_host((q.name.as_str(), 0)).await {
-                    Ok(it) => {
-                        let addrs: Vec<IpAddr> = it.map(|a| a.ip()).collect();
+                match crate::resolve(&ctx, &q.name).await {
+                    Ok(addrs) => {
                         let mut names = ctx.dns_names.lock().unwrap_or_else(|p| p.into_inner());
                         for a in &addrs {
                             names.insert(*a, q.name.clone());

@@ -45,8 +45,10 @@ pub struct Peer {
 
 /// Finds the process behind a connection from the sandbox.
 pub trait Identify: Send + Sync {
-    /// `agent` is the connection's address on the agent side (10.200.0.2:port).
-    fn identify(&self, agent: SocketAddr) -> Option<Peer>;
+    /// `agent` is the connection's address on the agent side (10.200.0.2:port),
+    /// `remote` where the agent's socket is connected to (the proxy, or the original
+    /// destination of a redirected connection).
+    fn identify(&self, agent: SocketAddr, remote: SocketAddr) -> Option<Peer>;
 }
 
 /// Everything the handlers share.
@@ -63,6 +65,8 @@ pub struct Context {
     pub dns_names: Mutex<HashMap<IpAddr, String>>,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
+    /// Recent resolutions.
+    resolved: Mutex<HashMap<String, (Vec<IpAddr>, std::time::Instant)>>,
 }
 
 impl Context {
@@ -79,14 +83,15 @@ impl Context {
             pins: Mutex::new(HashMap::new()),
             dns_names: Mutex::new(HashMap::new()),
             connect_timeout: Duration::from_secs(10),
+            resolved: Mutex::new(HashMap::new()),
         })
     }
 
     /// Who owns the connection, and whether its binary still is the one first seen at
     /// that path (SHA-256 pinning). Unknown owners get an empty chain (matching only
     /// `/**`-free policies: i.e. nothing).
-    pub fn who(&self, agent: SocketAddr) -> (Peer, Result<(), String>) {
-        let Some(peer) = self.identify.identify(agent) else {
+    pub fn who(&self, agent: SocketAddr, remote: SocketAddr) -> (Peer, Result<(), String>) {
+        let Some(peer) = self.identify.identify(agent, remote) else {
             return (
                 Peer {
                     exe: "?".into(),
@@ -123,6 +128,32 @@ pub enum DialError {
     Unreachable(String),
 }
 
+/// How long a resolution is reused.
+const RESOLVE_TTL: Duration = Duration::from_secs(5);
+
+/// Resolve with the host's resolver, reusing answers for a few seconds (a busy client
+/// opening many connections to one host must not pay getaddrinfo each time).
+pub async fn resolve(ctx: &Context, host: &str) -> std::io::Result<Vec<IpAddr>> {
+    if let Some((ips, at)) = ctx
+        .resolved
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(host)
+        && at.elapsed() < RESOLVE_TTL
+    {
+        return Ok(ips.clone());
+    }
+    let ips: Vec<IpAddr> = tokio::net::lookup_host((host, 0))
+        .await?
+        .map(|a| a.ip())
+        .collect();
+    ctx.resolved
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(host.to_string(), (ips.clone(), std::time::Instant::now()));
+    Ok(ips)
+}
+
 /// Resolve `host` and connect to the first address the endpoint permits.
 pub async fn dial(
     ctx: &Context,
@@ -132,9 +163,11 @@ pub async fn dial(
 ) -> Result<TcpStream, DialError> {
     let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::net::lookup_host((host, port))
+        Err(_) => resolve(ctx, host)
             .await
             .map_err(|e| DialError::Unreachable(format!("cannot resolve {host}: {e}")))?
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
             .collect(),
     };
     let mut refused = None;
@@ -167,8 +200,9 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     generation.mark_unchanged();
+    // Large buffers: a tunnel carries bulk transfers.
     tokio::select! {
-        _ = tokio::io::copy_bidirectional(a, b) => {}
+        _ = tokio::io::copy_bidirectional_with_sizes(a, b, 256 * 1024, 256 * 1024) => {}
         _ = generation.changed() => {}
     }
 }

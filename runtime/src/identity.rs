@@ -18,19 +18,28 @@ type FileVersion = (u64, u64, i64, i64, u64);
 /// Identifies connections of one sandbox.
 pub struct SandboxProcs {
     init: u32,
+    diag: Option<Mutex<std::os::fd::OwnedFd>>,
     hashes: Mutex<HashMap<FileVersion, String>>,
 }
 
 impl SandboxProcs {
     /// For the sandbox whose init has host pid `init`.
-    pub fn new(init: u32) -> Self {
+    pub fn new(init: u32, diag: Option<std::os::fd::OwnedFd>) -> Self {
         Self {
             init,
+            diag: diag.map(Mutex::new),
             hashes: Mutex::new(HashMap::new()),
         }
     }
 
-    fn inode_of(&self, agent: SocketAddr) -> Option<u64> {
+    fn inode_of(&self, agent: SocketAddr, remote: SocketAddr) -> Option<u64> {
+        if let (Some(d), SocketAddr::V4(a), SocketAddr::V4(r)) = (&self.diag, agent, remote) {
+            let fd = d.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = openshell_netns::netlink::socket_inode(&fd, a, r) {
+                return Some(i);
+            }
+        }
+        // Without sock_diag: scan the agent namespace's TCP table.
         let IpAddr::V4(ip) = agent.ip() else {
             return None;
         };
@@ -138,8 +147,8 @@ fn exe(pid: u32) -> Option<String> {
 }
 
 impl Identify for SandboxProcs {
-    fn identify(&self, agent: SocketAddr) -> Option<Peer> {
-        let inode = self.inode_of(agent)?;
+    fn identify(&self, agent: SocketAddr, remote: SocketAddr) -> Option<Peer> {
+        let inode = self.inode_of(agent, remote)?;
         let pid = self.owner(inode)?;
         let mut chain = vec![exe(pid)?];
         let mut p = pid;

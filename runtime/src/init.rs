@@ -136,7 +136,8 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, String> 
             r.route_out().map_err(|err| err.to_string())?;
         }
         if let Some(l) = r.take_listeners() {
-            let fds = [l.proxy.as_raw_fd(), l.bypass.as_raw_fd(), l.dns.as_raw_fd()];
+            let mut fds = vec![l.proxy.as_raw_fd(), l.bypass.as_raw_fd(), l.dns.as_raw_fd()];
+            fds.extend(l.diag.as_ref().map(|d| d.as_raw_fd()));
             let cmsg = [ControlMessage::ScmRights(&fds)];
             sendmsg::<()>(
                 sync.as_raw_fd(),

@@ -29,6 +29,8 @@ pub struct NetService {
 pub struct NetConfig {
     /// Proxy, bypass and DNS listeners from init.
     pub fds: [OwnedFd; 3],
+    /// The agent namespace's sock_diag socket, when init could open one.
+    pub diag: Option<OwnedFd>,
     /// The sandbox's policy.
     pub policy: Policy,
     /// init's host pid (for socket owner lookups).
@@ -64,7 +66,7 @@ impl NetService {
         }
         let ctx = Context::new(
             state,
-            Arc::new(crate::identity::SandboxProcs::new(cfg.init_pid)),
+            Arc::new(crate::identity::SandboxProcs::new(cfg.init_pid, cfg.diag)),
             log,
         );
         let control = bind_control(&cfg.control)?;
@@ -72,7 +74,9 @@ impl NetService {
         let thread = std::thread::Builder::new()
             .name("openshell-net".into())
             .spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                // Two workers: identity lookups read /proc and must not stall relays.
+                let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
                     .enable_all()
                     .build()
                 else {

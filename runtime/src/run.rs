@@ -473,7 +473,7 @@ fn start_and_wait(
     }
     nix::unistd::write(&ours, &[msg::GO]).map_err(sys("release init"))?;
     let mut master = None;
-    let mut listeners: Option<([OwnedFd; 3], bool)> = None;
+    let mut listeners: Option<([OwnedFd; 3], Option<OwnedFd>, bool)> = None;
     loop {
         let mut buf = [0u8; 4096];
         let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 3]);
@@ -508,11 +508,17 @@ fn start_and_wait(
                 // SAFETY: the fd arrived with SCM_RIGHTS and is ours alone.
                 master = fds.first().map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) });
             }
-            Some(&msg::NET) if fds.len() == 3 => {
+            Some(&msg::NET) if fds.len() >= 3 => {
                 // SAFETY: the fds arrived with SCM_RIGHTS and are ours alone.
-                let owned: [OwnedFd; 3] =
-                    [fds[0], fds[1], fds[2]].map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
-                listeners = Some((owned, data.get(1) == Some(&1)));
+                let mut owned: Vec<OwnedFd> = fds
+                    .iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) })
+                    .collect();
+                let diag = (owned.len() > 3).then(|| owned.remove(3));
+                let mut it = owned.into_iter();
+                if let (Some(p), Some(b), Some(d)) = (it.next(), it.next(), it.next()) {
+                    listeners = Some(([p, b, d], diag, data.get(1) == Some(&1)));
+                }
             }
             Some(&msg::READY) => break,
             Some(&msg::ERROR) => {
@@ -528,9 +534,10 @@ fn start_and_wait(
         }
     }
     let service = match (net, listeners) {
-        (Some(n), Some((fds, rules))) => Some(
+        (Some(n), Some((fds, diag, rules))) => Some(
             crate::netsvc::NetService::start(crate::netsvc::NetConfig {
                 fds,
+                diag,
                 policy: n.policy,
                 init_pid: init_pid.as_raw() as u32,
                 log_dir: n.log_dir,

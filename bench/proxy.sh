@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Proxy benchmark, side by side in one run, against the testenv upstream hosts (nginx in
+# its own network namespace): one 200 MiB HTTPS download direct, through openshell's
+# proxy (a CONNECT tunnel from inside a sandbox), through tinyproxy and through squid;
+# then the new-connection rate (2000 small requests, 8 parallel, ab) the same ways; then
+# the start-up cost of the sandbox network. Run as root (starts the upstream hosts);
+# needs hyperfine, tinyproxy, squid, apache2-utils (ab), all from Debian.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+os=${OPENSHELL:-$here/../target/release/openshell}
+T=$here/../../shared/testenv
+$T/upstream.sh start >/dev/null
+eval "$($T/upstream.sh env)"
+work=$(mktemp -d /tmp/openshell-proxy-bench.XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+export OPENSHELL_STATE_DIR=$work/state
+
+# Peers on loopback, with configs of their own.
+cat > "$work/tinyproxy.conf" <<CONF
+Port 18888
+Listen 127.0.0.1
+MaxClients 200
+ConnectPort 443
+Allow 127.0.0.1
+LogLevel Critical
+CONF
+tinyproxy -d -c "$work/tinyproxy.conf" >/dev/null 2>&1 &
+pids+=($!)
+mkdir -p "$work/squid"
+cat > "$work/squid.conf" <<CONF
+http_port 127.0.0.1:13128
+acl SSL_ports port 443
+acl CONNECT method CONNECT
+http_access allow localhost
+http_access deny all
+cache deny all
+access_log none
+cache_log $work/squid/cache.log
+pid_filename $work/squid/squid.pid
+coredump_dir $work/squid
+CONF
+chown -R proxy:proxy "$work/squid" 2>/dev/null || true
+squid -N -f "$work/squid.conf" >/dev/null 2>&1 &
+pids+=($!)
+sleep 2
+
+policy=$work/policy.yaml
+cat > "$policy" <<POL
+version: 1
+network_policies:
+  bench:
+    name: bench
+    endpoints:
+      - { host: files.test.openshell, port: 443 }
+      - { host: api.test.openshell, port: 80 }
+    binaries:
+      - { path: "/**" }
+POL
+ca=$OS_UPSTREAM_CA
+big=$OS_UPSTREAM_BIG_URL
+curlbig="curl -sS -o /dev/null --cacert $ca $big"
+echo "== 200 MiB over HTTPS ($(date -u +%F), 5 runs each)"
+hyperfine -N --warmup 1 --runs 5 --export-json "$work/big.json" \
+  -n direct "$curlbig" \
+  -n openshell-tunnel "$os run --policy $policy --mount $ca:/sandbox/ca.crt:ro -- curl -sS -o /dev/null --cacert /sandbox/ca.crt $big" \
+  -n tinyproxy "curl -sS -o /dev/null --cacert $ca -x http://127.0.0.1:18888 $big" \
+  -n squid "curl -sS -o /dev/null --cacert $ca -x http://127.0.0.1:13128 $big" >/dev/null
+python3 - "$work/big.json" "$OS_UPSTREAM_BIG_SIZE" <<'PY'
+import json, sys
+r = {x["command"]: x["median"] for x in json.load(open(sys.argv[1]))["results"]}
+size = int(sys.argv[2])
+d = r["direct"]
+for k, v in r.items():
+    print(f"{k:17s} median {v:6.3f} s  {size/v/1e6:7.1f} MB/s  throughput vs direct {d/v:.2f}x")
+print(f"openshell vs tinyproxy throughput {r['tinyproxy']/r['openshell-tunnel']:.2f}x, vs squid {r['squid']/r['openshell-tunnel']:.2f}x")
+PY
+
+echo "== new-connection rate: 2000 requests, 8 parallel (ab, plain http, one connection each)"
+url="http://api.test.openshell/x"
+rate() { ab -q -n 2000 -c 8 "$@" "$url" 2>/dev/null | awk '/Requests per second/{print $4}'; }
+direct=$(rate)
+tiny=$(rate -X 127.0.0.1:18888)
+sq=$(rate -X 127.0.0.1:13128)
+ours=$("$os" run --policy "$policy" -- ab -q -n 2000 -c 8 -X 10.200.0.1:3128 "$url" 2>/dev/null | awk '/Requests per second/{print $4}')
+printf "direct     %8s req/s\nopenshell  %8s req/s\ntinyproxy  %8s req/s\nsquid      %8s req/s\n" "$direct" "$ours" "$tiny" "$sq"
+python3 -c "print(f'openshell vs tinyproxy {float(\"$ours\")/float(\"$tiny\"):.2f}x, vs squid {float(\"$ours\")/float(\"$sq\"):.2f}x')"
+
+echo "== start-up cost of the sandbox network (run -- true, 300 runs)"
+hyperfine -N --warmup 20 --runs 300 --export-json "$work/start.json" \
+  -n none "$os run --network none -- true" -n proxy "$os run -- true" >/dev/null
+python3 - "$work/start.json" <<'PY'
+import json, sys
+r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
+n, p = r["none"]["median"], r["proxy"]["median"]
+print(f"--network none {n*1000:.2f} ms, proxy {p*1000:.2f} ms: the network adds {(p-n)*1000:.2f} ms")
+PY
