@@ -102,6 +102,18 @@ pub async fn handle(ctx: Arc<Context>, mut sock: TcpStream, peer: SocketAddr) {
         Ok(()) => decide(&active.policy, &host, port, &who.chain, false)
             .map_err(|d| d.reason().to_string()),
     };
+    // `protocol: rest` endpoints promise method/path rules; until L7 inspection exists
+    // they allow nothing rather than an uninspected tunnel (`tls: skip` asks for a raw
+    // relay and gets one).
+    let decision = decision.and_then(|g| {
+        let inspected = g.endpoint.protocol == Some(openshell_policy::Protocol::Rest)
+            && g.endpoint.tls != Some(openshell_policy::TlsMode::Skip);
+        if inspected {
+            Err("protocol: rest (L7 inspection) is not implemented yet: this endpoint allows nothing; use an L4 endpoint (no protocol) or tls: skip".to_string())
+        } else {
+            Ok(g)
+        }
+    });
     let grant = match decision {
         Ok(g) => g,
         Err(reason) => {
