@@ -93,6 +93,9 @@ pub struct RootSpec {
     pub etc_files: Vec<(PathBuf, PathBuf)>,
     /// User mounts, in order.
     pub mounts: Vec<UserMount>,
+    /// Files of ours created wherever they go (the sandbox CA under /run/openshell):
+    /// (sandbox path, host file), bound read-only.
+    pub own_files: Vec<(PathBuf, PathBuf)>,
 }
 
 /// The two halves of a plan: before and after pivot_root.
@@ -290,6 +293,15 @@ fn common_tail(ops: &mut Vec<MountOp>, facts: &HostFacts, spec: &RootSpec, touch
             device: false,
         });
     }
+    for (dest, src) in &spec.own_files {
+        ops.push(MountOp::Touch { path: dest.clone() });
+        ops.push(MountOp::Bind {
+            src: src.clone(),
+            path: dest.clone(),
+            readonly: true,
+            device: false,
+        });
+    }
     for m in &spec.mounts {
         ops.push(if m.is_dir {
             MountOp::Mkdir {
@@ -380,6 +392,7 @@ mod tests {
             root: p("/state/root"),
             workspace: p("/state/ws"),
             etc_files: vec![(p("/etc/passwd"), p("/state/passwd"))],
+            own_files: vec![],
             mounts: vec![UserMount {
                 src: p("/home/u/proj"),
                 dest: p("/work"),

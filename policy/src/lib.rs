@@ -7,6 +7,7 @@
 
 pub mod engine;
 pub mod host;
+pub mod l7;
 pub mod schema;
 pub mod validate;
 

@@ -102,18 +102,6 @@ pub async fn handle(ctx: Arc<Context>, mut sock: TcpStream, peer: SocketAddr) {
         Ok(()) => decide(&active.policy, &host, port, &who.chain, false)
             .map_err(|d| d.reason().to_string()),
     };
-    // `protocol: rest` endpoints promise method/path rules; until L7 inspection exists
-    // they allow nothing rather than an uninspected tunnel (`tls: skip` asks for a raw
-    // relay and gets one).
-    let decision = decision.and_then(|g| {
-        let inspected = g.endpoint.protocol == Some(openshell_policy::Protocol::Rest)
-            && g.endpoint.tls != Some(openshell_policy::TlsMode::Skip);
-        if inspected {
-            Err("protocol: rest (L7 inspection) is not implemented yet: this endpoint allows nothing; use an L4 endpoint (no protocol) or tls: skip".to_string())
-        } else {
-            Ok(g)
-        }
-    });
     let grant = match decision {
         Ok(g) => g,
         Err(reason) => {
@@ -148,7 +136,27 @@ pub async fn handle(ctx: Arc<Context>, mut sock: TcpStream, peer: SocketAddr) {
         policy: Some(grant.name),
         reason: None,
     });
+    let inspected = grant.endpoint.protocol == Some(openshell_policy::Protocol::Rest)
+        && grant.endpoint.tls != Some(openshell_policy::TlsMode::Skip);
     match forward_path {
+        None if inspected => {
+            if sock
+                .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let g = crate::l7::Grant {
+                name: grant.name.to_string(),
+                endpoint: grant.endpoint.clone(),
+                host,
+                port,
+                who,
+            };
+            crate::l7::inspect(ctx.clone(), sock, upstream, g, generation).await;
+            return;
+        }
         None => {
             if sock
                 .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
@@ -162,6 +170,52 @@ pub async fn handle(ctx: Arc<Context>, mut sock: TcpStream, peer: SocketAddr) {
             }
         }
         Some(path) => {
+            if inspected {
+                let (p, q) = path.split_once('?').unwrap_or((&path, ""));
+                let url = format!("http://{host}{p}");
+                let audit =
+                    grant.endpoint.enforcement == Some(openshell_policy::Enforcement::Audit);
+                match openshell_policy::l7::decide_request(grant.endpoint, &head.method, p, q) {
+                    Ok(_) => {
+                        ctx.log
+                            .http(&head.method, &url, "ALLOWED", &who, Some(grant.name), None)
+                    }
+                    Err((_, reason)) if audit => ctx.log.http(
+                        &head.method,
+                        &url,
+                        "AUDIT",
+                        &who,
+                        Some(grant.name),
+                        Some(&reason),
+                    ),
+                    Err((rule, reason)) => {
+                        ctx.log.http(
+                            &head.method,
+                            &url,
+                            "DENIED",
+                            &who,
+                            Some(grant.name),
+                            Some(&reason),
+                        );
+                        let body = serde_json::json!({
+                            "error": "policy_denied",
+                            "detail": format!("{} {p} not permitted by policy", head.method),
+                            "reason": reason, "policy": grant.name, "rule": rule,
+                            "method": head.method, "path": p, "host": host, "port": port, "binary": who.exe,
+                        })
+                        .to_string();
+                        let _ = respond(
+                            &mut sock,
+                            403,
+                            "Forbidden",
+                            &[("X-OpenShell-Policy", grant.name.to_string())],
+                            &body,
+                        )
+                        .await;
+                        return;
+                    }
+                }
+            }
             // Origin-form upstream, one request per upstream connection (so every
             // request is decided), proxy headers never forwarded.
             let mut out = format!("{} {path} {}\r\n", head.method, head.version);

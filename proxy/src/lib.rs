@@ -13,8 +13,10 @@ pub mod bypass;
 pub mod connect;
 pub mod dns;
 pub mod http;
+pub mod l7;
 pub mod log;
 pub mod state;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -67,6 +69,10 @@ pub struct Context {
     pub connect_timeout: Duration,
     /// Recent resolutions.
     resolved: Mutex<HashMap<String, (Vec<IpAddr>, std::time::Instant)>>,
+    /// The sandbox CA (inspected endpoints).
+    pub ca: Option<Arc<tls::SandboxCa>>,
+    /// TLS towards upstreams of inspected endpoints.
+    pub upstream_tls: Arc<rustls::ClientConfig>,
 }
 
 impl Context {
@@ -75,6 +81,8 @@ impl Context {
         policy: Arc<PolicyState>,
         identify: Arc<dyn Identify>,
         log: Arc<Logger>,
+        ca: Option<Arc<tls::SandboxCa>>,
+        upstream_tls: Arc<rustls::ClientConfig>,
     ) -> Arc<Self> {
         Arc::new(Self {
             policy,
@@ -84,6 +92,8 @@ impl Context {
             dns_names: Mutex::new(HashMap::new()),
             connect_timeout: Duration::from_secs(10),
             resolved: Mutex::new(HashMap::new()),
+            ca,
+            upstream_tls,
         })
     }
 

@@ -114,6 +114,43 @@ impl Logger {
         });
         self.write(&line, json);
     }
+    /// An inspected request: `HTTP:POST DENIED POST https://h/p [policy:x]`. `url`
+    /// never carries the query string.
+    pub fn http(
+        &self,
+        method: &str,
+        url: &str,
+        verdict: &str,
+        who: &crate::Peer,
+        policy: Option<&str>,
+        reason: Option<&str>,
+    ) {
+        let mut line = format!(
+            "HTTP:{method} {verdict} {method} {url} {}({})",
+            who.exe, who.pid
+        );
+        if let Some(p) = policy {
+            line.push_str(&format!(" [policy:{p}]"));
+        }
+        if let Some(r) = reason {
+            line.push_str(&format!(" [reason:{r}]"));
+        }
+        let name = who.exe.rsplit('/').next().unwrap_or(&who.exe);
+        let json = serde_json::json!({
+            "class_uid": 4002,
+            "class_name": "HTTP Activity",
+            "activity_name": method,
+            "action": if verdict == "DENIED" { "Denied" } else { "Allowed" },
+            "disposition": verdict,
+            "http_request": {"http_method": method, "url": {"url_string": url}},
+            "actor": {"process": {"name": name, "path": who.exe, "pid": who.pid}},
+            "firewall_rule": {"name": policy.unwrap_or("")},
+            "status_detail": reason.unwrap_or(""),
+            "message": line,
+            "time": now_ms(),
+        });
+        self.write(&line, json);
+    }
 
     /// A lifecycle note (`NET:MODE ...`).
     pub fn note(&self, tag: &str, msg: &str) {

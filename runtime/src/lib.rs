@@ -16,5 +16,6 @@ pub mod run;
 pub mod seccomp;
 pub mod spawn;
 pub mod state;
+pub mod trust;
 
 pub use run::{RunError, RunOptions, run};

@@ -43,6 +43,10 @@ pub struct NetConfig {
     pub control: PathBuf,
     /// Whether the router's nftables rules loaded.
     pub rules: bool,
+    /// The sandbox CA.
+    pub ca: Option<Arc<openshell_proxy::tls::SandboxCa>>,
+    /// Extra CAs for upstream TLS.
+    pub upstream_ca: Vec<PathBuf>,
 }
 
 impl NetService {
@@ -64,10 +68,14 @@ impl NetService {
                 "nftables unavailable: no route out of the sandbox (bypass attempts fail at once, unlogged); the explicit proxy works",
             );
         }
+        let upstream_tls = openshell_proxy::tls::upstream_client(&cfg.upstream_ca)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         let ctx = Context::new(
             state,
             Arc::new(crate::identity::SandboxProcs::new(cfg.init_pid, cfg.diag)),
             log,
+            cfg.ca,
+            upstream_tls,
         );
         let control = bind_control(&cfg.control)?;
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -61,6 +61,8 @@ pub struct RunOptions {
     pub verbose: bool,
     /// Keep decision logs here (default: the sandbox's `logs/`).
     pub log_dir: Option<PathBuf>,
+    /// Extra CAs the proxy trusts for upstream TLS (inspected endpoints).
+    pub upstream_ca: Vec<PathBuf>,
 }
 
 /// `run` failed before the command could start.
@@ -288,12 +290,32 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         let (ou, og) = (ids.outside_uid(uid), ids.outside_gid(gid));
         chown_tree(&workspace, ou, og);
     }
-    let etc_files = dir.write_etc(&hostname, uid, gid, opts.image.is_none(), opts.network)?;
+    let mut etc_files = dir.write_etc(&hostname, uid, gid, opts.image.is_none(), opts.network)?;
+    // The sandbox CA, for inspected endpoints: its files inside, the distro bundles.
+    let trust = if opts.network {
+        let exists = |p: &str| match &opts.image {
+            None => std::path::Path::new(p).exists(),
+            Some(img) => img
+                .layers
+                .iter()
+                .any(|l| l.join(p.trim_start_matches('/')).exists()),
+        };
+        Some(crate::trust::prepare(&dir.path, &name, &exists).map_err(RunError::Invalid)?)
+    } else {
+        None
+    };
+    if let Some(t) = &trust {
+        etc_files.extend(t.bundles.iter().cloned());
+    }
     let spec = RootSpec {
         root: dir.rootfs(),
         workspace,
         etc_files,
         mounts: opts.mounts.clone(),
+        own_files: trust
+            .as_ref()
+            .map(|t| t.own_files.clone())
+            .unwrap_or_default(),
     };
     let mounts = match &opts.image {
         None => openshell_fs::plan::host_view(&openshell_fs::host_facts(), &spec),
@@ -313,7 +335,13 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         uid,
         gid,
         setgroups: ids.setgroups_allowed(),
-        landlock: landlock_plan(&policy, &workdir, abi),
+        landlock: {
+            let mut l = landlock_plan(&policy, &workdir, abi);
+            if trust.is_some() {
+                l.read_only.push(PathBuf::from(crate::trust::DIR));
+            }
+            l
+        },
         seccomp: crate::seccomp::compile(&crate::seccomp::rules()),
     };
     let tty = opts.tty.unwrap_or_else(|| {
@@ -332,7 +360,15 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         .as_ref()
         .map(|i| i.env.clone())
         .unwrap_or_default();
-    let env = environment(&image_env, &opts.env, tty, opts.network);
+    let mut env = environment(&image_env, &opts.env, tty, opts.network);
+    if let Some(t) = &trust {
+        for (k, v) in &t.env {
+            if !opts.env.iter().any(|(ek, _)| ek == k) {
+                env.retain(|(ek, _)| ek != k);
+                env.push((k.clone(), v.clone()));
+            }
+        }
+    }
     let net = if opts.network {
         NetworkMode::Proxied {
             nft: ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
@@ -344,6 +380,8 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         NetworkMode::Isolated
     };
     let net_setup = opts.network.then(|| NetSetup {
+        ca: trust.as_ref().map(|t| t.ca.clone()),
+        upstream_ca: opts.upstream_ca.clone(),
         policy: policy.clone(),
         log_dir: opts.log_dir.clone().or_else(|| Some(dir.path.join("logs"))),
         verbose: opts.verbose,
@@ -405,6 +443,8 @@ fn chown_tree(path: &std::path::Path, uid: Option<u32>, gid: Option<u32>) {
 
 /// What the network service needs besides init's listeners.
 struct NetSetup {
+    ca: Option<std::sync::Arc<openshell_proxy::tls::SandboxCa>>,
+    upstream_ca: Vec<PathBuf>,
     policy: Policy,
     log_dir: Option<PathBuf>,
     verbose: bool,
@@ -538,6 +578,8 @@ fn start_and_wait(
             crate::netsvc::NetService::start(crate::netsvc::NetConfig {
                 fds,
                 diag,
+                ca: n.ca,
+                upstream_ca: n.upstream_ca,
                 policy: n.policy,
                 init_pid: init_pid.as_raw() as u32,
                 log_dir: n.log_dir,

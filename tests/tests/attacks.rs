@@ -80,16 +80,18 @@ fn system_dirs_are_read_only() {
 #[test]
 fn host_home_root_var_run_are_absent() {
     need_sandbox!();
-    for p in [
-        "/root",
-        "/home",
-        "/var",
-        "/run",
-        "/sys",
-        "/proc/1/root/root",
-    ] {
+    for p in ["/root", "/home", "/var", "/sys", "/proc/1/root/root"] {
         blocked("exists", &[p]);
     }
+    // /run holds only the sandbox's own CA files, nothing of the host's /run.
+    let out = Sandbox::new().run(&[], &["ls", "-A", "/run"]);
+    assert_eq!(stdout(&out), "openshell\n", "{}", stderr(&out));
+    let out = Sandbox::new().run(&["--network", "none"], &["ls", "-A", "/"]);
+    assert!(
+        !stdout(&out).lines().any(|l| l == "run"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]

@@ -534,25 +534,3 @@ fn network_none_has_no_proxy() {
     );
     assert_eq!(stdout(&out), "0\n# openshell: no DNS in this sandbox\n");
 }
-
-#[test]
-fn rest_endpoints_allow_nothing_until_inspected() {
-    need_upstream!();
-    let n = Net::new();
-    let host = up("OS_UPSTREAM_HOST");
-    let rest =
-        format!("      - {{ host: \"{host}\", port: 443, protocol: rest, access: read-only }}\n");
-    let skip = format!("      - {{ host: \"{host}\", port: 8443, protocol: rest, tls: skip }}\n");
-    let p = policy(&[rest, skip].concat(), &bin("/usr/bin/curl"));
-    let script = format!(
-        "{CURL} -o /dev/null -w 'rest=%{{http_code}}\\n' https://{host}/; {CURL} -o /dev/null -w 'skip=%{{http_code}}\\n' https://{host}:8443/"
-    );
-    let out = n.run(Some(&p), &script);
-    assert_eq!(stdout(&out), "rest=000\nskip=200\n", "{}", stderr(&out));
-    assert!(
-        n.log()
-            .contains("protocol: rest (L7 inspection) is not implemented yet"),
-        "{}",
-        n.log()
-    );
-}

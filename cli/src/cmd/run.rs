@@ -82,6 +82,10 @@ pub struct RunArgs {
     /// (default: the sandbox's logs/, removed with it unless --keep).
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
+    /// Trust this CA (PEM) for the proxy's own TLS to upstreams of inspected
+    /// (`protocol: rest`) endpoints, besides the host's store. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Vec<PathBuf>,
     /// Allocate a pty even when not on a terminal (-t) ...
     #[arg(long, short = 't', conflicts_with = "no_tty")]
     pub tty: bool,
@@ -138,6 +142,7 @@ fn options(args: RunArgs) -> Result<RunOptions, String> {
         network: args.network == NetworkArg::Proxy,
         verbose: args.verbose,
         log_dir: args.log_dir,
+        upstream_ca: args.upstream_ca,
         image,
         command: args.command,
         policy,

@@ -1,0 +1,86 @@
+//! The sandbox CA as programs inside see it: a per-sandbox CA (for inspected endpoints)
+//! whose key never leaves the supervisor, its certificate and a combined bundle (the
+//! host's roots + the CA) under /run/openshell, the bundle bound over the distro trust
+//! paths present in the root (so Go, OpenSSL, GnuTLS and friends trust it unmodified),
+//! and the environment variables the common runtimes read.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openshell_proxy::tls::SandboxCa;
+
+/// Where the CA files appear inside.
+pub const DIR: &str = "/run/openshell";
+
+/// Distro trust bundle paths the combined bundle is bound over (when present).
+pub const DISTRO_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// Everything `run` needs to hand the CA to the sandbox.
+pub struct Trust {
+    /// The CA (kept by the supervisor's proxy).
+    pub ca: Arc<SandboxCa>,
+    /// (sandbox path, host file) created wherever they go.
+    pub own_files: Vec<(PathBuf, PathBuf)>,
+    /// (distro path, host file) bound over existing trust bundles.
+    pub bundles: Vec<(PathBuf, PathBuf)>,
+    /// Environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// Create the CA and its files in `state`; `exists` tells whether a path exists in the
+/// sandbox's root (host view: on the host; image: in a layer).
+pub fn prepare(
+    state: &Path,
+    sandbox: &str,
+    exists: &dyn Fn(&str) -> bool,
+) -> Result<Trust, String> {
+    let ca = SandboxCa::generate(sandbox).map_err(|e| format!("sandbox CA: {e}"))?;
+    let dir = state.join("ca");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let pem = ca.cert_pem();
+    let system = std::env::var_os("SSL_CERT_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
+    let mut bundle = std::fs::read_to_string(&system).unwrap_or_default();
+    if !bundle.is_empty() && !bundle.ends_with('\n') {
+        bundle.push('\n');
+    }
+    bundle.push_str(&pem);
+    let (ca_file, bundle_file) = (dir.join("ca.pem"), dir.join("ca-bundle.pem"));
+    for (f, content) in [(&ca_file, &pem), (&bundle_file, &bundle)] {
+        std::fs::write(f, content).map_err(|e| format!("write {}: {e}", f.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644));
+    }
+    let inside_ca = format!("{DIR}/ca.pem");
+    let inside_bundle = format!("{DIR}/ca-bundle.pem");
+    let mut env = Vec::new();
+    for k in [
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "GIT_SSL_CAINFO",
+    ] {
+        env.push((k.to_string(), inside_bundle.clone()));
+    }
+    for k in ["NODE_EXTRA_CA_CERTS", "DENO_CERT"] {
+        env.push((k.to_string(), inside_ca.clone()));
+    }
+    Ok(Trust {
+        ca: Arc::new(ca),
+        own_files: vec![
+            (PathBuf::from(&inside_ca), ca_file),
+            (PathBuf::from(&inside_bundle), bundle_file.clone()),
+        ],
+        bundles: DISTRO_BUNDLES
+            .iter()
+            .filter(|p| exists(p))
+            .map(|p| (PathBuf::from(p), bundle_file.clone()))
+            .collect(),
+        env,
+    })
+}
