@@ -14,7 +14,12 @@ eval "$($T/upstream.sh env)"
 work=$(mktemp -d /tmp/openshell-proxy-bench.XXXXXX)
 chmod 755 "$work"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 1
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
 trap cleanup EXIT
 export OPENSHELL_STATE_DIR=$work/state
 
@@ -37,6 +42,7 @@ acl CONNECT method CONNECT
 http_access allow localhost
 http_access deny all
 cache deny all
+shutdown_lifetime 0 seconds
 access_log none
 cache_log $work/squid/cache.log
 pid_filename $work/squid/squid.pid

@@ -62,7 +62,7 @@ pub async fn handle(ctx: Arc<Context>, sock: TcpStream, peer: SocketAddr) {
                 reason: None,
             });
             let mut sock = sock;
-            relay(&mut sock, &mut upstream, generation).await;
+            relay(&mut sock, &mut upstream, generation, true).await;
             return;
         }
     }

@@ -242,7 +242,8 @@ pub async fn handle(ctx: Arc<Context>, mut sock: TcpStream, peer: SocketAddr) {
             }
         }
     }
-    relay(&mut sock, &mut upstream, generation).await;
+    let bulk = head.method == "CONNECT";
+    relay(&mut sock, &mut upstream, generation, bulk).await;
 }
 
 fn deny(ctx: &Context, who: &crate::Peer, host: &str, port: u16, reason: &str) {

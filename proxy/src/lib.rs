@@ -204,15 +204,17 @@ pub async fn dial(
 }
 
 /// Relay both ways until either side closes, or until the policy changes.
-pub async fn relay<A, B>(a: &mut A, b: &mut B, mut generation: watch::Receiver<u64>)
+pub async fn relay<A, B>(a: &mut A, b: &mut B, mut generation: watch::Receiver<u64>, bulk: bool)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     generation.mark_unchanged();
-    // Large buffers: a tunnel carries bulk transfers.
+    // Tunnels carry bulk transfers: large buffers. A forwarded request/response pair is
+    // small and short-lived: allocating (and zeroing) large buffers would dominate it.
+    let size = if bulk { 256 * 1024 } else { 16 * 1024 };
     tokio::select! {
-        _ = tokio::io::copy_bidirectional_with_sizes(a, b, 256 * 1024, 256 * 1024) => {}
+        _ = tokio::io::copy_bidirectional_with_sizes(a, b, size, size) => {}
         _ = generation.changed() => {}
     }
 }

@@ -123,6 +123,7 @@ pub fn relay_pty(init: Pid, sfd: &SignalFd, master: OwnedFd) -> i32 {
     let stdout = std::io::stdout();
     let mut pending: Vec<u8> = Vec::new();
     let mut stdin_open = true;
+    let stdin_tty = nix::unistd::isatty(&stdin).unwrap_or(false);
     let mut buf = vec![0u8; 64 * 1024];
     let code = loop {
         let mut master_ev = PollFlags::POLLIN;
@@ -166,7 +167,17 @@ pub fn relay_pty(init: Pid, sfd: &SignalFd, master: OwnedFd) -> i32 {
             match nix::unistd::read(&stdin, &mut buf) {
                 Ok(n) if n > 0 => pending.extend_from_slice(&buf[..n]),
                 Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
-                _ => stdin_open = false,
+                _ => {
+                    stdin_open = false;
+                    if stdin_tty {
+                        // Our terminal hung up: so does the sandbox's (as a terminal
+                        // would), or an interactive shell inside would wait forever.
+                        let _ = kill(init, Signal::SIGHUP);
+                    } else {
+                        // End of piped input: the pty's end-of-file character.
+                        pending.push(0x04);
+                    }
+                }
             }
         }
         if sig_ev.contains(PollFlags::POLLIN)

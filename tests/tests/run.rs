@@ -389,6 +389,9 @@ fn openpty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
     // SAFETY: openpty writes two fds into m and s; name and termios are NULL.
     let rc = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
     assert_eq!(rc, 0);
+    // The master must not leak into the child, or closing ours would not hang up.
+    // SAFETY: fcntl on a fresh fd of ours.
+    unsafe { libc::fcntl(m, libc::F_SETFD, libc::FD_CLOEXEC) };
     // SAFETY: fresh fds owned by us.
     unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
 }
@@ -617,4 +620,52 @@ fn killing_the_supervisor_kills_the_sandbox() {
     child.kill().unwrap(); // SIGKILL: no cleanup code of ours runs
     let _ = child.wait();
     assert!(seen(false), "sandbox processes outlived their supervisor");
+}
+
+#[test]
+fn pty_ends_with_its_input_or_its_terminal() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    // -t with piped input: end of input is end of file inside.
+    let out = sb.run_stdin(&["-t"], &["sh"], b"echo piped-$((40+2))\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("piped-42"), "{}", stdout(&out));
+    // Our terminal hangs up: the sandbox's does too, and openshell ends.
+    let (master, slave) = openpty(24, 80);
+    let mut cmd = sb.cmd();
+    cmd.args(["run", "--", "sh"]);
+    let s = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap());
+    cmd.stdin(s(&slave)).stdout(s(&slave)).stderr(s(&slave));
+    // SAFETY: setsid + TIOCSCTTY in the child before exec give it our pty as terminal.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd); // it holds copies of the slave
+    drop(slave);
+    let mut m = std::fs::File::from(master);
+    m.write_all(b"echo up\n").unwrap();
+    let out = read_until(&mut m, "up", Duration::from_secs(10));
+    assert!(out.contains("up"), "{out}");
+    drop(m);
+    let mut ended = None;
+    for _ in 0..100 {
+        if let Some(st) = child.try_wait().unwrap() {
+            ended = Some(st);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if ended.is_none() {
+        let _ = child.kill();
+    }
+    assert!(
+        ended.is_some(),
+        "openshell kept running after its terminal hung up"
+    );
 }
