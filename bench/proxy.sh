@@ -61,6 +61,7 @@ network_policies:
     name: bench
     endpoints:
       - { host: files.test.openshell, port: 443 }
+      - { host: files.test.openshell, port: 8443, protocol: rest, access: read-only }
       - { host: api.test.openshell, port: 80 }
     binaries:
       - { path: "/**" }
@@ -72,6 +73,7 @@ echo "== 200 MiB over HTTPS ($(date -u +%F), 5 runs each)"
 hyperfine -N --warmup 1 --runs 5 --export-json "$work/big.json" \
   -n direct "$curlbig" \
   -n openshell-tunnel "$os run --policy $policy --mount $ca:/sandbox/ca.crt:ro -- curl -sS -o /dev/null --cacert /sandbox/ca.crt $big" \
+  -n openshell-l7 "$os run --policy $policy --upstream-ca $ca -- curl -sS -o /dev/null https://files.test.openshell:8443/big" \
   -n tinyproxy "curl -sS -o /dev/null --cacert $ca -x http://127.0.0.1:18888 $big" \
   -n squid "curl -sS -o /dev/null --cacert $ca -x http://127.0.0.1:13128 $big" >/dev/null
 python3 - "$work/big.json" "$OS_UPSTREAM_BIG_SIZE" <<'PY'

@@ -534,3 +534,43 @@ fn network_none_has_no_proxy() {
     );
     assert_eq!(stdout(&out), "0\n# openshell: no DNS in this sandbox\n");
 }
+
+#[test]
+fn an_allowed_hosts_address_is_not_an_allowed_destination() {
+    need_upstream!();
+    let n = Net::new();
+    let host = up("OS_UPSTREAM_HOST");
+    let p = policy(&ep(&host, 443), &bin("/usr/bin/curl"));
+    // CONNECT to the literal address the name resolves to: a different destination.
+    let script = format!(
+        "{CURL} -o /dev/null -w 'name=%{{http_code}}\\n' https://{host}/; {CURL} -k -o /dev/null -w 'ip=%{{http_code}}\\n' https://{ip}/",
+        ip = up("OS_UPSTREAM_IP")
+    );
+    let out = n.run(Some(&p), &script);
+    assert_eq!(stdout(&out), "name=200\nip=000\n", "{}", stderr(&out));
+    assert!(n.log().contains(&format!("-> {}:443 [reason:no policy allows this destination]", up("OS_UPSTREAM_IP"))), "{}", n.log());
+}
+
+#[test]
+fn slow_clients_do_not_stall_the_proxy() {
+    need_upstream!();
+    let n = Net::new();
+    let host = up("OS_UPSTREAM_HOST");
+    let p = policy(&ep(&host, 80), &bin("/**"));
+    // 200 connections each sending a partial head and going silent (slowloris), then a
+    // normal request: it is served while they wait for their 30 s head timeout.
+    let script = format!(
+        "python3 - <<'PY'
+import socket, subprocess
+held = []
+for i in range(200):
+    s = socket.create_connection(('10.200.0.1', 3128))
+    s.sendall(b'GET http://{host}/ HTTP/1.1\\r\\nX-Slow: ')
+    held.append(s)
+r = subprocess.run(['curl', '-sS', '-m', '10', '-o', '/dev/null', '-w', '%{{http_code}}', 'http://{host}/fast'], capture_output=True, text=True)
+print('fast=' + r.stdout)
+PY"
+    );
+    let out = n.run(Some(&p), &script);
+    assert_eq!(stdout(&out).trim(), "fast=200", "{}", stderr(&out));
+}
