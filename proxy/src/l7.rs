@@ -91,12 +91,13 @@ pub async fn inspect(
         Ok(n) => n,
         Err(_) => return,
     };
-    let upstream = match tokio_rustls::TlsConnector::from(ctx.upstream_tls.clone())
-        .connect(server_name, upstream)
-        .await
-    {
-        Ok(s) => Ok(s),
-        Err(e) => Err(e.to_string()),
+    // A failure here is answered per request (502) rather than by a silent close.
+    let upstream = match ctx.upstream_tls() {
+        Ok(cfg) => tokio_rustls::TlsConnector::from(cfg)
+            .connect(server_name, upstream)
+            .await
+            .map_err(|e| format!("TLS to {host}: {e}")),
+        Err(e) => Err(e),
     };
     let sender = match upstream {
         Ok(s) => match hyper::client::conn::http1::handshake(TokioIo::new(s)).await {

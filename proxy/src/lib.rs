@@ -71,8 +71,11 @@ pub struct Context {
     resolved: Mutex<HashMap<String, (Vec<IpAddr>, std::time::Instant)>>,
     /// The sandbox CA (inspected endpoints).
     pub ca: Option<Arc<tls::SandboxCa>>,
-    /// TLS towards upstreams of inspected endpoints.
-    pub upstream_tls: Arc<rustls::ClientConfig>,
+    /// Extra CAs for TLS towards upstreams of inspected endpoints.
+    upstream_ca: Vec<std::path::PathBuf>,
+    /// That TLS config, built on first use (parsing the host's roots costs a
+    /// millisecond every sandbox start would pay for nothing).
+    upstream_tls: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
 }
 
 impl Context {
@@ -82,7 +85,7 @@ impl Context {
         identify: Arc<dyn Identify>,
         log: Arc<Logger>,
         ca: Option<Arc<tls::SandboxCa>>,
-        upstream_tls: Arc<rustls::ClientConfig>,
+        upstream_ca: Vec<std::path::PathBuf>,
     ) -> Arc<Self> {
         Arc::new(Self {
             policy,
@@ -93,8 +96,16 @@ impl Context {
             connect_timeout: Duration::from_secs(10),
             resolved: Mutex::new(HashMap::new()),
             ca,
-            upstream_tls,
+            upstream_ca,
+            upstream_tls: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The client TLS config towards inspected upstreams.
+    pub fn upstream_tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        self.upstream_tls
+            .get_or_init(|| tls::upstream_client(&self.upstream_ca).map_err(|e| e.to_string()))
+            .clone()
     }
 
     /// Who owns the connection, and whether its binary still is the one first seen at

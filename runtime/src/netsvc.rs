@@ -68,14 +68,18 @@ impl NetService {
                 "nftables unavailable: no route out of the sandbox (bypass attempts fail at once, unlogged); the explicit proxy works",
             );
         }
-        let upstream_tls = openshell_proxy::tls::upstream_client(&cfg.upstream_ca)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        // A bad --upstream-ca is an error now, not at the first inspected request.
+        for f in &cfg.upstream_ca {
+            std::fs::read(f).map_err(|e| {
+                std::io::Error::other(format!("--upstream-ca {}: {e}", f.display()))
+            })?;
+        }
         let ctx = Context::new(
             state,
             Arc::new(crate::identity::SandboxProcs::new(cfg.init_pid, cfg.diag)),
             log,
             cfg.ca,
-            upstream_tls,
+            cfg.upstream_ca,
         );
         let control = bind_control(&cfg.control)?;
         let (tx, rx) = tokio::sync::oneshot::channel();

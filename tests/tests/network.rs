@@ -548,7 +548,14 @@ fn an_allowed_hosts_address_is_not_an_allowed_destination() {
     );
     let out = n.run(Some(&p), &script);
     assert_eq!(stdout(&out), "name=200\nip=000\n", "{}", stderr(&out));
-    assert!(n.log().contains(&format!("-> {}:443 [reason:no policy allows this destination]", up("OS_UPSTREAM_IP"))), "{}", n.log());
+    assert!(
+        n.log().contains(&format!(
+            "-> {}:443 [reason:no policy allows this destination]",
+            up("OS_UPSTREAM_IP")
+        )),
+        "{}",
+        n.log()
+    );
 }
 
 #[test]
