@@ -11,7 +11,7 @@ use openshell_policy::engine::decide;
 use tokio::net::TcpStream;
 
 use crate::log::NetEvent;
-use crate::{Context, dial, relay};
+use crate::{Context, dial};
 
 fn original_dst(sock: &TcpStream) -> Option<SocketAddr> {
     let sa = getsockopt(sock, sockopt::OriginalDst).ok()?;
@@ -44,7 +44,7 @@ pub async fn handle(ctx: Arc<Context>, sock: TcpStream, peer: SocketAddr) {
             let Ok(grant) = decide(&active.policy, host, dst.port(), &who.chain, true) else {
                 continue;
             };
-            let mut upstream = match dial(&ctx, grant.endpoint, &ip, dst.port()).await {
+            let upstream = match dial(&ctx, grant.endpoint, &ip, dst.port()).await {
                 Ok(s) => s,
                 Err(e) => {
                     reason = format!("{e:?}");
@@ -61,8 +61,7 @@ pub async fn handle(ctx: Arc<Context>, sock: TcpStream, peer: SocketAddr) {
                 policy: Some(grant.name),
                 reason: None,
             });
-            let mut sock = sock;
-            relay(&mut sock, &mut upstream, generation, true).await;
+            crate::splice::relay(&sock, &upstream, generation).await;
             return;
         }
     }

@@ -242,8 +242,12 @@ pub async fn handle(ctx: Arc<Context>, mut sock: TcpStream, peer: SocketAddr) {
             }
         }
     }
-    let bulk = head.method == "CONNECT";
-    relay(&mut sock, &mut upstream, generation, bulk).await;
+    if head.method == "CONNECT" {
+        // A raw tunnel: zero-copy.
+        crate::splice::relay(&sock, &upstream, generation).await;
+    } else {
+        relay(&mut sock, &mut upstream, generation, false).await;
+    }
 }
 
 fn deny(ctx: &Context, who: &crate::Peer, host: &str, port: u16, reason: &str) {

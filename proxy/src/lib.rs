@@ -15,6 +15,7 @@ pub mod dns;
 pub mod http;
 pub mod l7;
 pub mod log;
+pub mod splice;
 pub mod state;
 pub mod tls;
 
