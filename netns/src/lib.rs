@@ -11,6 +11,7 @@
 //! Synchronous: runs in init.
 
 pub mod netlink;
+pub mod nft;
 pub mod rules;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -103,6 +104,7 @@ pub struct Router {
     agent_ns: std::fs::File,
     listeners: Option<Listeners>,
     nft: Option<std::process::Child>,
+    rules_loaded: bool,
     agent_netlink: Option<netlink::Netlink>,
 }
 
@@ -184,7 +186,13 @@ pub fn setup_router(nft: Option<&std::path::Path>) -> Result<Router, NetError> {
     nl_router
         .request(netlink::up_msg(vr))
         .map_err(nl("bring up vr"))?;
-    let nft = nft.and_then(|bin| rules::load(bin).ok());
+    // The rules straight over netlink (fast); the nft binary only where that fails.
+    let direct = nft::load().is_ok();
+    let nft = if direct {
+        None
+    } else {
+        nft.and_then(|bin| rules::load(bin).ok())
+    };
     let listeners = Listeners {
         proxy: tcp_listener(PROXY_PORT)?,
         bypass: tcp_listener(BYPASS_PORT)?,
@@ -195,6 +203,7 @@ pub fn setup_router(nft: Option<&std::path::Path>) -> Result<Router, NetError> {
         agent_ns,
         listeners: Some(listeners),
         nft,
+        rules_loaded: direct,
         agent_netlink: None,
     })
 }
@@ -220,7 +229,12 @@ impl Router {
         Ok(())
     }
 
-    /// The pid of the child loading the nftables rules, if one was started. The
+    /// Whether the rules are already in place (loaded over netlink).
+    pub fn rules_loaded(&self) -> bool {
+        self.rules_loaded
+    }
+
+    /// The pid of the child loading the nftables rules, if one was started (fallback). The
     /// caller reaps it (init's reaper) and calls [`Router::route_out`] when it succeeded.
     pub fn rules_loader(&self) -> Option<u32> {
         self.nft.as_ref().map(std::process::Child::id)

@@ -1,4 +1,5 @@
-//! The router namespace's nftables rules, loaded with the host's `nft` binary.
+//! The router namespace's nftables rules as nft text, loaded with the host's `nft`
+//! binary — the fallback for when programming them over netlink (`nft.rs`) fails.
 //!
 //! Everything the agent sends arrives at `vr`: TCP to the proxy port is accepted, any
 //! other TCP is redirected to the bypass listener (which logs it and refuses it, or

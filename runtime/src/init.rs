@@ -130,7 +130,7 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, String> 
                 waitpid(Pid::from_raw(pid as i32), None),
                 Ok(WaitStatus::Exited(_, 0))
             ),
-            None => false,
+            None => r.rules_loaded(),
         };
         if rules {
             r.route_out().map_err(|err| err.to_string())?;
