@@ -61,7 +61,12 @@ pub async fn handle(ctx: Arc<Context>, sock: TcpStream, peer: SocketAddr) {
                 policy: Some(grant.name),
                 reason: None,
             });
-            crate::splice::relay(&sock, &upstream, generation).await;
+            if crate::splice::enabled() {
+                crate::splice::relay(&sock, &upstream, generation).await;
+            } else {
+                let (mut sock, mut upstream) = (sock, upstream);
+                crate::relay(&mut sock, &mut upstream, generation, true).await;
+            }
             return;
         }
     }

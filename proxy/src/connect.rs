@@ -242,11 +242,16 @@ pub async fn handle(ctx: Arc<Context>, mut sock: TcpStream, peer: SocketAddr) {
             }
         }
     }
-    if head.method == "CONNECT" {
-        // A raw tunnel: zero-copy.
+    if head.method == "CONNECT" && crate::splice::enabled() {
         crate::splice::relay(&sock, &upstream, generation).await;
     } else {
-        relay(&mut sock, &mut upstream, generation, false).await;
+        relay(
+            &mut sock,
+            &mut upstream,
+            generation,
+            head.method == "CONNECT",
+        )
+        .await;
     }
 }
 

@@ -1,6 +1,8 @@
 //! Zero-copy relay of a raw tunnel: splice(2) moves the bytes socket → pipe → socket
-//! inside the kernel, never through the proxy's memory. Used for L4 tunnels and
-//! transparent TCP; inspected (L7) connections go through TLS and hyper instead.
+//! inside the kernel, never through the proxy's memory. Opt-in (`OPENSHELL_SPLICE=1`):
+//! on the 2-core VM of bench/RESULTS.md it was no faster than copying through 256 KiB
+//! buffers and varied more, so the buffered copy is the default for L4 tunnels and
+//! transparent TCP. Inspected (L7) connections go through TLS and hyper instead.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -12,6 +14,12 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 const CHUNK: usize = 1 << 20;
+
+/// Whether tunnels use splice (`OPENSHELL_SPLICE=1` in the supervisor's environment).
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("OPENSHELL_SPLICE").is_some_and(|v| v == "1"))
+}
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let (r, w) =
