@@ -24,7 +24,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a command in a new sandbox and return its exit status.
-    Run(cmd::run::RunArgs),
+    Run(Box<cmd::run::RunArgs>),
+    /// List, inspect and delete sandboxes.
+    #[command(subcommand)]
+    Sandbox(cmd::sandbox::SandboxCommand),
     /// Pull, list, inspect and remove OCI images.
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
@@ -43,9 +46,10 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Run(args) => cmd::run::run(args),
+        Command::Run(args) => cmd::run::run(*args),
         Command::Policy(c) => cmd::policy::run(c, cli.output),
         Command::Image(c) => cmd::image::run(c, cli.output),
+        Command::Sandbox(c) => cmd::sandbox::run(c, cli.output),
         Command::Doctor => cmd::doctor::run(cli.output),
         Command::Completions { shell } => {
             let mut c = <Cli as clap::CommandFactory>::command();

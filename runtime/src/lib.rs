@@ -2,7 +2,7 @@
 //!
 //! `run` is the supervisor of `openshell run`; `init` is PID 1 inside; `spawn` confines
 //! and execs each sandboxed process; `idmap` and `seccomp` plan the user namespace and
-//! the syscall filter as data; `state` owns the on-disk layout; `features` probes what
+//! the syscall filter as data; `state` owns the on-disk layout and `record` each sandbox's record and phase; `features` probes what
 //! the kernel offers (for `doctor`). The CLI calls in here and does no kernel work itself.
 
 pub mod features;
@@ -11,11 +11,13 @@ pub mod idmap;
 pub mod image;
 pub mod init;
 pub mod netsvc;
+pub mod record;
 pub mod relay;
 pub mod run;
 pub mod seccomp;
 pub mod spawn;
 pub mod state;
+pub mod store;
 pub mod trust;
 
 pub use run::{RunError, RunOptions, run};

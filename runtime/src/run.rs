@@ -25,6 +25,7 @@ use openshell_policy::{Compatibility, Policy};
 use crate::idmap;
 use crate::image::ImageSpec;
 use crate::init::{self, InitConfig, msg};
+use crate::record::{self, Record, Recorded, Supervisor};
 use crate::spawn::{Confinement, ExecSpec};
 use crate::state::{self, SandboxDir, StateError};
 
@@ -63,6 +64,8 @@ pub struct RunOptions {
     pub log_dir: Option<PathBuf>,
     /// Extra CAs the proxy trusts for upstream TLS (inspected endpoints).
     pub upstream_ca: Vec<PathBuf>,
+    /// User labels, recorded for `sandbox list --selector`.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// `run` failed before the command could start.
@@ -280,6 +283,25 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         keep: opts.keep,
         mapped: (ids.mode == "subids").then(|| ids.clone()),
     };
+    let mut record = Record {
+        name: name.clone(),
+        image: opts
+            .image
+            .as_ref()
+            .map_or_else(|| "host".into(), |i| i.name.clone()),
+        image_digest: opts.image.as_ref().map(|i| i.digest.clone()),
+        created: record::now(),
+        last_active: record::now(),
+        labels: opts.labels.clone(),
+        uid,
+        gid,
+        network: if opts.network { "proxy" } else { "none" }.into(),
+        recorded: Recorded::Provisioning,
+        supervisor: Supervisor::current(),
+        exit_code: None,
+        reason: None,
+    };
+    record.save(&dir.path).map_err(RunError::Invalid)?;
     let workspace = dir.workspace();
     for up in &opts.uploads {
         let (local, rel) = state::parse_upload(up)?;
@@ -400,9 +422,27 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         },
         confinement,
     };
-    let code = start_and_wait(&cfg, &ids, net_setup)?;
+    let ready = |r: &mut Record| {
+        r.recorded = Recorded::Running;
+        r.last_active = record::now();
+        let _ = r.save(&dir.path);
+    };
+    let result = start_and_wait(&cfg, &ids, net_setup, &mut || ready(&mut record.clone()));
+    record.supervisor = None;
+    record.last_active = record::now();
+    match &result {
+        Ok(code) => {
+            record.recorded = Recorded::Stopped;
+            record.exit_code = Some(*code);
+        }
+        Err(e) => {
+            record.recorded = Recorded::Failed;
+            record.reason = Some(e.to_string());
+        }
+    }
+    let _ = record.save(&dir.path);
     drop(cleanup);
-    Ok(code)
+    result
 }
 
 /// The Landlock rules a policy asks for, at the ABI this host offers.
@@ -456,6 +496,7 @@ fn start_and_wait(
     cfg: &InitConfig,
     ids: &idmap::IdPlan,
     net: Option<NetSetup>,
+    on_ready: &mut dyn FnMut(),
 ) -> Result<i32, RunError> {
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
@@ -591,6 +632,7 @@ fn start_and_wait(
         ),
         _ => None,
     };
+    on_ready();
     let code = match master {
         Some(m) => crate::relay::relay_pty(init_pid, &sfd, m),
         None => crate::relay::wait_plain(init_pid, &sfd),

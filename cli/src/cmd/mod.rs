@@ -4,3 +4,4 @@ pub mod doctor;
 pub mod image;
 pub mod policy;
 pub mod run;
+pub mod sandbox;

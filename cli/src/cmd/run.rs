@@ -68,9 +68,13 @@ pub struct RunArgs {
     /// Upload files that .gitignore excludes too.
     #[arg(long)]
     pub no_git_ignore: bool,
-    /// Keep the sandbox's state directory (workspace) after the command exits.
+    /// Keep the sandbox (workspace, files, record) after the command exits; see
+    /// `openshell sandbox list`.
     #[arg(long)]
     pub keep: bool,
+    /// Label the sandbox (K=V), for `sandbox list --selector`. Repeatable.
+    #[arg(long, value_name = "K=V")]
+    pub label: Vec<String>,
     /// Network: `proxy` (every connection through the policy proxy; deny by default)
     /// or `none` (loopback only).
     #[arg(long, value_enum, default_value_t = NetworkArg::Proxy)]
@@ -119,6 +123,25 @@ fn parse_env(items: &[String]) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
+/// `--label K=V` pairs; keys like Kubernetes label names (letters, digits, `-_./`).
+fn parse_labels(items: &[String]) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let key_ok = |k: &str| {
+        !k.is_empty()
+            && k.len() <= 63
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+    };
+    items
+        .iter()
+        .map(|item| match item.split_once('=') {
+            Some((k, v)) if key_ok(k) && !v.contains(['\n', '\0']) => Ok((k.into(), v.into())),
+            _ => Err(format!(
+                "--label {item:?}: expected KEY=VALUE (key: letters, digits, -_./)"
+            )),
+        })
+        .collect()
+}
+
 /// Load and validate a policy file, rendering errors as `file:line:col: ...`.
 pub fn load_policy(path: &PathBuf) -> Result<Policy, String> {
     let src =
@@ -154,6 +177,7 @@ fn options(args: RunArgs) -> Result<RunOptions, String> {
         uploads: args.upload,
         no_git_ignore: args.no_git_ignore,
         keep: args.keep,
+        labels: parse_labels(&args.label)?,
         tty: if args.tty {
             Some(true)
         } else if args.no_tty {

@@ -1,0 +1,210 @@
+//! `openshell sandbox list|get|delete`: the sandboxes on disk and their phases.
+
+use std::collections::BTreeMap;
+
+use clap::Subcommand;
+use openshell_runtime::record::{self, Phase};
+use openshell_runtime::state;
+use openshell_runtime::store::{self, Entry};
+use serde::Serialize;
+
+use crate::output::{self, Format};
+
+/// `openshell sandbox ...`
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// List sandboxes: NAME, PHASE, IMAGE, CREATED, AGE, IDLE.
+    #[command(alias = "ls")]
+    List {
+        /// Only sandboxes with this label (k=v). Repeatable; all must match.
+        #[arg(long, short = 'l', value_name = "K=V")]
+        selector: Vec<String>,
+        /// Print names only.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Show one sandbox.
+    Get {
+        /// Its name.
+        name: String,
+    },
+    /// Stop and remove sandboxes: processes, files, state.
+    #[command(alias = "rm")]
+    Delete {
+        /// Names.
+        #[arg(required_unless_present = "all")]
+        names: Vec<String>,
+        /// Every sandbox.
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
+    },
+}
+
+/// What `list -o json` and `get` print about a sandbox.
+#[derive(Debug, Serialize)]
+struct View {
+    name: String,
+    phase: Phase,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    image: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_digest: Option<String>,
+    created: String,
+    age: String,
+    idle: String,
+    labels: BTreeMap<String, String>,
+    network: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    supervisor_pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+    path: String,
+}
+
+fn view(e: &Entry) -> View {
+    let now = record::now();
+    match &e.record {
+        Ok(r) => {
+            let (phase, reason) = r.phase();
+            View {
+                name: e.name.clone(),
+                phase,
+                reason,
+                image: r.image.clone(),
+                image_digest: r.image_digest.clone(),
+                created: record::rfc3339(r.created),
+                age: record::age(now.saturating_sub(r.created)),
+                idle: record::age(now.saturating_sub(r.last_active)),
+                labels: r.labels.clone(),
+                network: r.network.clone(),
+                supervisor_pid: r.supervisor.filter(|s| s.alive()).map(|s| s.pid),
+                exit_code: r.exit_code,
+                path: e.dir.display().to_string(),
+            }
+        }
+        Err(why) => View {
+            name: e.name.clone(),
+            phase: Phase::Error,
+            reason: Some(format!("unreadable record: {why}")),
+            image: "-".into(),
+            image_digest: None,
+            created: "-".into(),
+            age: "-".into(),
+            idle: "-".into(),
+            labels: BTreeMap::new(),
+            network: "-".into(),
+            supervisor_pid: None,
+            exit_code: None,
+            path: e.dir.display().to_string(),
+        },
+    }
+}
+
+/// Parse `k=v` selectors.
+fn selectors(args: &[String]) -> Result<Vec<(String, String)>, String> {
+    args.iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(format!("--selector {s:?}: expected KEY=VALUE")),
+        })
+        .collect()
+}
+
+fn fail(e: impl std::fmt::Display) -> i32 {
+    eprintln!("openshell: {e}");
+    1
+}
+
+/// Run a `sandbox` subcommand; returns the exit status.
+pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
+    let base = state::base_dir();
+    match cmd {
+        SandboxCommand::List { selector, quiet } => {
+            let want = match selectors(&selector) {
+                Ok(w) => w,
+                Err(e) => return fail(e),
+            };
+            let views: Vec<View> = store::list(&base)
+                .iter()
+                .map(view)
+                .filter(|v| want.iter().all(|(k, val)| v.labels.get(k) == Some(val)))
+                .collect();
+            if quiet {
+                for v in &views {
+                    println!("{}", v.name);
+                }
+            } else if !output::structured(format, &views) {
+                let rows: Vec<Vec<String>> = views
+                    .iter()
+                    .map(|v| {
+                        vec![
+                            v.name.clone(),
+                            v.phase.to_string(),
+                            v.image.clone(),
+                            v.created.clone(),
+                            v.age.clone(),
+                            v.idle.clone(),
+                        ]
+                    })
+                    .collect();
+                output::table(&["NAME", "PHASE", "IMAGE", "CREATED", "AGE", "IDLE"], &rows);
+            }
+            0
+        }
+        SandboxCommand::Get { name } => match store::find(&base, &name) {
+            Err(e) => fail(e),
+            Ok(e) => {
+                let v = view(&e);
+                if !output::structured(format, &v) {
+                    print_view(&v);
+                }
+                0
+            }
+        },
+        SandboxCommand::Delete { names, all } => {
+            let names: Vec<String> = if all {
+                store::list(&base).into_iter().map(|e| e.name).collect()
+            } else {
+                names
+            };
+            let mut code = 0;
+            for n in &names {
+                match store::delete(&base, n) {
+                    Ok(()) => println!("deleted {n}"),
+                    Err(e) => code = fail(e),
+                }
+            }
+            store::sweep(&base);
+            code
+        }
+    }
+}
+
+fn print_view(v: &View) {
+    let labels: Vec<String> = v.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut lines = vec![("Name", v.name.clone()), ("Phase", v.phase.to_string())];
+    if let Some(r) = &v.reason {
+        lines.push(("Reason", r.clone()));
+    }
+    lines.push(("Image", v.image.clone()));
+    if let Some(d) = &v.image_digest {
+        lines.push(("Digest", d.clone()));
+    }
+    lines.extend([
+        ("Created", format!("{} ({} ago)", v.created, v.age)),
+        ("Idle", v.idle.clone()),
+        ("Labels", labels.join(",")),
+        ("Network", v.network.clone()),
+    ]);
+    if let Some(p) = v.supervisor_pid {
+        lines.push(("Supervisor", format!("pid {p}")));
+    }
+    if let Some(c) = v.exit_code {
+        lines.push(("Last exit", c.to_string()));
+    }
+    lines.push(("Path", v.path.clone()));
+    for (k, val) in lines {
+        println!("{:<11} {val}", format!("{k}:"));
+    }
+}

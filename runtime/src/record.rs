@@ -1,0 +1,283 @@
+//! The record of a sandbox on disk (`sandboxes/<name>/sandbox.json`) and its phase.
+//!
+//! The record is written whole to a temporary file and renamed over the old one, so a
+//! reader never sees half of it. Whether a sandbox is running is never trusted from the
+//! file alone: the supervisor's pid is stored with its start time (field 22 of
+//! `/proc/<pid>/stat`), and a record that says running while that process is gone (or
+//! the pid was reused) reads as `Error` with the reason.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// The file name of the record inside the sandbox directory.
+pub const FILE: &str = "sandbox.json";
+
+/// What the supervisor last wrote about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recorded {
+    /// Setting up: namespaces, root filesystem, network.
+    Provisioning,
+    /// The command runs.
+    Running,
+    /// The command exited; state kept.
+    Stopped,
+    /// Setup failed.
+    Failed,
+}
+
+/// A sandbox's phase as users see it (OpenShell's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Being set up.
+    Provisioning,
+    /// Running.
+    Ready,
+    /// Not running; files kept.
+    Stopped,
+    /// Failed, or its supervisor died; see the reason.
+    Error,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Provisioning => "Provisioning",
+            Self::Ready => "Ready",
+            Self::Stopped => "Stopped",
+            Self::Error => "Error",
+        })
+    }
+}
+
+/// The supervisor process of a sandbox, identified beyond its pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Supervisor {
+    /// Host pid.
+    pub pid: i32,
+    /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
+    pub start: u64,
+}
+
+impl Supervisor {
+    /// This process.
+    pub fn current() -> Option<Self> {
+        let pid = i32::try_from(std::process::id()).ok()?;
+        Some(Self {
+            pid,
+            start: start_time(pid)?,
+        })
+    }
+
+    /// Whether this very process still runs (a reused pid or a zombie does not count).
+    pub fn alive(&self) -> bool {
+        stat(self.pid).is_some_and(|(state, start)| start == self.start && !"ZX".contains(state))
+    }
+}
+
+/// State letter and start time of a process, from `/proc/<pid>/stat` (after the
+/// parenthesised name, which may itself hold spaces and parentheses).
+fn stat(pid: i32) -> Option<(char, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    // Fields from 3 (state) on; start time is field 22.
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.nth(18)?.parse().ok()?))
+}
+
+fn start_time(pid: i32) -> Option<u64> {
+    stat(pid).map(|(_, start)| start)
+}
+
+/// Everything stored about a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Its name.
+    pub name: String,
+    /// Image name as given, or `host` for the host view.
+    pub image: String,
+    /// Image manifest digest, when from an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    /// Creation time, seconds since the epoch.
+    pub created: u64,
+    /// Last time a process started or ended in it, seconds since the epoch.
+    pub last_active: u64,
+    /// User labels (`--label k=v`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The sandbox user inside.
+    pub uid: u32,
+    /// Its group.
+    pub gid: u32,
+    /// `proxy` or `none`.
+    pub network: String,
+    /// What the supervisor last wrote.
+    pub recorded: Recorded,
+    /// The supervisor while one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor: Option<Supervisor>,
+    /// Exit status of the last command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Record {
+    /// The phase, checking the supervisor is really there.
+    pub fn phase(&self) -> (Phase, Option<String>) {
+        let alive = self.supervisor.is_some_and(|s| s.alive());
+        match self.recorded {
+            Recorded::Stopped => (Phase::Stopped, None),
+            Recorded::Failed => (Phase::Error, self.reason.clone()),
+            Recorded::Provisioning | Recorded::Running if alive => (
+                if self.recorded == Recorded::Running {
+                    Phase::Ready
+                } else {
+                    Phase::Provisioning
+                },
+                None,
+            ),
+            _ => (
+                Phase::Error,
+                Some(match self.supervisor {
+                    Some(s) => format!("its supervisor (pid {}) is gone", s.pid),
+                    None => "its supervisor is gone".into(),
+                }),
+            ),
+        }
+    }
+
+    /// Read a sandbox directory's record.
+    pub fn load(dir: &Path) -> Result<Self, String> {
+        let path = dir.join(FILE);
+        let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Write it atomically (temporary file, fsync, rename).
+    pub fn save(&self, dir: &Path) -> Result<(), String> {
+        let path = dir.join(FILE);
+        let tmp: PathBuf = dir.join(format!(".{FILE}.{}", std::process::id()));
+        let body = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            format!("write {}: {e}", path.display())
+        })
+    }
+}
+
+/// `5s`, `3m`, `2h`, `4d`: how kubectl and OpenShell print ages.
+pub fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// `2026-11-23T15:04:05Z` for seconds since the epoch.
+pub fn rfc3339(secs: u64) -> String {
+    let days = i64::try_from(secs / 86400).unwrap_or(0);
+    let rem = secs % 86400;
+    // Days to civil date (proleptic Gregorian), era-based.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_446_245), "2026-11-23T15:04:05Z");
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(age(5), "5s");
+        assert_eq!(age(600), "10m");
+        assert_eq!(age(3 * 3600), "3h");
+        assert_eq!(age(9 * 86400), "9d");
+    }
+
+    fn record(recorded: Recorded, supervisor: Option<Supervisor>) -> Record {
+        Record {
+            name: "a".into(),
+            image: "host".into(),
+            image_digest: None,
+            created: 0,
+            last_active: 0,
+            labels: BTreeMap::new(),
+            uid: 1000,
+            gid: 1000,
+            network: "proxy".into(),
+            recorded,
+            supervisor,
+            exit_code: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn phase_checks_the_supervisor() {
+        let me = Supervisor::current().unwrap();
+        assert_eq!(record(Recorded::Running, Some(me)).phase().0, Phase::Ready);
+        let reused = Supervisor {
+            pid: me.pid,
+            start: me.start + 1,
+        };
+        let (phase, why) = record(Recorded::Running, Some(reused)).phase();
+        assert_eq!(phase, Phase::Error);
+        assert!(why.unwrap().contains("is gone"));
+        assert_eq!(record(Recorded::Stopped, None).phase().0, Phase::Stopped);
+    }
+
+    #[test]
+    fn save_load_round_trip() {
+        let dir = std::env::temp_dir().join(format!("openshell-record-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let r = record(Recorded::Stopped, None);
+        r.save(&dir).unwrap();
+        assert_eq!(Record::load(&dir).unwrap(), r);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

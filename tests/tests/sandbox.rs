@@ -1,0 +1,331 @@
+//! `openshell sandbox list|get|delete` as a user drives them: kept sandboxes and their
+//! records, phases checked against the real supervisor, deleting running and dead
+//! sandboxes (processes and files gone, also files of subordinate ids), labels and
+//! selectors, bad input, concurrent deletes.
+
+mod common;
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use openshell_tests::{Sandbox, need_sandbox, stderr, stdout};
+
+fn cli(sb: &Sandbox, args: &[&str]) -> Output {
+    sb.cmd()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openshell")
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "failed: {}{}", stdout(o), stderr(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
+}
+
+/// Start `openshell run OPTS -- ARGV` in the background.
+fn spawn(sb: &Sandbox, opts: &[&str], argv: &[&str]) -> Child {
+    sb.cmd()
+        .arg("run")
+        .args(opts)
+        .arg("--")
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn openshell")
+}
+
+/// Wait until `sandbox get NAME` says `phase`; return its JSON.
+fn wait_phase(sb: &Sandbox, name: &str, phase: &str) -> serde_json::Value {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = cli(sb, &["sandbox", "get", name, "-o", "json"]);
+        if o.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            if v["phase"] == phase {
+                return v;
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "{name} never became {phase}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Processes whose command line holds `marker` (sandboxed processes included: they are
+/// host processes under other ids).
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(marker) {
+                found.push(format!("{}: {c}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < until, "openshell run did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn kept_sandbox_is_listed_inspected_and_deleted() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let out = sb.run(
+        &["--keep", "--name", "keeper", "--label", "team=ai"],
+        &["sh", "-c", "echo kept > /sandbox/f; exit 3"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    sb.run(&["--keep", "--name", "other"], &["true"]);
+
+    let table = stdout(&cli(&sb, &["sandbox", "list"]));
+    let mut lines = table.lines();
+    assert!(lines.next().unwrap().starts_with("NAME"), "{table}");
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(&row[..3], ["keeper", "Stopped", "host"], "{table}");
+
+    let all = json(&cli(&sb, &["sandbox", "list", "-o", "json"]));
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    let picked = json(&cli(
+        &sb,
+        &["sandbox", "list", "-o", "json", "--selector", "team=ai"],
+    ));
+    let picked = picked.as_array().unwrap();
+    assert_eq!(picked.len(), 1);
+    assert_eq!(picked[0]["name"], "keeper");
+    assert_eq!(picked[0]["exit_code"], 3);
+    assert_eq!(picked[0]["labels"]["team"], "ai");
+    let none = cli(&sb, &["sandbox", "list", "-q", "--selector", "team=ops"]);
+    assert_eq!(stdout(&none), "");
+    let names = stdout(&cli(&sb, &["sandbox", "list", "-q"]));
+    assert_eq!(names, "keeper\nother\n");
+
+    let got = json(&cli(&sb, &["sandbox", "get", "keeper", "-o", "json"]));
+    let path = std::path::PathBuf::from(got["path"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(path.join("workspace/f")).unwrap(),
+        "kept\n"
+    );
+    let yaml = stdout(&cli(&sb, &["sandbox", "get", "keeper", "-o", "yaml"]));
+    assert!(yaml.contains("phase: Stopped"), "{yaml}");
+
+    let del = cli(&sb, &["sandbox", "delete", "keeper"]);
+    assert_eq!(stdout(&del), "deleted keeper\n", "{}", stderr(&del));
+    assert!(!path.exists(), "files left behind");
+    for args in [
+        &["sandbox", "get", "keeper"][..],
+        &["sandbox", "delete", "keeper"],
+        &["sandbox", "get", "../other"],
+    ] {
+        let o = cli(&sb, args);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            stderr(&o).contains("no sandbox named") && stderr(&o).contains("sandbox list"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(stdout(&cli(&sb, &["sandbox", "list", "-q"])), "other\n");
+}
+
+#[test]
+fn running_sandbox_is_ready_and_delete_stops_it() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let marker = format!("{}", 600_000 + std::process::id() % 1000);
+    let mut child = spawn(&sb, &["--name", "live"], &["sleep", &marker]);
+    let v = wait_phase(&sb, "live", "Ready");
+    let pid = v["supervisor_pid"].as_i64().expect("supervisor pid");
+    assert_eq!(i64::from(child.id()), pid);
+    assert!(!processes_with(&format!("sleep {marker}")).is_empty());
+
+    let del = cli(&sb, &["sandbox", "delete", "live"]);
+    assert!(del.status.success(), "{}", stderr(&del));
+    wait_exit(&mut child);
+    assert_eq!(
+        processes_with(&format!("sleep {marker}")),
+        Vec::<String>::new()
+    );
+    assert_eq!(stdout(&cli(&sb, &["sandbox", "list", "-q"])), "");
+    let names: Vec<_> = std::fs::read_dir(sb.state.path().join("sandboxes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(names.is_empty(), "left: {names:?}");
+}
+
+#[test]
+fn dead_supervisor_reads_as_error_and_delete_cleans_up() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let marker = format!("{}", 700_000 + std::process::id() % 1000);
+    let mut child = spawn(&sb, &["--keep", "--name", "dead"], &["sleep", &marker]);
+    wait_phase(&sb, "dead", "Ready");
+    child.kill().unwrap(); // SIGKILL: no code of ours runs
+    child.wait().unwrap();
+    let v = wait_phase(&sb, "dead", "Error");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("supervisor (pid {}) is gone", child.id())),
+        "{reason}"
+    );
+    let table = stdout(&cli(&sb, &["sandbox", "list"]));
+    assert!(table.contains("dead  Error"), "{table}");
+    // Its processes died with it.
+    let until = Instant::now() + Duration::from_secs(10);
+    while !processes_with(&format!("sleep {marker}")).is_empty() {
+        assert!(Instant::now() < until, "sandbox outlived its supervisor");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let del = cli(&sb, &["sandbox", "delete", "dead"]);
+    assert!(del.status.success(), "{}", stderr(&del));
+    assert!(!sb.state.path().join("sandboxes/dead").exists());
+}
+
+#[test]
+fn image_sandbox_files_of_other_ids_are_deleted() {
+    need_sandbox!();
+    let Some(e) = common::registry() else { return };
+    let sb = common::sb();
+    // init creates the mount points of /etc files in the overlay upper as the
+    // sandbox's root: rootless with subordinate ids, that is not the invoking user, and
+    // only a user namespace mapped like the sandbox can remove them.
+    let out = common::os(
+        &sb,
+        &[
+            "run",
+            "--keep",
+            "--name",
+            "img",
+            "--from",
+            &format!("{}/busybox:latest", e.plain),
+            "--",
+            "sh",
+            "-c",
+            "echo data > /sandbox/f",
+        ],
+    );
+    common::ok(&out);
+    let v = json(&cli(&sb, &["sandbox", "get", "img", "-o", "json"]));
+    assert!(
+        v["image"].as_str().unwrap().ends_with("busybox:latest"),
+        "{v}"
+    );
+    assert!(
+        v["image_digest"].as_str().unwrap().starts_with("sha256:"),
+        "{v}"
+    );
+    let path = std::path::PathBuf::from(v["path"].as_str().unwrap());
+    assert!(path.join("upper/etc").exists());
+    let owner =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(path.join("upper/etc")).unwrap());
+    eprintln!("upper/etc owned by {owner}, we are {}", nix_euid());
+    let del = cli(&sb, &["sandbox", "delete", "img"]);
+    assert!(del.status.success(), "{}", stderr(&del));
+    assert!(!path.exists(), "upper left behind");
+    let left: Vec<_> = std::fs::read_dir(sb.state.path().join("sandboxes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left: {left:?}");
+}
+
+#[test]
+fn bad_arguments_are_refused_clearly() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let o = sb.run(&["--label", "no-equals"], &["true"]);
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--label \"no-equals\": expected KEY=VALUE"));
+    let o = cli(&sb, &["sandbox", "list", "--selector", "x"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("expected KEY=VALUE"), "{}", stderr(&o));
+    let o = cli(&sb, &["sandbox", "delete"]);
+    assert_eq!(o.status.code(), Some(2), "clap usage error");
+    let o = cli(&sb, &["sandbox", "delete", "--all", "x"]);
+    assert_eq!(o.status.code(), Some(2), "clap usage error");
+    // An unreadable record is reported, not a panic, and delete still works.
+    sb.run(&["--keep", "--name", "broken"], &["true"]);
+    let rec = sb.state.path().join("sandboxes/broken/sandbox.json");
+    std::fs::write(&rec, "{ not json").unwrap();
+    let v = json(&cli(&sb, &["sandbox", "list", "-o", "json"]));
+    assert_eq!(v[0]["phase"], "Error");
+    assert!(
+        v[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unreadable record")
+    );
+    assert!(cli(&sb, &["sandbox", "delete", "broken"]).status.success());
+}
+
+#[test]
+fn concurrent_deletes_never_trip_over_each_other() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    for i in 0..8 {
+        let o = sb.run(&["--keep", "--name", &format!("c{i}")], &["true"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let bin = openshell_tests::openshell_bin();
+    let kids: Vec<Child> = (0..4)
+        .map(|_| {
+            Command::new(&bin)
+                .env("OPENSHELL_STATE_DIR", sb.state.path())
+                .args(["sandbox", "delete", "--all"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut deleted = Vec::new();
+    for k in kids {
+        let o = k.wait_with_output().unwrap();
+        for l in stdout(&o).lines() {
+            deleted.push(l.to_string());
+        }
+        for l in stderr(&o).lines() {
+            assert!(l.contains("no sandbox named"), "unexpected: {l}");
+        }
+    }
+    deleted.sort();
+    let want: Vec<String> = (0..8).map(|i| format!("deleted c{i}")).collect();
+    assert_eq!(deleted, want, "each deleted exactly once");
+    let left: Vec<_> = std::fs::read_dir(sb.state.path().join("sandboxes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left: {left:?}");
+}
+
+fn nix_euid() -> u32 {
+    // Our effective uid, from /proc (the tests crate has no libc).
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|u| u.parse().ok())
+        .unwrap()
+}
