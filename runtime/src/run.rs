@@ -108,10 +108,16 @@ struct Cleanup {
     /// Rootless with subordinate ids: the upper dir holds files of other ids, which
     /// only a user namespace mapped like the sandbox can remove.
     mapped: Option<idmap::IdPlan>,
+    /// The directory's identity at creation: a deleted sandbox's supervisor must not
+    /// touch a new sandbox that took the name.
+    ident: Option<(u64, u64)>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        if state::identity(&self.dir.path) != self.ident {
+            return; // deleted (and maybe replaced) while running
+        }
         if self.keep {
             eprintln!(
                 "openshell: kept sandbox state in {}",
@@ -282,7 +288,9 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         dir: dir.clone(),
         keep: opts.keep,
         mapped: (ids.mode == "subids").then(|| ids.clone()),
+        ident: state::identity(&dir.path),
     };
+    let ident = cleanup.ident;
     let mut record = Record {
         name: name.clone(),
         image: opts
@@ -425,7 +433,9 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     let ready = |r: &mut Record| {
         r.recorded = Recorded::Running;
         r.last_active = record::now();
-        let _ = r.save(&dir.path);
+        if state::identity(&dir.path) == ident {
+            let _ = r.save(&dir.path);
+        }
     };
     let result = start_and_wait(&cfg, &ids, net_setup, &mut || ready(&mut record.clone()));
     record.supervisor = None;
@@ -440,7 +450,9 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             record.reason = Some(e.to_string());
         }
     }
-    let _ = record.save(&dir.path);
+    if state::identity(&dir.path) == ident {
+        let _ = record.save(&dir.path);
+    }
     drop(cleanup);
     result
 }

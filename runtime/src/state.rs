@@ -42,6 +42,14 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> S
     }
 }
 
+/// A directory's identity (device, inode): tells a sandbox's directory from a later
+/// one of the same name (after `sandbox delete` renamed it away and a new sandbox took
+/// the name).
+pub fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 /// The state root for this user.
 pub fn base_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("OPENSHELL_STATE_DIR") {

@@ -1,11 +1,11 @@
 //! The set of sandboxes on disk: find, list and delete them.
 //!
-//! Deleting first stops a running sandbox through its supervisor (SIGTERM, which the
-//! supervisor forwards to the command; SIGKILL after a grace period — init dies with
-//! its supervisor, and every mount lives in the sandbox's own mount namespace), then
-//! renames the directory out of the way (so the name is free at once and two deletes
-//! cannot both work on it), then removes it; files owned by subordinate ids are
-//! removed from a user namespace mapped like the sandbox.
+//! Deleting first renames the directory out of the way (so the name is free at once
+//! and of two deletes exactly one proceeds), then stops a running sandbox through its
+//! supervisor (SIGTERM, which the supervisor forwards to the command; SIGKILL after a
+//! grace period — init dies with its supervisor, and every mount lives in the
+//! sandbox's own mount namespace), then removes the files; files owned by subordinate
+//! ids are removed from a user namespace mapped like the sandbox.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -123,15 +123,13 @@ pub fn stop(entry: &Entry) -> Result<bool, StoreError> {
 /// Stop and remove a sandbox with everything it has on disk.
 pub fn delete(base: &Path, name: &str) -> Result<(), StoreError> {
     let entry = find(base, name)?;
-    stop(&entry)?;
-    // The supervisor of a sandbox run without --keep removes it itself on the way out.
-    if !entry.dir.exists() {
-        return Ok(());
-    }
+    // Claim it first: of concurrent deletes exactly one wins the rename, and the name
+    // is free from here on. A running supervisor is stopped afterwards; its own
+    // clean-up then finds nothing at the old path.
     let doomed = sandboxes_dir(base).join(format!(".deleting-{name}-{}", std::process::id()));
     if let Err(source) = fs::rename(&entry.dir, &doomed) {
         if !entry.dir.exists() {
-            // Another delete got there first.
+            // Another delete (or the sandbox's own supervisor) got there first.
             return Err(StoreError::NotFound(name.to_string()));
         }
         return Err(StoreError::Remove {
@@ -140,7 +138,13 @@ pub fn delete(base: &Path, name: &str) -> Result<(), StoreError> {
             source,
         });
     }
-    remove_tree(name, &doomed, entry.record.as_ref().ok())
+    let claimed = Entry {
+        record: Record::load(&doomed).or(entry.record),
+        dir: doomed.clone(),
+        name: entry.name,
+    };
+    stop(&claimed)?;
+    remove_tree(name, &doomed, claimed.record.as_ref().ok())
 }
 
 fn remove_tree(name: &str, path: &Path, record: Option<&Record>) -> Result<(), StoreError> {
