@@ -9,13 +9,34 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 /// The file name of the record inside the sandbox directory.
 pub const FILE: &str = "sandbox.json";
+/// The sandbox's current policy (canonical YAML) beside it.
+pub const POLICY: &str = "policy.yaml";
+
+/// Write `path` whole: a temporary file beside it, fsync, rename over it.
+pub fn write_atomic(path: &Path, body: &[u8]) -> Result<(), String> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        format!("write {}: {e}", path.display())
+    })
+}
 
 /// What the supervisor last wrote about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,19 +193,8 @@ impl Record {
 
     /// Write it atomically (temporary file, fsync, rename).
     pub fn save(&self, dir: &Path) -> Result<(), String> {
-        let path = dir.join(FILE);
-        let tmp: PathBuf = dir.join(format!(".{FILE}.{}", std::process::id()));
         let body = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            format!("write {}: {e}", path.display())
-        })
+        write_atomic(&dir.join(FILE), &body)
     }
 }
 

@@ -310,6 +310,10 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         reason: None,
     };
     record.save(&dir.path).map_err(RunError::Invalid)?;
+    // The policy it starts with, for `policy get` while it is stopped; `policy set`
+    // replaces it.
+    record::write_atomic(&dir.path.join(record::POLICY), policy.to_yaml().as_bytes())
+        .map_err(RunError::Invalid)?;
     let workspace = dir.workspace();
     for up in &opts.uploads {
         let (local, rel) = state::parse_upload(up)?;

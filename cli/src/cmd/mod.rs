@@ -2,6 +2,7 @@
 
 pub mod doctor;
 pub mod image;
+pub mod live_policy;
 pub mod policy;
 pub mod run;
 pub mod sandbox;

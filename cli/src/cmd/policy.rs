@@ -1,4 +1,5 @@
-//! `openshell policy ...`: validate a policy file (more verbs arrive with live sandboxes).
+//! `openshell policy ...`: validate a policy file, print the default; the verbs on a
+//! sandbox's live policy (`get`, `set`, `list`) are in `live_policy`.
 
 use std::path::PathBuf;
 
@@ -16,6 +17,38 @@ pub enum PolicyCommand {
     },
     /// Print the built-in default policy (used when `run` gets no --policy).
     Default,
+    /// Show a sandbox's policy: a header (version, hash, status), then the YAML after
+    /// `---` (running: the active one; stopped: the stored one).
+    Get {
+        /// The sandbox.
+        name: String,
+        /// Seconds to wait for the sandbox's supervisor.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Replace a running sandbox's policy (exit 0: loaded; 1: invalid — the old one
+    /// stays active). Static sections (filesystem, landlock, process) cannot change.
+    Set {
+        /// The sandbox.
+        name: String,
+        /// The new policy file.
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// Return once the proxy enforces it (always so: the swap is synchronous).
+        #[arg(long)]
+        wait: bool,
+        /// Seconds to wait for the sandbox's supervisor.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// List a running sandbox's policy revisions (loaded, superseded, rejected).
+    List {
+        /// The sandbox.
+        name: String,
+        /// Seconds to wait for the sandbox's supervisor.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
 }
 
 #[derive(serde::Serialize)]
@@ -28,7 +61,20 @@ struct Verdict {
 
 /// Run a policy command.
 pub fn run(cmd: PolicyCommand, format: Format) -> i32 {
+    let secs = |t: u64| std::time::Duration::from_secs(t.max(1));
     match cmd {
+        PolicyCommand::Get { name, timeout } => {
+            super::live_policy::get(&name, format, secs(timeout))
+        }
+        PolicyCommand::Set {
+            name,
+            policy,
+            wait: _,
+            timeout,
+        } => super::live_policy::set(&name, &policy, secs(timeout)),
+        PolicyCommand::List { name, timeout } => {
+            super::live_policy::list(&name, format, secs(timeout))
+        }
         PolicyCommand::Default => {
             print!(
                 "{}",

@@ -1,0 +1,198 @@
+//! `openshell policy get|set|list NAME`: a sandbox's policy, changed while it runs.
+//!
+//! A running sandbox is asked over its control socket (the proxy holds the active
+//! policy and its revisions); a stopped one answers from its stored `policy.yaml`.
+//! `set` validates the file here first (errors with file:line:col), then the
+//! supervisor validates it again and swaps it in atomically or rejects it; a rejected
+//! policy never replaces the active one.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use openshell_policy::Policy;
+use openshell_runtime::record::{self, Phase};
+use openshell_runtime::store::{self, Entry};
+use openshell_runtime::{control, state};
+use serde::Serialize;
+
+use crate::output::{self, Format};
+
+fn fail(e: impl std::fmt::Display) -> i32 {
+    eprintln!("openshell: {e}");
+    1
+}
+
+/// The control socket of a running sandbox, or why there is none.
+fn socket(e: &Entry) -> Result<PathBuf, String> {
+    let phase = e
+        .record
+        .as_ref()
+        .map(|r| r.phase().0)
+        .unwrap_or(Phase::Error);
+    if phase != Phase::Ready {
+        return Err(format!(
+            "sandbox {} is not running ({phase}); its policy can only change while it runs",
+            e.name
+        ));
+    }
+    let sock = e.dir.join("control.sock");
+    if !sock.exists() {
+        return Err(format!(
+            "sandbox {} runs without the network proxy (--network none): it has no policy to change live",
+            e.name
+        ));
+    }
+    Ok(sock)
+}
+
+#[derive(Serialize)]
+struct Shown {
+    sandbox: String,
+    version: Option<u64>,
+    sha256: String,
+    status: String,
+    policy: String,
+}
+
+/// `policy get NAME`.
+pub fn get(name: &str, format: Format, timeout: Duration) -> i32 {
+    let e = match store::find(&state::base_dir(), name) {
+        Ok(e) => e,
+        Err(err) => return fail(err),
+    };
+    let shown = match socket(&e) {
+        Ok(sock) => match control::request(&sock, "GET", "/v1/policy", None, timeout) {
+            Ok((200, v)) => Shown {
+                sandbox: e.name.clone(),
+                version: v["version"].as_u64(),
+                sha256: v["sha256"].as_str().unwrap_or_default().into(),
+                status: "loaded".into(),
+                policy: v["policy"].as_str().unwrap_or_default().into(),
+            },
+            Ok((code, v)) => {
+                return fail(format!("sandbox {name}: supervisor answered {code}: {v}"));
+            }
+            Err(err) => return fail(format!("sandbox {name}: {err}")),
+        },
+        Err(_) => match stored(&e.dir) {
+            Ok((p, text)) => Shown {
+                sandbox: e.name.clone(),
+                version: None,
+                sha256: control::policy_hash(&p),
+                status: "stored (not running)".into(),
+                policy: text,
+            },
+            Err(err) => return fail(format!("sandbox {name}: {err}")),
+        },
+    };
+    if !output::structured(format, &shown) {
+        println!("Sandbox: {}", shown.sandbox);
+        if let Some(v) = shown.version {
+            println!("Version: {v}");
+        }
+        println!("Hash:    {}", shown.sha256);
+        println!("Status:  {}", shown.status);
+        println!("---");
+        print!("{}", shown.policy);
+    }
+    0
+}
+
+fn stored(dir: &Path) -> Result<(Policy, String), String> {
+    let path = dir.join(record::POLICY);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let p = Policy::parse(&text).map_err(|e| e.render(&path.display().to_string()))?;
+    Ok((p, text))
+}
+
+/// `policy set NAME --policy FILE`.
+pub fn set(name: &str, file: &Path, timeout: Duration) -> i32 {
+    let e = match store::find(&state::base_dir(), name) {
+        Ok(e) => e,
+        Err(err) => return fail(err),
+    };
+    let policy = match super::run::load_policy(&file.to_path_buf()) {
+        Ok(p) => p,
+        Err(err) => {
+            eprintln!("{err}");
+            return fail(format!(
+                "policy not set; sandbox {name} keeps its active policy"
+            ));
+        }
+    };
+    let sock = match socket(&e) {
+        Ok(s) => s,
+        Err(err) => return fail(err),
+    };
+    let yaml = policy.to_yaml();
+    match control::request(&sock, "PUT", "/v1/policy", Some(&yaml), timeout) {
+        Ok((200, v)) => {
+            let version = v["version"].as_u64().unwrap_or_default();
+            let sha = v["sha256"].as_str().unwrap_or_default();
+            if v["changed"].as_bool() == Some(true) {
+                println!("sandbox {name}: policy v{version} loaded ({sha})");
+            } else {
+                println!("sandbox {name}: policy unchanged (v{version}, {sha})");
+            }
+            if let Err(err) = record::write_atomic(&e.dir.join(record::POLICY), yaml.as_bytes()) {
+                eprintln!("openshell: warning: loaded, but not stored for later: {err}");
+            }
+            0
+        }
+        Ok((_, v)) => {
+            for l in v["detail"].as_str().unwrap_or_default().lines() {
+                eprintln!("{l}");
+            }
+            fail(format!(
+                "sandbox {name} rejected the policy; v{} stays active",
+                v["active_version"].as_u64().unwrap_or_default()
+            ))
+        }
+        Err(err) => fail(format!("sandbox {name}: {err}")),
+    }
+}
+
+/// `policy list NAME`: the revisions of a running sandbox's policy.
+pub fn list(name: &str, format: Format, timeout: Duration) -> i32 {
+    let e = match store::find(&state::base_dir(), name) {
+        Ok(e) => e,
+        Err(err) => return fail(err),
+    };
+    let sock = match socket(&e) {
+        Ok(s) => s,
+        Err(err) => return fail(err),
+    };
+    let revs = match control::request(&sock, "GET", "/v1/policy/history", None, timeout) {
+        Ok((200, v)) => v,
+        Ok((code, v)) => return fail(format!("sandbox {name}: supervisor answered {code}: {v}")),
+        Err(err) => return fail(format!("sandbox {name}: {err}")),
+    };
+    if !output::structured(format, &revs) {
+        let rows: Vec<Vec<String>> = revs
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                vec![
+                    r["version"].to_string(),
+                    r["status"].as_str().unwrap_or_default().into(),
+                    record::rfc3339(r["time"].as_u64().unwrap_or_default()),
+                    r["sha256"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(19)
+                        .collect(),
+                    r["error"]
+                        .as_str()
+                        .and_then(|e| e.lines().next())
+                        .unwrap_or_default()
+                        .into(),
+                ]
+            })
+            .collect();
+        output::table(&["VERSION", "STATUS", "TIME", "HASH", "ERROR"], &rows);
+    }
+    0
+}

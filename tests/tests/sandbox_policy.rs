@@ -1,0 +1,250 @@
+//! `openshell policy get|set|list NAME` against a running sandbox: the new policy is
+//! observed from inside (curl through the proxy to the testenv upstream host), bad and
+//! static-changing policies are refused while the active one stays, revisions are
+//! listed, and a stopped sandbox answers from its stored policy.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use openshell_tests::{Sandbox, TempDir, need_sandbox, policy_file, required, stderr, stdout};
+
+fn upstream_host() -> Option<String> {
+    match std::env::var("OS_UPSTREAM_HOST") {
+        Ok(h) => Some(h),
+        Err(_) => {
+            if required("upstream") {
+                panic!(
+                    "OS_UPSTREAM_HOST unset but OPENSHELL_TEST_REQUIRE asks for the upstream hosts"
+                );
+            }
+            eprintln!(
+                "skipped: no upstream test hosts (sudo ../shared/testenv/upstream.sh start; eval \"$(upstream.sh env)\")"
+            );
+            None
+        }
+    }
+}
+
+fn cli(sb: &Sandbox, args: &[&str]) -> Output {
+    sb.cmd()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openshell")
+}
+
+fn allow(host: &str) -> String {
+    format!(
+        "version: 1\nnetwork_policies:\n  upstream:\n    name: upstream\n    endpoints:\n      - {{ host: \"{host}\", port: 80 }}\n    binaries:\n      - {{ path: \"/**\" }}\n"
+    )
+}
+
+/// Ask the sandbox's loop to run request `n`; return the HTTP code it saw.
+fn request(ws: &Path, n: u32) -> String {
+    std::fs::write(ws.join(format!("go{n}")), "").unwrap();
+    let res = ws.join(format!("res{n}"));
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&res)
+            && s.ends_with('\n')
+        {
+            return s.trim().to_string();
+        }
+        assert!(Instant::now() < until, "request {n} never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_ready(sb: &Sandbox, name: &str) -> PathBuf {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = cli(sb, &["sandbox", "get", name, "-o", "json"]);
+        if o.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            if v["phase"] == "Ready" {
+                return PathBuf::from(v["path"].as_str().unwrap()).join("workspace");
+            }
+        }
+        assert!(Instant::now() < until, "never Ready: {}", stderr(&o));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stop(ws: &Path, mut child: Child) {
+    std::fs::write(ws.join("stop"), "").unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < until, "sandbox did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn policy_set_get_list_on_a_running_sandbox() {
+    need_sandbox!();
+    let Some(host) = upstream_host() else { return };
+    let sb = Sandbox::new();
+    let dir = TempDir::new("livepol");
+    let v1 = policy_file(dir.path(), "v1.yaml", &allow(&host));
+    let v2 = policy_file(dir.path(), "v2.yaml", &allow("other.test.openshell"));
+    let bad = policy_file(dir.path(), "bad.yaml", "version: 1\nnetwork_policy: {}\n");
+    let static_change = policy_file(
+        dir.path(),
+        "static.yaml",
+        &format!(
+            "{}filesystem_policy:\n  read_only: [/usr]\n  read_write: [/sandbox, /tmp]\n",
+            allow(&host)
+        ),
+    );
+    // Request n when /sandbox/go<n> appears; its HTTP code lands in /sandbox/res<n>.
+    let script = format!(
+        "i=1; while [ ! -e /sandbox/stop ]; do if [ -e /sandbox/go$i ]; then \
+         curl -s -m 10 -o /dev/null -w '%{{http_code}}\\n' http://{host}/ > /sandbox/res$i.tmp; \
+         mv /sandbox/res$i.tmp /sandbox/res$i; i=$((i+1)); fi; sleep 0.02; done"
+    );
+    let child = sb
+        .cmd()
+        .args(["run", "--keep", "--name", "pol", "--policy"])
+        .arg(&v1)
+        .args(["--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ws = wait_ready(&sb, "pol");
+    assert_eq!(request(&ws, 1), "200", "v1 allows the host");
+
+    let got = cli(&sb, &["policy", "get", "pol"]);
+    let text = stdout(&got);
+    assert!(
+        text.starts_with("Sandbox: pol\nVersion: 1\nHash:    sha256:"),
+        "{text}"
+    );
+    assert!(text.contains("Status:  loaded\n---\n"), "{text}");
+    let yaml = text.split_once("---\n").unwrap().1;
+    assert!(yaml.contains(&host), "{yaml}");
+
+    let set = cli(
+        &sb,
+        &[
+            "policy",
+            "set",
+            "pol",
+            "--policy",
+            v2.to_str().unwrap(),
+            "--wait",
+        ],
+    );
+    assert!(set.status.success(), "{}", stderr(&set));
+    assert!(
+        stdout(&set).contains("policy v2 loaded"),
+        "{}",
+        stdout(&set)
+    );
+    assert_eq!(request(&ws, 2), "403", "v2 no longer allows it");
+
+    let o = cli(
+        &sb,
+        &["policy", "set", "pol", "--policy", bad.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("bad.yaml:2:1"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("keeps its active policy"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cli(
+        &sb,
+        &[
+            "policy",
+            "set",
+            "pol",
+            "--policy",
+            static_change.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("v2 stays active"), "{}", stderr(&o));
+    assert_eq!(request(&ws, 3), "403", "still v2 after the rejections");
+
+    let list = stdout(&cli(&sb, &["policy", "list", "pol"]));
+    let statuses: Vec<&str> = list
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(statuses, ["superseded", "loaded", "rejected"], "{list}");
+    let json = cli(&sb, &["policy", "get", "pol", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["version"], 2);
+
+    // Back to v1 (allowed again), then stop: the stored policy is the last one set.
+    let set = cli(
+        &sb,
+        &["policy", "set", "pol", "--policy", v1.to_str().unwrap()],
+    );
+    assert!(set.status.success(), "{}", stderr(&set));
+    assert_eq!(request(&ws, 4), "200");
+    stop(&ws, child);
+    let got = stdout(&cli(&sb, &["policy", "get", "pol"]));
+    assert!(got.contains("Status:  stored (not running)"), "{got}");
+    assert!(
+        got.contains(&host) && !got.contains("other.test.openshell"),
+        "{got}"
+    );
+    let o = cli(
+        &sb,
+        &["policy", "set", "pol", "--policy", v2.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("sandbox pol is not running (Stopped)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn policy_verbs_explain_what_is_wrong() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let o = cli(&sb, &["policy", "get", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no sandbox named nope; see 'openshell sandbox list'"));
+    // Without the network proxy there is nothing to change live.
+    let mut child = sb
+        .cmd()
+        .args([
+            "run",
+            "--network",
+            "none",
+            "--name",
+            "offline",
+            "--",
+            "sleep",
+            "30",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(&sb, "offline");
+    let dir = TempDir::new("livepol2");
+    let p = policy_file(dir.path(), "p.yaml", "version: 1\n");
+    let o = cli(
+        &sb,
+        &["policy", "set", "offline", "--policy", p.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("runs without the network proxy"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(cli(&sb, &["sandbox", "delete", "offline"]).status.success());
+    child.wait().unwrap();
+}
