@@ -36,6 +36,8 @@ enum Command {
     Policy(cmd::policy::PolicyCommand),
     /// Check what this host offers sandboxes, and how to fix what is missing.
     Doctor,
+    /// Sandboxes (how many, which run), store paths, kernel features in use.
+    Status,
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -51,6 +53,7 @@ fn main() {
         Command::Image(c) => cmd::image::run(c, cli.output),
         Command::Sandbox(c) => cmd::sandbox::run(c, cli.output),
         Command::Doctor => cmd::doctor::run(cli.output),
+        Command::Status => cmd::status::run(cli.output),
         Command::Completions { shell } => {
             let mut c = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut c, "openshell", &mut std::io::stdout());

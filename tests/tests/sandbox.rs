@@ -1,7 +1,7 @@
 //! `openshell sandbox list|get|delete` as a user drives them: kept sandboxes and their
 //! records, phases checked against the real supervisor, deleting running and dead
 //! sandboxes (processes and files gone, also files of subordinate ids), labels and
-//! selectors, bad input, concurrent deletes.
+//! selectors, bad input, concurrent deletes; prune and status.
 
 mod common;
 
@@ -328,4 +328,82 @@ fn nix_euid() -> u32 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|u| u.parse().ok())
         .unwrap()
+}
+
+/// Move a kept sandbox's record back in time (as if it had been created and used
+/// `age` and `idle` seconds ago).
+fn backdate(sb: &Sandbox, name: &str, age: u64, idle: u64) {
+    let p = sb
+        .state
+        .path()
+        .join(format!("sandboxes/{name}/sandbox.json"));
+    let mut r: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    let created = r["created"].as_u64().unwrap();
+    let active = r["last_active"].as_u64().unwrap();
+    r["created"] = (created - age).into();
+    r["last_active"] = (active - idle).into();
+    std::fs::write(&p, serde_json::to_vec(&r).unwrap()).unwrap();
+}
+
+#[test]
+fn prune_removes_only_idle_or_old_sandboxes_that_are_not_running() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    for n in ["idle", "old", "fresh"] {
+        let o = sb.run(&["--keep", "--name", n], &["true"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    backdate(&sb, "idle", 3 * 86400, 2 * 86400);
+    backdate(&sb, "old", 10 * 86400, 60);
+    let mut child = spawn(&sb, &["--keep", "--name", "busy"], &["sleep", "30"]);
+    wait_phase(&sb, "busy", "Ready");
+    backdate(&sb, "busy", 30 * 86400, 30 * 86400);
+
+    let dry = cli(&sb, &["sandbox", "prune", "--dry-run"]);
+    assert_eq!(stdout(&dry), "would delete idle\n", "{}", stderr(&dry));
+    let o = cli(&sb, &["sandbox", "prune", "--max-age", "7d"]);
+    assert_eq!(stdout(&o), "deleted old\n", "{}", stderr(&o));
+    let o = cli(&sb, &["sandbox", "prune", "--idle", "24h"]);
+    assert_eq!(stdout(&o), "deleted idle\n", "{}", stderr(&o));
+    assert_eq!(
+        stdout(&cli(&sb, &["sandbox", "list", "-q"])),
+        "busy\nfresh\n",
+        "running and fresh sandboxes stay"
+    );
+    for bad in ["5x", "h", "-1d", "99999999999999999999d"] {
+        let o = cli(&sb, &["sandbox", "prune", &format!("--idle={bad}")]);
+        assert_eq!(o.status.code(), Some(1), "{bad}");
+        assert!(stderr(&o).contains("--idle"), "{}", stderr(&o));
+    }
+    assert!(cli(&sb, &["sandbox", "delete", "busy"]).status.success());
+    child.wait().unwrap();
+}
+
+#[test]
+fn status_counts_sandboxes_and_reports_the_kernel() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    sb.run(&["--keep", "--name", "s1"], &["true"]);
+    let mut child = spawn(&sb, &["--name", "s2"], &["sleep", "30"]);
+    wait_phase(&sb, "s2", "Ready");
+    let text = stdout(&cli(&sb, &["status"]));
+    assert!(
+        text.starts_with("Sandboxes: 2 (1 running: s2; 1 stopped; 0 error)\n"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("State:     {}\n", sb.state.path().display())));
+    let v = json(&cli(&sb, &["status", "-o", "json"]));
+    assert_eq!(v["running"][0], "s2");
+    let features: Vec<&str> = v["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        features.contains(&"landlock") && features.contains(&"seccomp"),
+        "{v}"
+    );
+    assert!(cli(&sb, &["sandbox", "delete", "s2"]).status.success());
+    child.wait().unwrap();
 }

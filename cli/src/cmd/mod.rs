@@ -6,3 +6,4 @@ pub mod live_policy;
 pub mod policy;
 pub mod run;
 pub mod sandbox;
+pub mod status;

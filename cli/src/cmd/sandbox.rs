@@ -1,4 +1,4 @@
-//! `openshell sandbox list|get|delete`: the sandboxes on disk and their phases.
+//! `openshell sandbox list|get|delete|prune`: the sandboxes on disk and their phases.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +38,83 @@ pub enum SandboxCommand {
         #[arg(long, conflicts_with = "names")]
         all: bool,
     },
+    /// Delete sandboxes that are not running and idle or old (default: idle 24h).
+    Prune {
+        /// Idle at least this long (30s, 5m, 24h, 7d).
+        #[arg(long, value_name = "DURATION")]
+        idle: Option<String>,
+        /// Created at least this long ago.
+        #[arg(long, value_name = "DURATION")]
+        max_age: Option<String>,
+        /// Only print what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// `30s`, `5m`, `24h`, `7d` (or plain seconds) in seconds.
+fn duration(flag: &str, s: &str) -> Result<u64, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{flag} {s:?}: expected a duration like 30s, 5m, 24h or 7d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => {
+            return Err(format!(
+                "{flag} {s:?}: unknown unit {unit:?}; use s, m, h or d"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{flag} {s:?}: too large"))
+}
+
+fn prune(idle: Option<String>, max_age: Option<String>, dry_run: bool) -> i32 {
+    let idle = match idle.as_deref().map(|s| duration("--idle", s)).transpose() {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let max_age = match max_age
+        .as_deref()
+        .map(|s| duration("--max-age", s))
+        .transpose()
+    {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let idle = if idle.is_none() && max_age.is_none() {
+        Some(86400)
+    } else {
+        idle
+    };
+    let base = state::base_dir();
+    let now = record::now();
+    let mut code = 0;
+    for e in store::list(&base) {
+        // A sandbox whose record cannot be read is left for an explicit delete.
+        let Ok(r) = &e.record else { continue };
+        if matches!(r.phase().0, Phase::Ready | Phase::Provisioning) {
+            continue;
+        }
+        let too_idle = idle.is_some_and(|i| now.saturating_sub(r.last_active) >= i);
+        let too_old = max_age.is_some_and(|a| now.saturating_sub(r.created) >= a);
+        if !(too_idle || too_old) {
+            continue;
+        }
+        if dry_run {
+            println!("would delete {}", e.name);
+            continue;
+        }
+        match store::delete(&base, &e.name) {
+            Ok(()) => println!("deleted {}", e.name),
+            Err(err) => code = fail(err),
+        }
+    }
+    code
 }
 
 /// What `list -o json` and `get` print about a sandbox.
@@ -178,6 +255,11 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
             store::sweep(&base);
             code
         }
+        SandboxCommand::Prune {
+            idle,
+            max_age,
+            dry_run,
+        } => prune(idle, max_age, dry_run),
     }
 }
 
