@@ -38,6 +38,8 @@ enum Command {
     Doctor,
     /// Sandboxes (how many, which run), store paths, kernel features in use.
     Status,
+    /// Show a sandbox's log: policy loads and every network decision.
+    Logs(cmd::logs::LogsArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -54,6 +56,7 @@ fn main() {
         Command::Sandbox(c) => cmd::sandbox::run(c, cli.output),
         Command::Doctor => cmd::doctor::run(cli.output),
         Command::Status => cmd::status::run(cli.output),
+        Command::Logs(args) => cmd::logs::run(args, cli.output),
         Command::Completions { shell } => {
             let mut c = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut c, "openshell", &mut std::io::stdout());

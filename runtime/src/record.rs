@@ -150,6 +150,9 @@ pub struct Record {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Where its supervisor writes logs, when not the sandbox's own `logs/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_dir: Option<std::path::PathBuf>,
 }
 
 /// Seconds since the epoch.
@@ -264,6 +267,7 @@ mod tests {
             supervisor,
             exit_code: None,
             reason: None,
+            log_dir: None,
         }
     }
 

@@ -308,6 +308,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         supervisor: Supervisor::current(),
         exit_code: None,
         reason: None,
+        log_dir: opts.log_dir.clone(),
     };
     record.save(&dir.path).map_err(RunError::Invalid)?;
     // The policy it starts with, for `policy get` while it is stopped; `policy set`

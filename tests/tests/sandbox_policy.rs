@@ -1,7 +1,8 @@
 //! `openshell policy get|set|list NAME` against a running sandbox: the new policy is
 //! observed from inside (curl through the proxy to the testenv upstream host), bad and
 //! static-changing policies are refused while the active one stays, revisions are
-//! listed, and a stopped sandbox answers from its stored policy.
+//! listed, and a stopped sandbox answers from its stored policy; `openshell logs`
+//! shows, follows and filters the decisions.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
@@ -40,9 +41,14 @@ fn allow(host: &str) -> String {
     )
 }
 
-/// Ask the sandbox's loop to run request `n`; return the HTTP code it saw.
+/// Ask the sandbox's loop to run request `n` (to the upstream host, or `url`); return
+/// the HTTP code it saw.
 fn request(ws: &Path, n: u32) -> String {
-    std::fs::write(ws.join(format!("go{n}")), "").unwrap();
+    request_to(ws, n, "")
+}
+
+fn request_to(ws: &Path, n: u32, url: &str) -> String {
+    std::fs::write(ws.join(format!("go{n}")), url).unwrap();
     let res = ws.join(format!("res{n}"));
     let until = Instant::now() + Duration::from_secs(30);
     loop {
@@ -54,6 +60,17 @@ fn request(ws: &Path, n: u32) -> String {
         assert!(Instant::now() < until, "request {n} never answered");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The sandbox's loop: request n when /sandbox/go<n> appears (to the URL in it, else
+/// the upstream host); its HTTP code lands in /sandbox/res<n>; ends on /sandbox/stop.
+fn script(host: &str) -> String {
+    format!(
+        "i=1; while [ ! -e /sandbox/stop ]; do if [ -e /sandbox/go$i ]; then \
+         u=$(cat /sandbox/go$i); \
+         curl -s -m 10 -o /dev/null -w '%{{http_code}}\\n' ${{u:-http://{host}/}} > /sandbox/res$i.tmp; \
+         mv /sandbox/res$i.tmp /sandbox/res$i; i=$((i+1)); fi; sleep 0.02; done"
+    )
 }
 
 fn wait_ready(sb: &Sandbox, name: &str) -> PathBuf {
@@ -97,12 +114,7 @@ fn policy_set_get_list_on_a_running_sandbox() {
             allow(&host)
         ),
     );
-    // Request n when /sandbox/go<n> appears; its HTTP code lands in /sandbox/res<n>.
-    let script = format!(
-        "i=1; while [ ! -e /sandbox/stop ]; do if [ -e /sandbox/go$i ]; then \
-         curl -s -m 10 -o /dev/null -w '%{{http_code}}\\n' http://{host}/ > /sandbox/res$i.tmp; \
-         mv /sandbox/res$i.tmp /sandbox/res$i; i=$((i+1)); fi; sleep 0.02; done"
-    );
+    let script = script(&host);
     let child = sb
         .cmd()
         .args(["run", "--keep", "--name", "pol", "--policy"])
@@ -247,4 +259,82 @@ fn policy_verbs_explain_what_is_wrong() {
     );
     assert!(cli(&sb, &["sandbox", "delete", "offline"]).status.success());
     child.wait().unwrap();
+}
+
+#[test]
+fn logs_show_follow_and_filter_the_decisions() {
+    need_sandbox!();
+    let Some(host) = upstream_host() else { return };
+    let sb = Sandbox::new();
+    let dir = TempDir::new("logs");
+    let pol = policy_file(dir.path(), "p.yaml", &allow(&host));
+    let child = sb
+        .cmd()
+        .args(["run", "--keep", "--name", "lg", "--policy"])
+        .arg(&pol)
+        .args(["--", "sh", "-c", &script(&host)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ws = wait_ready(&sb, "lg");
+    assert_eq!(request(&ws, 1), "200");
+    // Follow from here on: the deny that comes next must show up while it runs.
+    let mut follow = sb
+        .cmd()
+        .args(["logs", "lg", "-f", "--level", "warn"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    assert_eq!(request_to(&ws, 2, "http://other.test.openshell/"), "403");
+    let line = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("logs -f printed the deny");
+    assert!(
+        line.contains(" WARN  NET:OPEN DENIED /usr/bin/curl(")
+            && line.contains("other.test.openshell:80"),
+        "{line}"
+    );
+    stop(&ws, child);
+    let until = Instant::now() + Duration::from_secs(10);
+    while follow.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < until,
+            "logs -f did not end with the sandbox"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(rx.try_recv().is_err(), "only the deny is at warn level");
+
+    let all = stdout(&cli(&sb, &["logs", "lg"]));
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(lines.len(), 3, "{all}");
+    assert!(lines[0].contains("INFO  CONFIG:LOADED policy v1"), "{all}");
+    assert!(
+        lines[1].contains("INFO  NET:OPEN ALLOWED") && lines[1].contains(&host),
+        "{all}"
+    );
+    let last = stdout(&cli(&sb, &["logs", "lg", "-n", "1"]));
+    assert_eq!(last.trim(), lines[2]);
+    let json = stdout(&cli(&sb, &["logs", "lg", "-o", "json"]));
+    for l in json.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(v["time"].as_u64().is_some(), "{l}");
+    }
+    // Lines older than --since are left out (the sandbox's lines are seconds old).
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(stdout(&cli(&sb, &["logs", "lg", "--since", "0s"])), "");
+    let o = cli(&sb, &["logs", "lg", "--since", "soon"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--since"), "{}", stderr(&o));
 }

@@ -3,6 +3,7 @@
 pub mod doctor;
 pub mod image;
 pub mod live_policy;
+pub mod logs;
 pub mod policy;
 pub mod run;
 pub mod sandbox;

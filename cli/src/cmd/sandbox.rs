@@ -53,7 +53,7 @@ pub enum SandboxCommand {
 }
 
 /// `30s`, `5m`, `24h`, `7d` (or plain seconds) in seconds.
-fn duration(flag: &str, s: &str) -> Result<u64, String> {
+pub fn duration(flag: &str, s: &str) -> Result<u64, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
         .parse()

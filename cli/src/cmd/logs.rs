@@ -1,0 +1,237 @@
+//! `openshell logs NAME`: a sandbox's supervisor log (policy loads, every network
+//! decision), read from its OCSF JSON lines, filtered, optionally followed.
+//!
+//! The JSON lines are the source of truth (they carry the time and the severity); the
+//! human form printed here is `TIME LEVEL MESSAGE`. `-f` polls the file and ends when
+//! the sandbox is no longer running and everything has been printed.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use openshell_runtime::record::{self, Phase};
+use openshell_runtime::{state, store};
+
+use crate::output::Format;
+
+/// Log levels, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Level {
+    /// Everything allowed, loads.
+    Info,
+    /// Denials, rejected policies.
+    Warn,
+    /// Failures.
+    Error,
+}
+
+/// Which logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Source {
+    /// The supervisor: policy loads and network decisions.
+    Supervisor,
+    /// The sandboxed processes' own output (only detached sandboxes keep one).
+    Sandbox,
+    /// Both.
+    All,
+}
+
+/// `openshell logs NAME [...]`
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The sandbox.
+    name: String,
+    /// Keep printing new lines until the sandbox stops.
+    #[arg(short, long)]
+    follow: bool,
+    /// Only the last N lines.
+    #[arg(short = 'n', long, value_name = "N")]
+    lines: Option<usize>,
+    /// Only lines newer than this (30s, 5m, 2h, 1d).
+    #[arg(long, value_name = "DURATION")]
+    since: Option<String>,
+    /// Which logs.
+    #[arg(long, value_enum, default_value_t = Source::All)]
+    source: Source,
+    /// Only lines at this level or above.
+    #[arg(long, value_enum, default_value_t = Level::Info)]
+    level: Level,
+}
+
+fn level_of(v: &serde_json::Value) -> Level {
+    match v["severity"].as_str() {
+        Some("High" | "Critical" | "Fatal") => Level::Error,
+        Some("Medium" | "Low") => Level::Warn,
+        Some(_) => Level::Info,
+        None if v["action"] == "Denied" => Level::Warn,
+        None => Level::Info,
+    }
+}
+
+struct Filter {
+    since_ms: Option<u64>,
+    level: Level,
+    json: bool,
+}
+
+/// The printed form of one JSON line, or None when filtered out.
+fn render(line: &str, f: &Filter) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let time = v["time"].as_u64().unwrap_or_default();
+    let level = level_of(&v);
+    if level < f.level || f.since_ms.is_some_and(|s| time < s) {
+        return None;
+    }
+    if f.json {
+        return Some(line.trim_end().to_string());
+    }
+    let stamp = record::rfc3339(time / 1000);
+    let stamp = format!("{}.{:03}Z", stamp.trim_end_matches('Z'), time % 1000);
+    let lvl = match level {
+        Level::Info => "INFO ",
+        Level::Warn => "WARN ",
+        Level::Error => "ERROR",
+    };
+    Some(format!(
+        "{stamp} {lvl} {}",
+        v["message"].as_str().unwrap_or_default()
+    ))
+}
+
+fn fail(e: impl std::fmt::Display) -> i32 {
+    eprintln!("openshell: {e}");
+    1
+}
+
+/// Run `logs`; returns the exit status.
+pub fn run(args: LogsArgs, format: Format) -> i32 {
+    let base = state::base_dir();
+    let entry = match store::find(&base, &args.name) {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
+    let since_ms = match args.since.as_deref() {
+        None => None,
+        Some(s) => match super::sandbox::duration("--since", s) {
+            Ok(secs) => Some(record::now().saturating_sub(secs) * 1000),
+            Err(e) => return fail(e),
+        },
+    };
+    let filter = Filter {
+        since_ms,
+        level: args.level,
+        json: format == Format::Json,
+    };
+    let dir: PathBuf = entry
+        .record
+        .as_ref()
+        .ok()
+        .and_then(|r| r.log_dir.clone())
+        .unwrap_or_else(|| entry.dir.join("logs"));
+    if args.source == Source::Sandbox {
+        eprintln!(
+            "openshell: sandbox {}: its processes write to the terminal that started it; no sandbox-side log is kept yet",
+            args.name
+        );
+        return 0;
+    }
+    let path = dir.join("openshell.ocsf.jsonl");
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return fail(format!("{}: {e}", path.display())),
+    };
+    let mut reader = file.map(BufReader::new);
+    let mut printed: Vec<String> = Vec::new();
+    let mut pending = String::new();
+    if let Some(r) = reader.as_mut() {
+        read_lines(r, &mut pending, &filter, &mut printed);
+    }
+    let skip = args.lines.map_or(0, |n| printed.len().saturating_sub(n));
+    for l in &printed[skip..] {
+        println!("{l}");
+    }
+    if !args.follow {
+        return 0;
+    }
+    loop {
+        let running = store::find(&base, &args.name).is_ok_and(|e| {
+            e.record
+                .as_ref()
+                .is_ok_and(|r| matches!(r.phase().0, Phase::Ready | Phase::Provisioning))
+        });
+        if reader.is_none() {
+            reader = std::fs::File::open(&path).ok().map(BufReader::new);
+        }
+        if let Some(r) = reader.as_mut() {
+            let mut new = Vec::new();
+            read_lines(r, &mut pending, &filter, &mut new);
+            for l in new {
+                println!("{l}");
+            }
+        }
+        if !running {
+            return 0;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Read the complete lines available now; keep a partial last line for later.
+fn read_lines(
+    r: &mut BufReader<std::fs::File>,
+    pending: &mut String,
+    f: &Filter,
+    out: &mut Vec<String>,
+) {
+    loop {
+        let mut buf = String::new();
+        match r.read_line(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                pending.push_str(&buf);
+                if !pending.ends_with('\n') {
+                    // A line still being written: the rest comes with a later read.
+                    break;
+                }
+                if let Some(l) = render(pending, f) {
+                    out.push(l);
+                }
+                pending.clear();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_and_filters() {
+        let f = Filter {
+            since_ms: None,
+            level: Level::Info,
+            json: false,
+        };
+        let line = r#"{"action":"Denied","severity":"Medium","message":"NET:OPEN DENIED x","time":1795449608344}"#;
+        assert_eq!(
+            render(line, &f).unwrap(),
+            "2026-11-23T16:00:08.344Z WARN  NET:OPEN DENIED x"
+        );
+        let warn_only = Filter {
+            level: Level::Warn,
+            ..f
+        };
+        let info = r#"{"severity":"Informational","message":"ok","time":1}"#;
+        assert!(render(info, &warn_only).is_none());
+        assert!(render("not json", &warn_only).is_none());
+        let recent = Filter {
+            since_ms: Some(2),
+            level: Level::Info,
+            json: true,
+        };
+        assert!(render(info, &recent).is_none());
+    }
+}
