@@ -153,6 +153,22 @@ pub struct Record {
     /// Where its supervisor writes logs, when not the sandbox's own `logs/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_dir: Option<std::path::PathBuf>,
+    /// What this kernel let it enforce, decided at start (for `sandbox explain`).
+    #[serde(default)]
+    pub enforced: Enforced,
+}
+
+/// What a sandbox's confinement came to on this kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enforced {
+    /// The Landlock ABI the rules were built for (0: none).
+    pub landlock_abi: i32,
+    /// What `best_effort` left out at that ABI.
+    pub landlock_dropped: Vec<String>,
+    /// Id mapping layout: `root`, `subids` or `single`.
+    pub id_mode: String,
+    /// Working directory inside.
+    pub workdir: String,
 }
 
 /// Seconds since the epoch.
@@ -268,6 +284,7 @@ mod tests {
             exit_code: None,
             reason: None,
             log_dir: None,
+            enforced: Enforced::default(),
         }
     }
 

@@ -309,6 +309,12 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         exit_code: None,
         reason: None,
         log_dir: opts.log_dir.clone(),
+        enforced: record::Enforced {
+            landlock_abi: abi,
+            landlock_dropped: missing.iter().map(|m| m.to_string()).collect(),
+            id_mode: ids.mode.to_string(),
+            workdir: workdir.clone(),
+        },
     };
     record.save(&dir.path).map_err(RunError::Invalid)?;
     // The policy it starts with, for `policy get` while it is stopped; `policy set`

@@ -1,7 +1,7 @@
 //! `openshell sandbox list|get|delete` as a user drives them: kept sandboxes and their
 //! records, phases checked against the real supervisor, deleting running and dead
 //! sandboxes (processes and files gone, also files of subordinate ids), labels and
-//! selectors, bad input, concurrent deletes; prune and status.
+//! selectors, bad input, concurrent deletes; prune, status and explain.
 
 mod common;
 
@@ -406,4 +406,54 @@ fn status_counts_sandboxes_and_reports_the_kernel() {
     );
     assert!(cli(&sb, &["sandbox", "delete", "s2"]).status.success());
     child.wait().unwrap();
+}
+
+#[test]
+fn explain_reports_what_this_kernel_enforced() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let o = sb.run(
+        &["--keep", "--name", "full", "--network", "none"],
+        &["true"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // An older Landlock ABI, as on an older kernel: best_effort drops what it lacks.
+    let o = sb
+        .cmd()
+        .env("OPENSHELL_LANDLOCK_MAX_ABI", "3")
+        .args(["run", "--keep", "--name", "abi3", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let text = stdout(&cli(&sb, &["sandbox", "explain", "full"]));
+    assert!(text.starts_with("Sandbox:   full (Stopped)\n"), "{text}");
+    assert!(text.contains("Network:   none: loopback only"), "{text}");
+    assert!(text.contains("  read-write: /sandbox /tmp"), "{text}");
+    let full = json(&cli(&sb, &["sandbox", "explain", "full", "-o", "json"]));
+    let old = json(&cli(&sb, &["sandbox", "explain", "abi3", "-o", "json"]));
+    assert_eq!(old["landlock"]["abi"], 3);
+    let dropped: Vec<&str> = old["landlock"]["dropped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert!(dropped.iter().any(|d| d.contains("ABI 5")), "{dropped:?}");
+    assert!(full["landlock"]["abi"].as_i64().unwrap() > 3);
+    assert!(
+        full["landlock"]["dropped"].as_array().unwrap().len() < dropped.len(),
+        "{full}"
+    );
+    assert_eq!(
+        old["network"]["mode"].as_str().unwrap().split(':').next(),
+        Some("proxy")
+    );
+    assert!(full["seccomp"]["refused_syscall_rules"].as_u64().unwrap() > 20);
+    let o = cli(&sb, &["sandbox", "explain", "nope"]);
+    assert!(
+        stderr(&o).contains("no sandbox named nope"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub mod doctor;
+pub mod explain;
 pub mod image;
 pub mod live_policy;
 pub mod logs;

@@ -1,4 +1,5 @@
-//! `openshell sandbox list|get|delete|prune`: the sandboxes on disk and their phases.
+//! `openshell sandbox list|get|delete|prune|explain`: the sandboxes on disk and their
+//! phases (explain lives in `explain`).
 
 use std::collections::BTreeMap;
 
@@ -37,6 +38,11 @@ pub enum SandboxCommand {
         /// Every sandbox.
         #[arg(long, conflicts_with = "names")]
         all: bool,
+    },
+    /// The effective policy and what this kernel enforces of it.
+    Explain {
+        /// Its name.
+        name: String,
     },
     /// Delete sandboxes that are not running and idle or old (default: idle 24h).
     Prune {
@@ -255,6 +261,7 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
             store::sweep(&base);
             code
         }
+        SandboxCommand::Explain { name } => super::explain::run(&name, format),
         SandboxCommand::Prune {
             idle,
             max_age,
