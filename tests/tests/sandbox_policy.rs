@@ -2,7 +2,7 @@
 //! observed from inside (curl through the proxy to the testenv upstream host), bad and
 //! static-changing policies are refused while the active one stays, revisions are
 //! listed, and a stopped sandbox answers from its stored policy; `openshell logs`
-//! shows, follows and filters the decisions.
+//! shows, follows and filters the decisions; `policy update` adds and removes endpoints.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
@@ -337,4 +337,108 @@ fn logs_show_follow_and_filter_the_decisions() {
     let o = cli(&sb, &["logs", "lg", "--since", "soon"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--since"), "{}", stderr(&o));
+}
+
+#[test]
+fn policy_update_adds_and_removes_endpoints_live() {
+    need_sandbox!();
+    let Some(host) = upstream_host() else { return };
+    let other = std::env::var("OS_UPSTREAM_OTHER_HOST").expect("OS_UPSTREAM_OTHER_HOST");
+    let sb = Sandbox::new();
+    let dir = TempDir::new("update");
+    let pol = policy_file(dir.path(), "p.yaml", &allow(&host));
+    let child = sb
+        .cmd()
+        .args(["run", "--keep", "--name", "up", "--policy"])
+        .arg(&pol)
+        .args(["--", "sh", "-c", &script(&host)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ws = wait_ready(&sb, "up");
+    let other_url = format!("http://{other}/");
+    assert_eq!(request_to(&ws, 1, &other_url), "403");
+
+    let spec = format!("{other}:80");
+    // A dry run changes nothing.
+    let o = cli(
+        &sb,
+        &[
+            "policy",
+            "update",
+            "up",
+            "--add-endpoint",
+            &spec,
+            "--binary",
+            "/usr/bin/curl",
+            "--dry-run",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(&other), "{}", stdout(&o));
+    assert_eq!(
+        request_to(&ws, 2, &other_url),
+        "403",
+        "dry run applied nothing"
+    );
+
+    let o = cli(
+        &sb,
+        &[
+            "policy",
+            "update",
+            "up",
+            "--add-endpoint",
+            &spec,
+            "--binary",
+            "/usr/bin/curl",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("policy v2 loaded"), "{}", stdout(&o));
+    assert_eq!(
+        request_to(&ws, 3, &other_url),
+        "200",
+        "added endpoint works"
+    );
+
+    let o = cli(
+        &sb,
+        &[
+            "policy",
+            "update",
+            "up",
+            "--remove-endpoint",
+            &format!("{host}:80"),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(request(&ws, 4), "403", "removed endpoint is denied");
+    assert_eq!(request_to(&ws, 5, &other_url), "200");
+
+    // Mistakes: a clear error and the active policy stays (v3).
+    for (args, want) in [
+        (
+            vec!["--remove-endpoint", "nowhere.test.openshell:80"],
+            "no endpoint nowhere.test.openshell:80",
+        ),
+        (vec!["--add-endpoint", &spec], "needs --binary"),
+        (
+            vec!["--add-endpoint", "x:80:sometimes", "--binary", "/b"],
+            "unknown variant",
+        ),
+        (vec![], "give --add-endpoint or --remove-endpoint"),
+    ] {
+        let mut a = vec!["policy", "update", "up"];
+        a.extend(args);
+        let o = cli(&sb, &a);
+        assert_eq!(o.status.code(), Some(1), "{a:?}");
+        assert!(stderr(&o).contains(want), "{a:?}: {}", stderr(&o));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&cli(&sb, &["policy", "get", "up", "-o", "json"]).stdout).unwrap();
+    assert_eq!(v["version"], 3);
+    stop(&ws, child);
 }

@@ -1,4 +1,4 @@
-//! `openshell policy get|set|list NAME`: a sandbox's policy, changed while it runs.
+//! `openshell policy get|set|update|list NAME`: a sandbox's policy, changed while it runs.
 //!
 //! A running sandbox is asked over its control socket (the proxy holds the active
 //! policy and its revisions); a stopped one answers from its stored `policy.yaml`.
@@ -124,8 +124,14 @@ pub fn set(name: &str, file: &Path, timeout: Duration) -> i32 {
         Ok(s) => s,
         Err(err) => return fail(err),
     };
+    apply(&e, &sock, &policy, timeout)
+}
+
+/// PUT `policy` to the sandbox; store it when loaded.
+fn apply(e: &Entry, sock: &Path, policy: &Policy, timeout: Duration) -> i32 {
+    let name = &e.name;
     let yaml = policy.to_yaml();
-    match control::request(&sock, "PUT", "/v1/policy", Some(&yaml), timeout) {
+    match control::request(sock, "PUT", "/v1/policy", Some(&yaml), timeout) {
         Ok((200, v)) => {
             let version = v["version"].as_u64().unwrap_or_default();
             let sha = v["sha256"].as_str().unwrap_or_default();
@@ -150,6 +156,99 @@ pub fn set(name: &str, file: &Path, timeout: Duration) -> i32 {
         }
         Err(err) => fail(format!("sandbox {name}: {err}")),
     }
+}
+
+/// What `policy update` should change.
+pub struct Update {
+    /// `host:port[:access[:protocol[:enforcement]]]` to add.
+    pub add: Vec<String>,
+    /// For these binaries.
+    pub binaries: Vec<String>,
+    /// `host:port` to remove.
+    pub remove: Vec<String>,
+    /// Print the result only.
+    pub dry_run: bool,
+}
+
+/// `policy update NAME`: edit the active policy of a running sandbox.
+pub fn update(name: &str, u: Update, timeout: Duration) -> i32 {
+    use super::policy_edit::{add_endpoint, parse_endpoint, parse_host_port, remove_endpoint};
+    if u.add.is_empty() && u.remove.is_empty() {
+        return fail("policy update: give --add-endpoint or --remove-endpoint");
+    }
+    if !u.add.is_empty() && u.binaries.is_empty() {
+        return fail(
+            "policy update: --add-endpoint needs --binary PATH (which programs may use it)",
+        );
+    }
+    let adds = match u
+        .add
+        .iter()
+        .map(|a| parse_endpoint(a))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(a) => a,
+        Err(err) => return fail(err),
+    };
+    let removes = match u
+        .remove
+        .iter()
+        .map(|r| parse_host_port(r))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(r) => r,
+        Err(err) => return fail(err),
+    };
+    let e = match store::find(&state::base_dir(), name) {
+        Ok(e) => e,
+        Err(err) => return fail(err),
+    };
+    let sock = match socket(&e) {
+        Ok(s) => s,
+        Err(err) => return fail(err),
+    };
+    let mut policy = match control::request(&sock, "GET", "/v1/policy", None, timeout) {
+        Ok((200, v)) => match Policy::parse(v["policy"].as_str().unwrap_or_default()) {
+            Ok(p) => p,
+            Err(err) => {
+                return fail(format!(
+                    "sandbox {name}: active policy: {}",
+                    err.render("policy")
+                ));
+            }
+        },
+        Ok((code, v)) => return fail(format!("sandbox {name}: supervisor answered {code}: {v}")),
+        Err(err) => return fail(format!("sandbox {name}: {err}")),
+    };
+    for ep in adds {
+        let what = format!("{}:{}", ep.host, ep.port.unwrap_or_default());
+        let key = add_endpoint(&mut policy, ep, &u.binaries);
+        eprintln!("openshell: + {what} in network policy {key}");
+    }
+    for (host, port) in removes {
+        if remove_endpoint(&mut policy, &host, port) == 0 {
+            return fail(format!(
+                "sandbox {name}: no endpoint {host}:{port} in its policy; see 'openshell policy get {name}'"
+            ));
+        }
+        eprintln!("openshell: - {host}:{port}");
+    }
+    // The edited policy must stand on its own, exactly as a file would.
+    let policy = match Policy::parse(&policy.to_yaml()) {
+        Ok(p) => p,
+        Err(err) => {
+            return fail(format!(
+                "the edited policy is invalid: {}",
+                err.render("policy")
+            ));
+        }
+    };
+    if u.dry_run {
+        print!("{}", policy.to_yaml());
+        eprintln!("openshell: dry run: sandbox {name} keeps its active policy");
+        return 0;
+    }
+    apply(&e, &sock, &policy, timeout)
 }
 
 /// `policy list NAME`: the revisions of a running sandbox's policy.

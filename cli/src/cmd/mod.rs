@@ -6,6 +6,7 @@ pub mod image;
 pub mod live_policy;
 pub mod logs;
 pub mod policy;
+pub mod policy_edit;
 pub mod run;
 pub mod sandbox;
 pub mod status;

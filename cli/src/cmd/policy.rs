@@ -41,6 +41,27 @@ pub enum PolicyCommand {
         #[arg(long, default_value_t = 10)]
         timeout: u64,
     },
+    /// Edit a running sandbox's network policy: add an endpoint for some binaries, or
+    /// remove one (exit 0: loaded; 1: refused — the old one stays active).
+    Update {
+        /// The sandbox.
+        name: String,
+        /// host:port[:access[:protocol[:enforcement]]]. Repeatable.
+        #[arg(long, value_name = "SPEC")]
+        add_endpoint: Vec<String>,
+        /// A program allowed to use the added endpoints. Repeatable.
+        #[arg(long, value_name = "PATH")]
+        binary: Vec<String>,
+        /// host:port to remove from every network policy. Repeatable.
+        #[arg(long, value_name = "HOST:PORT")]
+        remove_endpoint: Vec<String>,
+        /// Print the resulting policy; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Seconds to wait for the sandbox's supervisor.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
     /// List a running sandbox's policy revisions (loaded, superseded, rejected).
     List {
         /// The sandbox.
@@ -72,6 +93,23 @@ pub fn run(cmd: PolicyCommand, format: Format) -> i32 {
             wait: _,
             timeout,
         } => super::live_policy::set(&name, &policy, secs(timeout)),
+        PolicyCommand::Update {
+            name,
+            add_endpoint,
+            binary,
+            remove_endpoint,
+            dry_run,
+            timeout,
+        } => super::live_policy::update(
+            &name,
+            super::live_policy::Update {
+                add: add_endpoint,
+                binaries: binary,
+                remove: remove_endpoint,
+                dry_run,
+            },
+            secs(timeout),
+        ),
         PolicyCommand::List { name, timeout } => {
             super::live_policy::list(&name, format, secs(timeout))
         }
