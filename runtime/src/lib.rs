@@ -19,6 +19,7 @@ pub mod seccomp;
 pub mod spawn;
 pub mod state;
 pub mod store;
+pub mod transfer;
 pub mod trust;
 
 pub use run::{RunError, RunOptions, run};

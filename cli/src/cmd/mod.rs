@@ -10,3 +10,4 @@ pub mod policy_edit;
 pub mod run;
 pub mod sandbox;
 pub mod status;
+pub mod transfer;

@@ -39,6 +39,27 @@ pub enum SandboxCommand {
         #[arg(long, conflicts_with = "names")]
         all: bool,
     },
+    /// Copy a local file or tree into the sandbox's workspace (.gitignore honoured).
+    Upload {
+        /// The sandbox.
+        name: String,
+        /// Local file or directory.
+        local: std::path::PathBuf,
+        /// Destination under /sandbox (default: /sandbox/<basename>).
+        dest: Option<String>,
+        /// Upload files that .gitignore excludes too.
+        #[arg(long)]
+        no_git_ignore: bool,
+    },
+    /// Copy a file or tree out of the sandbox's workspace.
+    Download {
+        /// The sandbox.
+        name: String,
+        /// Path under /sandbox.
+        path: String,
+        /// Local destination (default: ./<basename>; into it when a directory).
+        dest: Option<std::path::PathBuf>,
+    },
     /// The effective policy and what this kernel enforces of it.
     Explain {
         /// Its name.
@@ -262,6 +283,15 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
             code
         }
         SandboxCommand::Explain { name } => super::explain::run(&name, format),
+        SandboxCommand::Upload {
+            name,
+            local,
+            dest,
+            no_git_ignore,
+        } => super::transfer::upload(&name, &local, dest.as_deref(), no_git_ignore),
+        SandboxCommand::Download { name, path, dest } => {
+            super::transfer::download(&name, &path, dest.as_deref())
+        }
         SandboxCommand::Prune {
             idle,
             max_age,

@@ -1,0 +1,291 @@
+//! `openshell sandbox upload|download` as a user drives them: a tree with .gitignore and
+//! a large file round-trips and the sandbox sees what arrived; symlinks the sandbox
+//! plants in its workspace never redirect an upload or leak host files on download.
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use openshell_tests::{Sandbox, TempDir, need_sandbox, stderr, stdout};
+
+fn cli(sb: &Sandbox, args: &[&str]) -> Output {
+    sb.cmd()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openshell")
+}
+
+/// Start a sandbox running `script`; wait until it is Ready.
+fn start(sb: &Sandbox, name: &str, script: &str) -> std::process::Child {
+    let child = sb
+        .cmd()
+        .args(["run", "--keep", "--name", name, "--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = cli(sb, &["sandbox", "get", name, "-o", "json"]);
+        if stdout(&o).contains("\"phase\": \"Ready\"") {
+            return child;
+        }
+        assert!(Instant::now() < until, "never Ready: {}", stderr(&o));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_file(p: &Path) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while !p.exists() {
+        assert!(Instant::now() < until, "{} never appeared", p.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x1234_5678;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn upload_and_download_round_trip_a_tree() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let local = TempDir::new("up");
+    let proj = local.path().join("proj");
+    std::fs::create_dir_all(proj.join("sub")).unwrap();
+    std::fs::write(proj.join("a.txt"), "hello\n").unwrap();
+    std::fs::write(proj.join(".env"), "TOKEN=secret\n").unwrap();
+    std::fs::write(proj.join(".gitignore"), ".env\n").unwrap();
+    std::fs::write(proj.join("sub/b.txt"), "deep\n").unwrap();
+    let big = pattern(24 << 20);
+    std::fs::write(proj.join("big.bin"), &big).unwrap();
+    std::os::unix::fs::symlink("a.txt", proj.join("link")).unwrap();
+
+    // The sandbox reports what it sees once /sandbox/go arrives.
+    let script = "while [ ! -e /sandbox/go ]; do sleep 0.02; done; \
+        { cat /sandbox/proj/a.txt /sandbox/proj/sub/b.txt; readlink /sandbox/proj/link; \
+          ls -A /sandbox/proj; wc -c < /sandbox/proj/big.bin; } > /sandbox/seen.tmp; \
+        mv /sandbox/seen.tmp /sandbox/seen; sleep 30";
+    let mut child = start(&sb, "tx", script);
+    let o = cli(&sb, &["sandbox", "upload", "tx", proj.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("uploaded 4 files"), "{}", stdout(&o));
+    let go = local.path().join("go");
+    std::fs::write(&go, "").unwrap();
+    let o = cli(
+        &sb,
+        &[
+            "sandbox",
+            "upload",
+            "tx",
+            go.to_str().unwrap(),
+            "/sandbox/go",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let back = TempDir::new("down");
+    let seen = back.path().join("seen");
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = cli(
+            &sb,
+            &[
+                "sandbox",
+                "download",
+                "tx",
+                "/sandbox/seen",
+                seen.to_str().unwrap(),
+            ],
+        );
+        if o.status.success() {
+            break;
+        }
+        assert!(Instant::now() < until, "{}", stderr(&o));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap(),
+        format!(
+            "hello\ndeep\na.txt\n.gitignore\na.txt\nbig.bin\nlink\nsub\n{}\n",
+            big.len()
+        ),
+        ".env stays out (gitignored); the sandbox sees the rest"
+    );
+    let o = cli(
+        &sb,
+        &[
+            "sandbox",
+            "download",
+            "tx",
+            "proj",
+            back.path().to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = back.path().join("proj");
+    assert!(
+        std::fs::read(got.join("big.bin")).unwrap() == big,
+        "big file differs"
+    );
+    assert_eq!(
+        std::fs::read_link(got.join("link")).unwrap(),
+        Path::new("a.txt")
+    );
+    assert!(!got.join(".env").exists());
+
+    // --no-git-ignore takes everything.
+    let o = cli(
+        &sb,
+        &[
+            "sandbox",
+            "upload",
+            "tx",
+            proj.to_str().unwrap(),
+            "/sandbox/all",
+            "--no-git-ignore",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cli(
+        &sb,
+        &[
+            "sandbox",
+            "download",
+            "tx",
+            "/sandbox/all/.env",
+            back.path().to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(back.path().join(".env")).unwrap(),
+        "TOKEN=secret\n"
+    );
+    assert!(cli(&sb, &["sandbox", "delete", "tx"]).status.success());
+    child.wait().unwrap();
+}
+
+#[test]
+fn planted_symlinks_never_redirect_a_copy() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    // A host directory the sandbox must not reach through the CLI.
+    let victim = TempDir::new("victim");
+    std::fs::write(victim.path().join("secret"), "host secret\n").unwrap();
+    let v = victim.path().display().to_string();
+    let script = format!(
+        "ln -s {v} /sandbox/evil; ln -s {v}/secret /sandbox/f; ln -s ../../../../../../../../{v} /sandbox/esc; \
+         mkdir /sandbox/out; echo mine > /sandbox/out/mine; ln -s mine /sandbox/out/ok; \
+         ln -s {v}/secret /sandbox/out/abs; ln -s ../../x /sandbox/out/up; touch /sandbox/ready; sleep 30"
+    );
+    let mut child = start(&sb, "trap", &script);
+    let ws = {
+        let o = cli(&sb, &["sandbox", "get", "trap", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        std::path::PathBuf::from(v["path"].as_str().unwrap()).join("workspace")
+    };
+    wait_file(&ws.join("ready"));
+    let local = TempDir::new("payload");
+    let payload = local.path().join("payload");
+    std::fs::write(&payload, "overwritten\n").unwrap();
+    for dest in [
+        "/sandbox/evil/secret",
+        "/sandbox/f",
+        "/sandbox/esc/secret",
+        "/sandbox/evil",
+    ] {
+        let o = cli(
+            &sb,
+            &["sandbox", "upload", "trap", payload.to_str().unwrap(), dest],
+        );
+        assert_eq!(o.status.code(), Some(1), "{dest}: {}", stdout(&o));
+        assert!(stderr(&o).contains("refused"), "{dest}: {}", stderr(&o));
+    }
+    assert_eq!(
+        std::fs::read_to_string(victim.path().join("secret")).unwrap(),
+        "host secret\n",
+        "the host file was written through a planted symlink"
+    );
+    assert_eq!(std::fs::read_dir(victim.path()).unwrap().count(), 1);
+
+    let back = TempDir::new("back");
+    let o = cli(
+        &sb,
+        &[
+            "sandbox",
+            "download",
+            "trap",
+            "/sandbox/out",
+            back.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "refusals make it fail");
+    let err = stderr(&o);
+    assert!(
+        err.contains("/sandbox/out/abs -> ") && err.contains("/sandbox/out/up -> ../../x"),
+        "{err}"
+    );
+    let out = back.path().join("out");
+    assert_eq!(std::fs::read_to_string(out.join("mine")).unwrap(), "mine\n");
+    assert_eq!(
+        std::fs::read_link(out.join("ok")).unwrap(),
+        Path::new("mine")
+    );
+    assert!(std::fs::symlink_metadata(out.join("abs")).is_err());
+    assert!(std::fs::symlink_metadata(out.join("up")).is_err());
+    for path in ["/sandbox/f", "/sandbox/evil/secret", "/sandbox/esc"] {
+        let o = cli(
+            &sb,
+            &[
+                "sandbox",
+                "download",
+                "trap",
+                path,
+                back.path().to_str().unwrap(),
+            ],
+        );
+        assert_eq!(o.status.code(), Some(1), "{path}");
+        assert!(!stdout(&o).contains("host secret"));
+    }
+    let leaked = std::fs::read_dir(back.path())
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read(e.path()).is_ok_and(|c| c == b"host secret\n"));
+    assert!(!leaked, "a host file came out");
+
+    for (args, want) in [
+        (
+            vec!["download", "trap", "/etc/passwd"],
+            "only paths under /sandbox",
+        ),
+        (
+            vec!["download", "trap", "/sandbox/../etc"],
+            "'..' is not allowed",
+        ),
+        (vec!["upload", "trap", "/nonexistent/x"], "/nonexistent/x"),
+        (
+            vec!["upload", "nope", "/etc/hostname"],
+            "no sandbox named nope",
+        ),
+    ] {
+        let mut a = vec!["sandbox"];
+        a.extend(args);
+        let o = cli(&sb, &a);
+        assert_eq!(o.status.code(), Some(1), "{a:?}");
+        assert!(stderr(&o).contains(want), "{a:?}: {}", stderr(&o));
+    }
+    assert!(cli(&sb, &["sandbox", "delete", "trap"]).status.success());
+    child.wait().unwrap();
+}
