@@ -26,11 +26,16 @@ fn start(sb: &Sandbox, name: &str, script: &str) -> std::process::Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    wait_ready(sb, name);
+    child
+}
+
+fn wait_ready(sb: &Sandbox, name: &str) {
     let until = Instant::now() + Duration::from_secs(20);
     loop {
         let o = cli(sb, &["sandbox", "get", name, "-o", "json"]);
         if stdout(&o).contains("\"phase\": \"Ready\"") {
-            return child;
+            return;
         }
         assert!(Instant::now() < until, "never Ready: {}", stderr(&o));
         std::thread::sleep(Duration::from_millis(20));
