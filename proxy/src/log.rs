@@ -55,8 +55,10 @@ impl Logger {
     /// Log into `dir` (`openshell.log`, `openshell.ocsf.jsonl`); `verbose` also echoes
     /// the human lines to stderr.
     pub fn new(dir: Option<&Path>, verbose: bool) -> Self {
+        // The caller creates the directory; creating its parents here could bring
+        // back a sandbox directory deleted meanwhile.
         if let Some(d) = dir {
-            let _ = std::fs::create_dir_all(d);
+            let _ = std::fs::create_dir(d);
         }
         Self {
             human: dir.and_then(|d| open(&d.join("openshell.log"))),

@@ -283,6 +283,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     let ids = idmap::plan(&idmap::facts(), uid, gid);
     let is_root = nix::unistd::geteuid().is_root();
 
+    let lock = state::NameLock::acquire(&state::base_dir(), &name)?;
     let dir = SandboxDir::create(&state::base_dir(), &name, is_root)?;
     let cleanup = Cleanup {
         dir: dir.clone(),
@@ -420,6 +421,16 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     } else {
         NetworkMode::Isolated
     };
+    if opts.network {
+        let logs = opts
+            .log_dir
+            .clone()
+            .unwrap_or_else(|| dir.path.join("logs"));
+        std::fs::create_dir_all(&logs)
+            .map_err(|e| RunError::Invalid(format!("--log-dir {}: {e}", logs.display())))?;
+    }
+    // Set up: from here on the sandbox is whole and a delete may take it.
+    drop(lock);
     let net_setup = opts.network.then(|| NetSetup {
         ca: trust.as_ref().map(|t| t.ca.clone()),
         upstream_ca: opts.upstream_ca.clone(),
@@ -448,7 +459,16 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             let _ = r.save(&dir.path);
         }
     };
-    let result = start_and_wait(&cfg, &ids, net_setup, &mut || ready(&mut record.clone()));
+    let result =
+        start_and_wait(&cfg, &ids, net_setup, &mut || ready(&mut record.clone())).map_err(|e| {
+            if state::identity(&dir.path) == ident {
+                e
+            } else {
+                RunError::Invalid(format!(
+                    "sandbox {name} was deleted while it was being set up ({e})"
+                ))
+            }
+        });
     record.supervisor = None;
     record.last_active = record::now();
     match &result {

@@ -50,6 +50,39 @@ pub fn identity(path: &Path) -> Option<(u64, u64)> {
     fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// An exclusive lock on one sandbox name (`sandboxes/.locks/<name>`), held while its
+/// directory is created and its first record written, and while it is deleted: a delete
+/// never sees a half-made sandbox, and a create never works in a directory being
+/// deleted. Released on drop (or when the holder dies).
+pub struct NameLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
+
+impl NameLock {
+    /// Wait for the lock on `name`.
+    pub fn acquire(base: &Path, name: &str) -> Result<Self, StateError> {
+        check_name(name)?;
+        let dir = base.join("sandboxes/.locks");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err("create", &dir))?;
+        let path = dir.join(name);
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map(Self)
+            .map_err(|(_, e)| StateError::Io {
+                what: "lock",
+                path,
+                source: e.into(),
+            })
+    }
+}
+
 /// The state root for this user.
 pub fn base_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("OPENSHELL_STATE_DIR") {
@@ -186,7 +219,8 @@ impl SandboxDir {
     pub fn image_dirs(&self, digest: &str) -> Result<(PathBuf, PathBuf), StateError> {
         let (upper, work) = (self.path.join("upper"), self.path.join("work"));
         for d in [&upper, &work] {
-            fs::create_dir_all(d).map_err(io_err("create", d))?;
+            // Not create_dir_all: a sandbox directory deleted meanwhile must not come back.
+            fs::create_dir(d).map_err(io_err("create", d))?;
         }
         let f = self.path.join("image");
         fs::write(&f, format!("{digest}\n")).map_err(io_err("write", &f))?;

@@ -15,7 +15,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::idmap;
-use crate::record::Record;
+use crate::record::{Phase, Record};
 use crate::state::SandboxDir;
 
 /// A store operation failed.
@@ -52,6 +52,57 @@ fn sandboxes_dir(base: &Path) -> PathBuf {
     base.join("sandboxes")
 }
 
+/// How long a directory without a record counts as being created.
+const CREATING_GRACE_SECS: u64 = 60;
+
+impl Entry {
+    /// Its phase and the reason of an Error. A directory whose record is not written
+    /// yet is a sandbox being created — unless that was long ago (its creator died).
+    pub fn phase(&self) -> (Phase, Option<String>) {
+        match &self.record {
+            Ok(r) => r.phase(),
+            Err(why) if why == NO_RECORD => {
+                let age = fs::metadata(&self.dir)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .map_or(u64::MAX, |d| d.as_secs());
+                if age < CREATING_GRACE_SECS {
+                    (Phase::Provisioning, None)
+                } else {
+                    (
+                        Phase::Error,
+                        Some(format!(
+                            "its creation was interrupted (no record); remove it with 'openshell sandbox delete {}'",
+                            self.name
+                        )),
+                    )
+                }
+            }
+            Err(why) => (Phase::Error, Some(format!("unreadable record: {why}"))),
+        }
+    }
+}
+
+/// Read a sandbox's record, riding out a creator or a delete working on it right now:
+/// None when the directory went away (deleted), the record when it appeared meanwhile.
+fn load(dir: &Path) -> Option<Result<Record, String>> {
+    let first = Record::load(dir);
+    if first.is_ok() {
+        return Some(first);
+    }
+    if !dir.exists() {
+        return None;
+    }
+    if dir.join(crate::record::FILE).exists() {
+        return Some(Record::load(dir));
+    }
+    Some(Err(NO_RECORD.into()))
+}
+
+/// The record error of a directory that has no record (yet).
+const NO_RECORD: &str = "no record";
+
 /// Every sandbox, by name.
 pub fn list(base: &Path) -> Vec<Entry> {
     let Ok(rd) = fs::read_dir(sandboxes_dir(base)) else {
@@ -66,7 +117,7 @@ pub fn list(base: &Path) -> Vec<Entry> {
             }
             let dir = e.path();
             Some(Entry {
-                record: Record::load(&dir),
+                record: load(&dir)?,
                 name,
                 dir,
             })
@@ -84,7 +135,7 @@ pub fn find(base: &Path, name: &str) -> Result<Entry, StoreError> {
     }
     Ok(Entry {
         name: name.to_string(),
-        record: Record::load(&dir),
+        record: load(&dir).ok_or_else(|| StoreError::NotFound(name.to_string()))?,
         dir,
     })
 }
@@ -122,6 +173,8 @@ pub fn stop(entry: &Entry) -> Result<bool, StoreError> {
 
 /// Stop and remove a sandbox with everything it has on disk.
 pub fn delete(base: &Path, name: &str) -> Result<(), StoreError> {
+    let lock = crate::state::NameLock::acquire(base, name)
+        .map_err(|_| StoreError::NotFound(name.to_string()))?;
     let entry = find(base, name)?;
     // Claim it first: of concurrent deletes exactly one wins the rename, and the name
     // is free from here on. A running supervisor is stopped afterwards; its own
@@ -138,6 +191,7 @@ pub fn delete(base: &Path, name: &str) -> Result<(), StoreError> {
             source,
         });
     }
+    drop(lock);
     let claimed = Entry {
         record: Record::load(&doomed).or(entry.record),
         dir: doomed.clone(),

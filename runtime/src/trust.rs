@@ -40,7 +40,8 @@ pub fn prepare(
 ) -> Result<Trust, String> {
     let ca = SandboxCa::generate(sandbox).map_err(|e| format!("sandbox CA: {e}"))?;
     let dir = state.join("ca");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    // Not create_dir_all: a sandbox directory deleted meanwhile must not come back.
+    std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let pem = ca.cert_pem();
     let system = std::env::var_os("SSL_CERT_FILE")
         .map(PathBuf::from)

@@ -164,11 +164,7 @@ fn running_sandbox_is_ready_and_delete_stops_it() {
         Vec::<String>::new()
     );
     assert_eq!(stdout(&cli(&sb, &["sandbox", "list", "-q"])), "");
-    let names: Vec<_> = std::fs::read_dir(sb.state.path().join("sandboxes"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let names = leftovers(&sb);
     assert!(names.is_empty(), "left: {names:?}");
 }
 
@@ -241,11 +237,7 @@ fn image_sandbox_files_of_other_ids_are_deleted() {
     let del = cli(&sb, &["sandbox", "delete", "img"]);
     assert!(del.status.success(), "{}", stderr(&del));
     assert!(!path.exists(), "upper left behind");
-    let left: Vec<_> = std::fs::read_dir(sb.state.path().join("sandboxes"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let left = leftovers(&sb);
     assert!(left.is_empty(), "left: {left:?}");
 }
 
@@ -311,11 +303,7 @@ fn concurrent_deletes_never_trip_over_each_other() {
     deleted.sort();
     let want: Vec<String> = (0..8).map(|i| format!("deleted c{i}")).collect();
     assert_eq!(deleted, want, "each deleted exactly once");
-    let left: Vec<_> = std::fs::read_dir(sb.state.path().join("sandboxes"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let left = leftovers(&sb);
     assert!(left.is_empty(), "left: {left:?}");
 }
 
@@ -456,4 +444,90 @@ fn explain_reports_what_this_kernel_enforced() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn twenty_parallel_creates_lists_and_deletes_keep_state_whole() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let bin = openshell_tests::openshell_bin();
+    let state = sb.state.path().to_path_buf();
+    // 20 creators (two of them racing for each of 10 names), listers and deleters at once.
+    let mut threads = Vec::new();
+    for i in 0..20 {
+        let (bin, state) = (bin.clone(), state.clone());
+        threads.push(std::thread::spawn(move || {
+            let name = format!("p{}", i % 10);
+            let create = Command::new(&bin)
+                .env("OPENSHELL_STATE_DIR", &state)
+                .args(["run", "--keep", "--name", &name, "--", "true"])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let list = Command::new(&bin)
+                .env("OPENSHELL_STATE_DIR", &state)
+                .args(["sandbox", "list", "-o", "json"])
+                .output()
+                .unwrap();
+            let del = (i >= 10).then(|| {
+                Command::new(&bin)
+                    .env("OPENSHELL_STATE_DIR", &state)
+                    .args(["sandbox", "delete", &name])
+                    .output()
+                    .unwrap()
+            });
+            (name, create, list, del)
+        }));
+    }
+    let mut created = std::collections::BTreeMap::<String, usize>::new();
+    for t in threads {
+        let (name, create, list, _del) = t.join().unwrap();
+        if create.status.success() {
+            *created.entry(name.clone()).or_default() += 1;
+        } else {
+            // Refused as a duplicate, or deleted by a racing delete while being set up
+            // (the delete may also stop it with SIGTERM: 143, nothing to say).
+            let err = stderr(&create);
+            assert!(
+                create.status.code() == Some(143)
+                    || err.contains(&format!("a sandbox named {name} already exists"))
+                    || err.contains(&format!(
+                        "sandbox {name} was deleted while it was being set up"
+                    )),
+                "unexpected create failure: {}",
+                stderr(&create)
+            );
+        }
+        // Every listing is whole JSON with whole records, whatever else is going on.
+        let v: serde_json::Value = serde_json::from_slice(&list.stdout)
+            .unwrap_or_else(|e| panic!("list output not JSON ({e}): {}", stdout(&list)));
+        for s in v.as_array().unwrap() {
+            assert!(
+                s["reason"]
+                    .as_str()
+                    .is_none_or(|r| !r.contains("unreadable")),
+                "torn record: {s}"
+            );
+        }
+    }
+    // Each name was created by at most one of its two racers at a time.
+    assert!(created.values().all(|n| *n <= 2), "{created:?}");
+    // Whatever survived is a whole, Stopped sandbox; delete --all leaves nothing.
+    let v = json(&cli(&sb, &["sandbox", "list", "-o", "json"]));
+    for s in v.as_array().unwrap() {
+        assert_eq!(s["phase"], "Stopped", "{s}");
+    }
+    assert!(cli(&sb, &["sandbox", "delete", "--all"]).status.success());
+    let left = leftovers(&sb);
+    assert!(left.is_empty(), "left: {left:?}");
+}
+
+/// What is left in the sandboxes directory besides the name locks.
+fn leftovers(sb: &Sandbox) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(sb.state.path().join("sandboxes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n != ".locks")
+        .collect()
 }

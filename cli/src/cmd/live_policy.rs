@@ -24,11 +24,7 @@ fn fail(e: impl std::fmt::Display) -> i32 {
 
 /// The control socket of a running sandbox, or why there is none.
 fn socket(e: &Entry) -> Result<PathBuf, String> {
-    let phase = e
-        .record
-        .as_ref()
-        .map(|r| r.phase().0)
-        .unwrap_or(Phase::Error);
+    let phase = e.phase().0;
     if phase != Phase::Ready {
         return Err(format!(
             "sandbox {} is not running ({phase}); its policy can only change while it runs",

@@ -187,10 +187,10 @@ fn view(e: &Entry) -> View {
                 path: e.dir.display().to_string(),
             }
         }
-        Err(why) => View {
+        Err(_) => View {
             name: e.name.clone(),
-            phase: Phase::Error,
-            reason: Some(format!("unreadable record: {why}")),
+            phase: e.phase().0,
+            reason: e.phase().1,
             image: "-".into(),
             image_digest: None,
             created: "-".into(),

@@ -32,7 +32,7 @@ struct Feature {
 pub fn run(format: Format) -> i32 {
     let base = state::base_dir();
     let entries = store::list(&base);
-    let phase = |e: &store::Entry| e.record.as_ref().map_or(Phase::Error, |r| r.phase().0);
+    let phase = |e: &store::Entry| e.phase().0;
     let running: Vec<String> = entries
         .iter()
         .filter(|e| matches!(phase(e), Phase::Ready | Phase::Provisioning))
