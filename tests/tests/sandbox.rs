@@ -531,3 +531,29 @@ fn leftovers(sb: &Sandbox) -> Vec<std::ffi::OsString> {
         .filter(|n| n != ".locks")
         .collect()
 }
+
+#[test]
+fn a_cli_killed_mid_create_leaves_something_delete_removes() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let marker = format!("{}", 800_000 + std::process::id() % 1000);
+    for (i, delay_ms) in [0u64, 1, 2, 4, 6, 9, 14, 25].iter().enumerate() {
+        let name = format!("k{i}");
+        let mut child = spawn(&sb, &["--keep", "--name", &name], &["sleep", &marker]);
+        std::thread::sleep(Duration::from_millis(*delay_ms));
+        child.kill().unwrap(); // SIGKILL at some point of the setup
+        child.wait().unwrap();
+        let o = cli(&sb, &["sandbox", "delete", &name]);
+        assert!(
+            o.status.success() || stderr(&o).contains(&format!("no sandbox named {name}")),
+            "{name} after {delay_ms} ms: {}",
+            stderr(&o)
+        );
+    }
+    assert!(leftovers(&sb).is_empty(), "left: {:?}", leftovers(&sb));
+    let until = Instant::now() + Duration::from_secs(10);
+    while !processes_with(&format!("sleep {marker}")).is_empty() {
+        assert!(Instant::now() < until, "a sandbox outlived its killed CLI");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
