@@ -557,3 +557,44 @@ fn a_cli_killed_mid_create_leaves_something_delete_removes() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn stop_ends_the_processes_and_keeps_the_files() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let marker = format!("{}", 900_000 + std::process::id() % 1000);
+    let mut child = spawn(
+        &sb,
+        &["--keep", "--name", "st"],
+        &[
+            "sh",
+            "-c",
+            &format!("echo kept > /sandbox/f; exec sleep {marker}"),
+        ],
+    );
+    let v = wait_phase(&sb, "st", "Ready");
+    let o = cli(&sb, &["sandbox", "stop", "st"]);
+    assert_eq!(stdout(&o), "stopped st\n", "{}", stderr(&o));
+    let status = wait_exit(&mut child);
+    assert_eq!(status.code(), Some(143), "SIGTERM reached the command");
+    assert_eq!(
+        processes_with(&format!("sleep {marker}")),
+        Vec::<String>::new()
+    );
+    let after = wait_phase(&sb, "st", "Stopped");
+    assert_eq!(after["exit_code"], 143);
+    let path = std::path::PathBuf::from(v["path"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(path.join("workspace/f")).unwrap(),
+        "kept\n"
+    );
+    assert!(path.join("policy.yaml").exists());
+    assert_eq!(
+        stdout(&cli(&sb, &["sandbox", "stop", "st"])),
+        "st was not running\n"
+    );
+    let o = cli(&sb, &["sandbox", "stop", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no sandbox named nope"));
+    assert!(cli(&sb, &["sandbox", "delete", "st"]).status.success());
+}

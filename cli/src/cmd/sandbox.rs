@@ -60,6 +60,13 @@ pub enum SandboxCommand {
         /// Local destination (default: ./<basename>; into it when a directory).
         dest: Option<std::path::PathBuf>,
     },
+    /// Stop a running sandbox's processes (SIGTERM, SIGKILL after 5 s); a kept
+    /// sandbox's files and policy stay.
+    Stop {
+        /// Names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
     /// The effective policy and what this kernel enforces of it.
     Explain {
         /// Its name.
@@ -283,6 +290,18 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
             code
         }
         SandboxCommand::Explain { name } => super::explain::run(&name, format),
+        SandboxCommand::Stop { names } => {
+            let mut code = 0;
+            for n in &names {
+                let stopped = store::find(&base, n).and_then(|e| store::stop(&e));
+                match stopped {
+                    Ok(true) => println!("stopped {n}"),
+                    Ok(false) => println!("{n} was not running"),
+                    Err(e) => code = fail(e),
+                }
+            }
+            code
+        }
         SandboxCommand::Upload {
             name,
             local,
