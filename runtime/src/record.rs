@@ -153,6 +153,10 @@ pub struct Record {
     /// Where its supervisor writes logs, when not the sandbox's own `logs/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_dir: Option<std::path::PathBuf>,
+    /// Host pid of the sandbox's init while it runs (`sandbox exec` joins its
+    /// namespaces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_pid: Option<i32>,
     /// What this kernel let it enforce, decided at start (for `sandbox explain`).
     #[serde(default)]
     pub enforced: Enforced,
@@ -284,6 +288,7 @@ mod tests {
             exit_code: None,
             reason: None,
             log_dir: None,
+            init_pid: None,
             enforced: Enforced::default(),
         }
     }

@@ -310,6 +310,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         exit_code: None,
         reason: None,
         log_dir: opts.log_dir.clone(),
+        init_pid: None,
         enforced: record::Enforced {
             landlock_abi: abi,
             landlock_dropped: missing.iter().map(|m| m.to_string()).collect(),
@@ -411,6 +412,14 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             }
         }
     }
+    // What `sandbox exec` gives new processes (without the terminal's TERM): kept
+    // private (0600), removed with the sandbox.
+    let exec_env: Vec<String> = env
+        .iter()
+        .filter(|(k, _)| k != "TERM")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    crate::exec::save_env(&dir.path, &exec_env).map_err(RunError::Invalid)?;
     let net = if opts.network {
         NetworkMode::Proxied {
             nft: ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
@@ -452,23 +461,26 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         },
         confinement,
     };
-    let ready = |r: &mut Record| {
+    let ready = |r: &mut Record, init: i32| {
         r.recorded = Recorded::Running;
+        r.init_pid = Some(init);
         r.last_active = record::now();
         if state::identity(&dir.path) == ident {
             let _ = r.save(&dir.path);
         }
     };
-    let result =
-        start_and_wait(&cfg, &ids, net_setup, &mut || ready(&mut record.clone())).map_err(|e| {
-            if state::identity(&dir.path) == ident {
-                e
-            } else {
-                RunError::Invalid(format!(
-                    "sandbox {name} was deleted while it was being set up ({e})"
-                ))
-            }
-        });
+    let result = start_and_wait(&cfg, &ids, net_setup, &mut |init| {
+        ready(&mut record.clone(), init)
+    })
+    .map_err(|e| {
+        if state::identity(&dir.path) == ident {
+            e
+        } else {
+            RunError::Invalid(format!(
+                "sandbox {name} was deleted while it was being set up ({e})"
+            ))
+        }
+    });
     record.supervisor = None;
     record.last_active = record::now();
     match &result {
@@ -539,7 +551,7 @@ fn start_and_wait(
     cfg: &InitConfig,
     ids: &idmap::IdPlan,
     net: Option<NetSetup>,
-    on_ready: &mut dyn FnMut(),
+    on_ready: &mut dyn FnMut(i32),
 ) -> Result<i32, RunError> {
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
@@ -675,7 +687,7 @@ fn start_and_wait(
         ),
         _ => None,
     };
-    on_ready();
+    on_ready(init_pid.as_raw());
     let code = match master {
         Some(m) => crate::relay::relay_pty(init_pid, &sfd, m),
         None => crate::relay::wait_plain(init_pid, &sfd),

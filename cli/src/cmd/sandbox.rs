@@ -60,6 +60,24 @@ pub enum SandboxCommand {
         /// Local destination (default: ./<basename>; into it when a directory).
         dest: Option<std::path::PathBuf>,
     },
+    /// Run a command in a running sandbox, confined like its first one; stdin, stdout
+    /// and stderr are this terminal's pipes; the exit status is the command's.
+    Exec {
+        /// The sandbox.
+        name: String,
+        /// Working directory inside (default: the sandbox's).
+        #[arg(long, short = 'w', value_name = "DIR")]
+        workdir: Option<String>,
+        /// Set an environment variable (K=V). Repeatable.
+        #[arg(long, short = 'e', value_name = "K=V")]
+        env: Vec<String>,
+        /// Kill the command after this many seconds (exit 124).
+        #[arg(long, value_name = "S")]
+        timeout: Option<u64>,
+        /// Command and arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Stop a running sandbox's processes (SIGTERM, SIGKILL after 5 s); a kept
     /// sandbox's files and policy stay.
     Stop {
@@ -84,6 +102,59 @@ pub enum SandboxCommand {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+fn exec(
+    base: &std::path::Path,
+    name: &str,
+    workdir: Option<String>,
+    env: &[String],
+    timeout: Option<u64>,
+    command: Vec<String>,
+) -> i32 {
+    use openshell_runtime::exec::{ExecRequest, exec as exec_in};
+    let setup = openshell_runtime::spawn::EXIT_SETUP;
+    let env = match env
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(format!("--env {kv}: expected K=V")),
+        })
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("openshell: {e}");
+            return setup;
+        }
+    };
+    let entry = match store::find(base, name) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("openshell: {e}");
+            return setup;
+        }
+    };
+    let Ok(rec) = &entry.record else {
+        eprintln!(
+            "openshell: sandbox {name}: {}",
+            entry.phase().1.unwrap_or_default()
+        );
+        return setup;
+    };
+    let req = ExecRequest {
+        argv: command,
+        env,
+        workdir,
+        timeout: timeout.map(std::time::Duration::from_secs),
+    };
+    match exec_in(&entry.dir, rec, &req) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("openshell: {e}");
+            setup
+        }
+    }
 }
 
 /// `30s`, `5m`, `24h`, `7d` (or plain seconds) in seconds.
@@ -290,6 +361,13 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
             code
         }
         SandboxCommand::Explain { name } => super::explain::run(&name, format),
+        SandboxCommand::Exec {
+            name,
+            workdir,
+            env,
+            timeout,
+            command,
+        } => exec(&base, &name, workdir, &env, timeout, command),
         SandboxCommand::Stop { names } => {
             let mut code = 0;
             for n in &names {
