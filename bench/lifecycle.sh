@@ -3,8 +3,8 @@
 # sandbox (`run --keep -- true` + `sandbox delete`) next to crun's create/start/delete
 # of a minimal bundle; the RSS of an idle sandbox's own processes (supervisor with its
 # proxy thread, and init; target <= 10 MB); start-up with 100 sandboxes alive vs with
-# none (target <= 2x). `sandbox exec` does not exist yet, so there is no exec latency
-# vs `podman exec` (podman is not installed here either).
+# none (target <= 2x); exec latency into a running sandbox vs `crun exec` (podman,
+# the issue's peer, is not installed here).
 # Needs: hyperfine crun busybox-static (apt). Run as root (crun, see startup.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -65,6 +65,30 @@ rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 pss() { awk '/^Pss:/ {s += $2} END {print s}' "/proc/$1/smaps_rollup"; }
 echo "supervisor RSS $(rss "$sup") kB (PSS $(pss "$sup") kB), init RSS $(rss "$init") kB (PSS $(pss "$init") kB)"
 echo "total RSS $(( $(rss "$sup") + $(rss "$init") )) kB (target <= 10240 kB)"
+
+echo "== exec latency into a running sandbox vs crun exec ($runs runs each)"
+# crun's container runs busybox sleep; podman is not installed here.
+ln -sf busybox "$work/bundle/rootfs/bin/sleep"
+python3 - "$work/bundle/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["process"]["args"] = ["/bin/sleep", "600"]
+json.dump(c, open(sys.argv[1], "w"))
+PY
+unshare -m --propagation private sh -c "
+  umount -l /sys/fs/cgroup/unified 2>/dev/null || true
+  crun --root $work/crun create --bundle $work/bundle c2 && crun --root $work/crun start c2
+  hyperfine -N --warmup 5 --runs $runs --export-json $work/exec.json \
+    -n openshell '$os sandbox exec idle -- true' \
+    -n crun 'crun --root $work/crun exec c2 /bin/true' >/dev/null
+  crun --root $work/crun delete -f c2"
+python3 - "$work/exec.json" <<'PY'
+import json, sys
+r = {x["command"]: x["median"] * 1000 for x in json.load(open(sys.argv[1]))["results"]}
+for k, v in r.items():
+    print(f"{k:10} median {v:7.2f} ms")
+print(f"openshell exec vs crun exec: {r['openshell'] / r['crun']:.2f}x")
+PY
 "$os" sandbox delete idle >/dev/null
 
 echo "== start-up with $alive sandboxes alive vs none ($runs runs each)"
