@@ -70,8 +70,10 @@ pub struct ExecRequest {
     pub env: Vec<(String, String)>,
     /// Working directory (default: the sandbox's).
     pub workdir: Option<String>,
-    /// Kill it after this long (exit 124).
+    /// Kill it after this long (exit 124; not with a terminal).
     pub timeout: Option<Duration>,
+    /// Give it a pty of the sandbox's own devpts, relayed to this terminal.
+    pub tty: bool,
 }
 
 /// The parent pid of a process (`/proc/<pid>/stat` field 4).
@@ -136,6 +138,11 @@ pub fn exec(dir: &Path, rec: &Record, req: &ExecRequest) -> Result<i32, String> 
         seccomp: crate::seccomp::compile(&crate::seccomp::rules()),
     };
     let mut env = load_env(dir)?;
+    if req.tty {
+        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+        env.retain(|kv| !kv.starts_with("TERM="));
+        env.push(format!("TERM={term}"));
+    }
     for (k, v) in &req.env {
         env.retain(|kv| kv.split('=').next() != Some(k.as_str()));
         env.push(format!("{k}={v}"));
@@ -170,16 +177,64 @@ pub fn exec(dir: &Path, rec: &Record, req: &ExecRequest) -> Result<i32, String> 
             .map_err(|e| format!("sandbox {name}: join its {kind} namespace: {e}"))?;
     }
     drop(fds);
+    // With a terminal: a pty from the sandbox's devpts (we are in its mount namespace
+    // now), and the signals we relay blocked before the child exists.
+    let pty = if req.tty { Some(open_pty()?) } else { None };
+    let sfd = if req.tty {
+        let mut set = nix::sys::signal::SigSet::empty();
+        for s in crate::init::FORWARDED {
+            set.add(s);
+        }
+        set.add(Signal::SIGCHLD);
+        nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&set), None)
+            .map_err(|e| format!("sigprocmask: {e}"))?;
+        Some(
+            nix::sys::signalfd::SignalFd::with_flags(
+                &set,
+                nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+            )
+            .map_err(|e| format!("signalfd: {e}"))?,
+        )
+    } else {
+        None
+    };
     // SAFETY: the CLI is single-threaded here (no thread was started), so the child
     // gets a consistent copy of memory.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             // SAFETY: prctl with integer arguments only: die with the CLI.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-            exec_confined(&spec, &conf, None)
+            let slave = pty
+                .as_ref()
+                .map(|(_, s)| std::os::fd::AsRawFd::as_raw_fd(s));
+            exec_confined(&spec, &conf, slave)
         }
-        ForkResult::Parent { child } => Ok(wait(child, req.timeout)),
+        ForkResult::Parent { child } => match (pty, sfd) {
+            (Some((master, slave)), Some(sfd)) => {
+                drop(slave);
+                Ok(crate::relay::relay_pty(child, &sfd, master))
+            }
+            _ => Ok(wait(child, req.timeout)),
+        },
     }
+}
+
+/// A pty pair from the devpts of the mount namespace we are in: (master, slave).
+fn open_pty() -> Result<(OwnedFd, OwnedFd), String> {
+    use nix::fcntl::OFlag;
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| format!("open /dev/ptmx: {e}"))?;
+    grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
+    unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
+    let name = ptsname_r(&master).map_err(|e| format!("ptsname: {e}"))?;
+    let slave = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&name)
+        .map_err(|e| format!("open {name}: {e}"))?;
+    Ok((master.into(), slave.into()))
 }
 
 /// Wait for the child; kill it when the timeout runs out.

@@ -197,3 +197,91 @@ fn exec_says_why_it_cannot_run() {
     let o = cli(&sb, &["sandbox", "exec", "done"]);
     assert_eq!(o.status.code(), Some(2), "no command: usage error");
 }
+
+fn openpty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let (mut m, mut s) = (0, 0);
+    let ws = libc::winsize {
+        ws_row: 40,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two fds into m and s; name and termios are NULL.
+    let rc = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    assert_eq!(rc, 0);
+    // SAFETY: fcntl on a fresh fd of ours: the master must not leak into the child.
+    unsafe { libc::fcntl(m, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: fresh fds owned by us.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(m),
+            std::os::fd::OwnedFd::from_raw_fd(s),
+        )
+    }
+}
+
+fn read_until(master: &mut std::fs::File, want: &str) -> String {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let start = Instant::now();
+    let mut acc = String::new();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < Duration::from_secs(10) && !acc.contains(want) {
+        let mut p = libc::pollfd {
+            fd: master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polling one valid fd.
+        if unsafe { libc::poll(&mut p, 1, 100) } > 0 {
+            match master.read(&mut buf) {
+                Ok(n) if n > 0 => acc.push_str(&String::from_utf8_lossy(&buf[..n])),
+                _ => break,
+            }
+        }
+    }
+    acc
+}
+
+#[test]
+fn connect_gives_a_terminal_in_the_sandbox() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let mut main = start(&sb, "term", "sleep 30");
+    let (master, slave) = openpty();
+    let mut cmd = sb.cmd();
+    cmd.args(["sandbox", "connect", "term"]);
+    let s = |fd: &std::os::fd::OwnedFd| Stdio::from(fd.try_clone().unwrap());
+    cmd.stdin(s(&slave)).stdout(s(&slave)).stderr(s(&slave));
+    // SAFETY: setsid + TIOCSCTTY in the child before exec give it our pty as terminal.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(slave);
+    let mut m = std::fs::File::from(master);
+    m.write_all(b"tty; stty size; id -u; hostname; echo sum=$((6*7))\n")
+        .unwrap();
+    let out = read_until(&mut m, "sum=42");
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("40 100"), "window size follows: {out}");
+    assert!(out.contains("1000") && out.contains("term"), "{out}");
+    m.write_all(b"exit 3\n").unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < until, "connect did not end with its shell");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(3));
+    assert!(cli(&sb, &["sandbox", "delete", "term"]).status.success());
+    main.wait().unwrap();
+}

@@ -72,11 +72,19 @@ pub enum SandboxCommand {
         #[arg(long, short = 'e', value_name = "K=V")]
         env: Vec<String>,
         /// Kill the command after this many seconds (exit 124).
-        #[arg(long, value_name = "S")]
+        #[arg(long, value_name = "S", conflicts_with = "tty")]
         timeout: Option<u64>,
+        /// Give the command a terminal (a pty of the sandbox, relayed to this one).
+        #[arg(long, short = 't')]
+        tty: bool,
         /// Command and arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Open an interactive login shell in a running sandbox (exec with a pty).
+    Connect {
+        /// The sandbox.
+        name: String,
     },
     /// Stop a running sandbox's processes (SIGTERM, SIGKILL after 5 s); a kept
     /// sandbox's files and policy stay.
@@ -110,6 +118,7 @@ fn exec(
     workdir: Option<String>,
     env: &[String],
     timeout: Option<u64>,
+    tty: bool,
     command: Vec<String>,
 ) -> i32 {
     use openshell_runtime::exec::{ExecRequest, exec as exec_in};
@@ -147,6 +156,7 @@ fn exec(
         env,
         workdir,
         timeout: timeout.map(std::time::Duration::from_secs),
+        tty,
     };
     match exec_in(&entry.dir, rec, &req) {
         Ok(code) => code,
@@ -366,8 +376,15 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
             workdir,
             env,
             timeout,
+            tty,
             command,
-        } => exec(&base, &name, workdir, &env, timeout, command),
+        } => exec(&base, &name, workdir, &env, timeout, tty, command),
+        SandboxCommand::Connect { name } => {
+            let shell =
+                "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi";
+            let argv = vec!["/bin/sh".into(), "-c".into(), shell.into()];
+            exec(&base, &name, None, &[], None, true, argv)
+        }
         SandboxCommand::Stop { names } => {
             let mut code = 0;
             for n in &names {
