@@ -20,6 +20,7 @@ pub mod seccomp;
 pub mod spawn;
 pub mod state;
 pub mod store;
+pub mod supervise;
 pub mod transfer;
 pub mod trust;
 

@@ -1,0 +1,182 @@
+//! The supervisor's side of a sandbox's life: clone init into its new namespaces,
+//! write its id maps, release it, take the listeners and pty it sends up, start the
+//! network service, then relay the terminal and signals until init exits.
+
+use std::io::IoSliceMut;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{
+    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair,
+};
+use nix::unistd::Pid;
+use openshell_policy::Policy;
+
+use crate::idmap;
+use crate::init::{self, InitConfig, msg};
+use crate::run::{RunError, sys};
+
+/// What the network service needs besides init's listeners.
+pub(crate) struct NetSetup {
+    pub(crate) ca: Option<std::sync::Arc<openshell_proxy::tls::SandboxCa>>,
+    pub(crate) upstream_ca: Vec<PathBuf>,
+    pub(crate) policy: Policy,
+    pub(crate) log_dir: Option<PathBuf>,
+    pub(crate) verbose: bool,
+    pub(crate) control: PathBuf,
+}
+
+/// Clone init, write its maps, release it, then supervise until it exits.
+pub(crate) fn start_and_wait(
+    cfg: &InitConfig,
+    ids: &idmap::IdPlan,
+    net: Option<NetSetup>,
+    on_ready: &mut dyn FnMut(i32),
+) -> Result<i32, RunError> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(sys("socketpair"))?;
+    // Block the signals we handle before the child exists, so none is lost in between;
+    // init sets its own mask, and the command gets a clean one.
+    let mut set = SigSet::empty();
+    for s in init::FORWARDED {
+        set.add(s);
+    }
+    set.add(Signal::SIGCHLD);
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(sys("sigprocmask"))?;
+    let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).map_err(sys("signalfd"))?;
+
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWCGROUP;
+    // SAFETY: a fork-style clone (no new stack): this process is single-threaded (no
+    // thread has been started yet), so the child gets a consistent copy of memory.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(RunError::Sys {
+            what: "clone the sandbox (are unprivileged user namespaces enabled? see `openshell doctor`)",
+            source: nix::errno::Errno::last(),
+        });
+    }
+    if pid == 0 {
+        drop(ours);
+        drop(sfd);
+        init::run(cfg, theirs);
+    }
+    drop(theirs);
+    let init_pid = Pid::from_raw(pid as i32);
+    if let Err(e) = idmap::apply(ids, init_pid.as_raw()) {
+        let _ = nix::sys::signal::kill(init_pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(init_pid, None);
+        return Err(e.into());
+    }
+    nix::unistd::write(&ours, &[msg::GO]).map_err(sys("release init"))?;
+    let mut master = None;
+    let mut listeners: Option<([OwnedFd; 3], Option<OwnedFd>, bool)> = None;
+    loop {
+        let mut buf = [0u8; 4096];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 3]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let r = recvmsg::<()>(
+            ours.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        );
+        let (n, fds) = match r {
+            Ok(m) => {
+                let fds: Vec<std::os::fd::RawFd> = m
+                    .cmsgs()
+                    .ok()
+                    .map(|c| {
+                        c.flat_map(|c| match c {
+                            ControlMessageOwned::ScmRights(fds) => fds,
+                            _ => vec![],
+                        })
+                        .collect()
+                    })
+                    .unwrap_or_default();
+                (m.bytes, fds)
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(sys("read from init")(e)),
+        };
+        let data = &buf[..n];
+        match data.first() {
+            Some(&msg::PTY) => {
+                // SAFETY: the fd arrived with SCM_RIGHTS and is ours alone.
+                master = fds.first().map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) });
+            }
+            Some(&msg::NET) if fds.len() >= 3 => {
+                // SAFETY: the fds arrived with SCM_RIGHTS and are ours alone.
+                let mut owned: Vec<OwnedFd> = fds
+                    .iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) })
+                    .collect();
+                let diag = (owned.len() > 3).then(|| owned.remove(3));
+                let mut it = owned.into_iter();
+                if let (Some(p), Some(b), Some(d)) = (it.next(), it.next(), it.next()) {
+                    listeners = Some(([p, b, d], diag, data.get(1) == Some(&1)));
+                }
+            }
+            Some(&msg::READY) => break,
+            Some(&msg::ERROR) => {
+                let text = String::from_utf8_lossy(&data[1..]).into_owned();
+                let _ = nix::sys::wait::waitpid(init_pid, None);
+                return Err(RunError::Setup(text));
+            }
+            _ => {
+                // EOF: init died without a word.
+                let ws = nix::sys::wait::waitpid(init_pid, None).map_err(sys("wait for init"))?;
+                return Err(RunError::Setup(format!("init ended early: {ws:?}")));
+            }
+        }
+    }
+    let service = match (net, listeners) {
+        (Some(n), Some((fds, diag, rules))) => Some(
+            crate::netsvc::NetService::start(crate::netsvc::NetConfig {
+                fds,
+                diag,
+                ca: n.ca,
+                upstream_ca: n.upstream_ca,
+                policy: n.policy,
+                init_pid: init_pid.as_raw() as u32,
+                log_dir: n.log_dir,
+                verbose: n.verbose,
+                control: n.control,
+                rules,
+            })
+            .map_err(|e| RunError::Setup(format!("start the proxy: {e}")))?,
+        ),
+        _ => None,
+    };
+    on_ready(init_pid.as_raw());
+    let code = match master {
+        Some(m) => crate::relay::relay_pty(init_pid, &sfd, m),
+        None => crate::relay::wait_plain(init_pid, &sfd),
+    };
+    // The proxy thread must be gone before anything forks again (cleanup).
+    if let Some(s) = service {
+        s.stop();
+    }
+    Ok(code)
+}
