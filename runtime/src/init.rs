@@ -51,6 +51,8 @@ pub struct InitConfig {
     pub tty: bool,
     /// The main command.
     pub exec: ExecSpec,
+    /// Start no command: keep the sandbox up (for `sandbox exec`) until SIGTERM.
+    pub keepalive: bool,
     /// Its confinement.
     pub confinement: Confinement,
 }
@@ -158,6 +160,10 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, String> 
     }
     set.add(Signal::SIGCHLD);
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(e("sigprocmask"))?;
+    if cfg.keepalive {
+        let _ = nix::unistd::write(sync, &[msg::READY]);
+        return Ok(keep_alive(&set));
+    }
     // SAFETY: init is single-threaded, so fork is sound.
     let main = match unsafe { fork() }.map_err(e("fork"))? {
         ForkResult::Child => exec_confined(&cfg.exec, &cfg.confinement, slave),
@@ -168,6 +174,23 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, String> 
     }
     let _ = nix::unistd::write(sync, &[msg::READY]);
     Ok(supervise(main, &set))
+}
+
+/// No command of our own: reap what `sandbox exec` leaves behind until told to stop.
+fn keep_alive(set: &SigSet) -> i32 {
+    loop {
+        match set.wait() {
+            Ok(Signal::SIGCHLD) | Err(_) => {
+                while let Ok(ws) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    if ws == WaitStatus::StillAlive {
+                        break;
+                    }
+                }
+            }
+            Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP | Signal::SIGQUIT) => return 0,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Reap every child; forward signals to `main`; return its status when it ends.

@@ -6,6 +6,7 @@
 //! the kernel offers (for `doctor`). The CLI calls in here and does no kernel work itself.
 
 pub mod control;
+pub mod detach;
 pub mod exec;
 pub mod features;
 pub mod identity;

@@ -57,6 +57,8 @@ pub struct RunOptions {
     pub log_dir: Option<PathBuf>,
     /// Extra CAs the proxy trusts for upstream TLS (inspected endpoints).
     pub upstream_ca: Vec<PathBuf>,
+    /// Start no command; keep the sandbox up until stopped (`sandbox create`).
+    pub keepalive: bool,
     /// User labels, recorded for `sandbox list --selector`.
     pub labels: std::collections::BTreeMap<String, String>,
 }
@@ -221,7 +223,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         Some(img) => img.command(&opts.command),
         None => opts.command.clone(),
     };
-    if command.is_empty() {
+    if command.is_empty() && !opts.keepalive {
         return Err(RunError::Invalid(
             "no command given (and the image has no Entrypoint/Cmd): openshell run -- CMD [ARGS]"
                 .into(),
@@ -446,7 +448,8 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         mounts,
         hostname,
         setgroups: ids.setgroups_allowed(),
-        tty,
+        tty: tty && !opts.keepalive,
+        keepalive: opts.keepalive,
         exec: ExecSpec {
             argv: cstrings(command)?,
             env: cstrings(env.into_iter().map(|(k, v)| format!("{k}={v}")))?,

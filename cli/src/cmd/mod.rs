@@ -1,5 +1,6 @@
 //! One module per command group.
 
+pub mod create;
 pub mod doctor;
 pub mod explain;
 pub mod image;

@@ -149,7 +149,7 @@ pub fn load_policy(path: &PathBuf) -> Result<Policy, String> {
     Policy::parse(&src).map_err(|e| e.render(&path.display().to_string()))
 }
 
-fn options(args: RunArgs) -> Result<RunOptions, String> {
+pub fn options(args: RunArgs) -> Result<RunOptions, String> {
     let policy = args.policy.as_ref().map(load_policy).transpose()?;
     let mounts = args
         .mount
@@ -178,6 +178,7 @@ fn options(args: RunArgs) -> Result<RunOptions, String> {
         no_git_ignore: args.no_git_ignore,
         keep: args.keep,
         labels: parse_labels(&args.label)?,
+        keepalive: false,
         tty: if args.tty {
             Some(true)
         } else if args.no_tty {

@@ -14,6 +14,9 @@ use crate::output::{self, Format};
 /// `openshell sandbox ...`
 #[derive(Debug, Subcommand)]
 pub enum SandboxCommand {
+    /// Create a sandbox that stays after its command: runs CMD (default: a login
+    /// shell) in it; --detach returns once it is Ready; --no-keep deletes it after.
+    Create(Box<super::create::CreateArgs>),
     /// List sandboxes: NAME, PHASE, IMAGE, CREATED, AGE, IDLE.
     #[command(alias = "ls")]
     List {
@@ -371,6 +374,7 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
             code
         }
         SandboxCommand::Explain { name } => super::explain::run(&name, format),
+        SandboxCommand::Create(args) => super::create::run(*args),
         SandboxCommand::Exec {
             name,
             workdir,

@@ -1,0 +1,131 @@
+//! `openshell sandbox create`: a sandbox that outlives its command.
+//!
+//! The CLI forks a detached supervisor first (new session, stdin from /dev/null, its
+//! output to `<state>/supervisors/<name>.log`), which runs the sandbox with no command
+//! of its own (init keeps it up until stopped); then the CLI waits for it to be Ready
+//! and runs CMD (default: a login shell) in it exactly like `sandbox exec` — in a
+//! forked child, so this process keeps the host's view. When CMD exits the sandbox
+//! stays Ready, unless `--no-keep`; `--detach` returns as soon as it is Ready.
+
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use openshell_runtime::exec::ExecRequest;
+use openshell_runtime::record::Phase;
+use openshell_runtime::spawn::EXIT_SETUP;
+use openshell_runtime::{state, store};
+
+use super::run::RunArgs;
+
+/// `openshell sandbox create [OPTIONS] [-- CMD]`
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Delete the sandbox when CMD exits.
+    #[arg(long, conflicts_with = "detach")]
+    no_keep: bool,
+    /// Return once the sandbox is Ready; run nothing in it.
+    #[arg(long, short = 'd')]
+    detach: bool,
+}
+
+fn fail(e: impl std::fmt::Display) -> i32 {
+    eprintln!("openshell: {e}");
+    EXIT_SETUP
+}
+
+/// Create the sandbox; returns the exit status.
+pub fn run(mut args: CreateArgs) -> i32 {
+    let name = args.run.name.clone().unwrap_or_else(state::generate_name);
+    if let Err(e) = state::check_name(&name) {
+        return fail(e);
+    }
+    args.run.name = Some(name.clone());
+    let command = std::mem::take(&mut args.run.command);
+    let tty_flag = (args.run.tty, args.run.no_tty);
+    let (detach, no_keep) = (args.detach, args.no_keep);
+    let mut opts = match super::run::options(args.run) {
+        Ok(o) => o,
+        Err(e) => return fail(e),
+    };
+    opts.keep = true;
+    opts.keepalive = true;
+    opts.tty = Some(false);
+    let base = state::base_dir();
+    let logs = base.join("supervisors");
+    if let Err(e) = std::fs::create_dir_all(&logs) {
+        return fail(format!("create {}: {e}", logs.display()));
+    }
+    let log = logs.join(format!("{name}.log"));
+    let sup = match openshell_runtime::detach::spawn_supervisor(opts, &log) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    // Wait for Ready, or for the supervisor to give up (then say why).
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(e) = store::find(&base, &name)
+            && let Ok(r) = &e.record
+            && r.supervisor.is_some_and(|s| s.pid == sup.as_raw())
+            && e.phase().0 == Phase::Ready
+        {
+            break;
+        }
+        if let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
+            waitpid(sup, Some(WaitPidFlag::WNOHANG))
+        {
+            let why = std::fs::read_to_string(&log).unwrap_or_default();
+            eprint!("{why}");
+            return EXIT_SETUP;
+        }
+        if Instant::now() > until {
+            return fail(format!(
+                "sandbox {name} did not become Ready; see {}",
+                log.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if detach {
+        println!("{name}");
+        return 0;
+    }
+    let tty = match tty_flag {
+        (true, _) => true,
+        (_, true) => false,
+        _ => {
+            nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
+                && nix::unistd::isatty(std::io::stdout()).unwrap_or(false)
+        }
+    };
+    let argv = if command.is_empty() {
+        let shell = "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi";
+        vec!["/bin/sh".into(), "-c".into(), shell.into()]
+    } else {
+        command
+    };
+    let code = run_in(&base, &name, argv, tty);
+    if no_keep && let Err(e) = store::delete(&base, &name) {
+        eprintln!("openshell: {e}");
+    }
+    code
+}
+
+/// Run `argv` in the sandbox (from a child process: this one keeps the host's view).
+fn run_in(base: &std::path::Path, name: &str, argv: Vec<String>, tty: bool) -> i32 {
+    let entry = match store::find(base, name) {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
+    let Ok(rec) = entry.record.clone() else {
+        return fail(format!("sandbox {name}: unreadable record"));
+    };
+    let req = ExecRequest {
+        argv,
+        tty,
+        ..ExecRequest::default()
+    };
+    openshell_runtime::detach::exec_in_child(&entry.dir, &rec, &req)
+}
