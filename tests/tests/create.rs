@@ -49,7 +49,12 @@ fn create_detached_attached_and_no_keep() {
             "ls /proc | grep -c '^[0-9]'; id -u",
         ],
     );
-    assert_eq!(stdout(&o), "4\n1000\n", "init, sh, ls, grep only: {}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "4\n1000\n",
+        "init, sh, ls, grep only: {}",
+        stderr(&o)
+    );
     let o = cli(&sb, &["sandbox", "list", "-q", "--selector", "k=v"]);
     assert_eq!(stdout(&o), "bg\n");
     // The same name again is refused, saying so.
