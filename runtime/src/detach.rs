@@ -19,7 +19,13 @@ use crate::spawn::EXIT_SETUP;
 /// Fork a supervisor running `opts` in a session of its own, its output in `log`.
 /// Returns its pid.
 pub fn spawn_supervisor(opts: RunOptions, log: &Path) -> Result<Pid, String> {
-    let out = std::fs::File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
+    // Appended to, never truncated: a create refused as a duplicate must not wipe the
+    // log of the sandbox already running under that name.
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("open {}: {e}", log.display()))?;
     let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
     // SAFETY: the caller is single-threaded (no thread has been started; image pulls
     // run in child processes), so the child gets a consistent copy of memory.

@@ -198,7 +198,10 @@ pub fn delete(base: &Path, name: &str) -> Result<(), StoreError> {
         name: entry.name,
     };
     stop(&claimed)?;
-    remove_tree(name, &doomed, claimed.record.as_ref().ok())
+    remove_tree(name, &doomed, claimed.record.as_ref().ok())?;
+    // A created sandbox's supervisor log goes with it.
+    let _ = fs::remove_file(base.join("supervisors").join(format!("{name}.log")));
+    Ok(())
 }
 
 fn remove_tree(name: &str, path: &Path, record: Option<&Record>) -> Result<(), StoreError> {

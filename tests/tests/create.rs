@@ -117,6 +117,12 @@ fn create_detached_attached_and_no_keep() {
 
     assert!(cli(&sb, &["sandbox", "delete", "--all"]).status.success());
     assert_eq!(stdout(&cli(&sb, &["sandbox", "list", "-q"])), "");
+    let logs: Vec<_> = std::fs::read_dir(sb.state.path().join("supervisors"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(logs.is_empty(), "supervisor logs left: {logs:?}");
     let o = cli(
         &sb,
         &["sandbox", "create", "--name", "Bad Name", "--detach"],

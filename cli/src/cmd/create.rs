@@ -59,6 +59,7 @@ pub fn run(mut args: CreateArgs) -> i32 {
         return fail(format!("create {}: {e}", logs.display()));
     }
     let log = logs.join(format!("{name}.log"));
+    let before = std::fs::metadata(&log).map_or(0, |m| m.len());
     let sup = match openshell_runtime::detach::spawn_supervisor(opts, &log) {
         Ok(p) => p,
         Err(e) => return fail(e),
@@ -76,8 +77,9 @@ pub fn run(mut args: CreateArgs) -> i32 {
         if let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
             waitpid(sup, Some(WaitPidFlag::WNOHANG))
         {
-            let why = std::fs::read_to_string(&log).unwrap_or_default();
-            eprint!("{why}");
+            let why = std::fs::read(&log).unwrap_or_default();
+            let start = usize::try_from(before).unwrap_or(0).min(why.len());
+            eprint!("{}", String::from_utf8_lossy(&why[start..]));
             return EXIT_SETUP;
         }
         if Instant::now() > until {
