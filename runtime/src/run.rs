@@ -59,6 +59,8 @@ pub struct RunOptions {
     pub upstream_ca: Vec<PathBuf>,
     /// Start no command; keep the sandbox up until stopped (`sandbox create`).
     pub keepalive: bool,
+    /// Bring back the existing (stopped) sandbox of this name (`sandbox start`).
+    pub reuse: bool,
     /// User labels, recorded for `sandbox list --selector`.
     pub labels: std::collections::BTreeMap<String, String>,
 }
@@ -279,7 +281,19 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     let is_root = nix::unistd::geteuid().is_root();
 
     let lock = state::NameLock::acquire(&state::base_dir(), &name)?;
-    let dir = SandboxDir::create(&state::base_dir(), &name, is_root)?;
+    let dir = if opts.reuse {
+        SandboxDir::open(&state::base_dir(), &name)?
+    } else {
+        SandboxDir::create(&state::base_dir(), &name, is_root)?
+    };
+    let previous = opts.reuse.then(|| Record::load(&dir.path).ok()).flatten();
+    if let Some(p) = &previous
+        && p.supervisor.is_some_and(|s| s.alive())
+    {
+        return Err(RunError::Invalid(format!(
+            "sandbox {name} is already running"
+        )));
+    }
     let cleanup = Cleanup {
         dir: dir.clone(),
         keep: opts.keep,
@@ -294,7 +308,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             .as_ref()
             .map_or_else(|| "host".into(), |i| i.name.clone()),
         image_digest: opts.image.as_ref().map(|i| i.digest.clone()),
-        created: record::now(),
+        created: previous.as_ref().map_or_else(record::now, |p| p.created),
         last_active: record::now(),
         labels: opts.labels.clone(),
         uid,

@@ -128,6 +128,20 @@ pub struct SandboxDir {
 }
 
 impl SandboxDir {
+    /// The directory of an existing (stopped) sandbox, for `sandbox start`.
+    pub fn open(base: &Path, name: &str) -> Result<Self, StateError> {
+        check_name(name)?;
+        let path = base.join("sandboxes").join(name);
+        if !path.join("workspace").is_dir() {
+            return Err(StateError::Io {
+                what: "find",
+                path,
+                source: io::ErrorKind::NotFound.into(),
+            });
+        }
+        Ok(Self { path })
+    }
+
     /// Create the directory of a new sandbox; refuse an existing name.
     pub fn create(base: &Path, name: &str, traversable: bool) -> Result<Self, StateError> {
         check_name(name)?;
@@ -220,7 +234,13 @@ impl SandboxDir {
         let (upper, work) = (self.path.join("upper"), self.path.join("work"));
         for d in [&upper, &work] {
             // Not create_dir_all: a sandbox directory deleted meanwhile must not come back.
-            fs::create_dir(d).map_err(io_err("create", d))?;
+            // (Present already when a stopped sandbox starts again.)
+            match fs::create_dir(d) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(io_err("create", d)(e));
+                }
+                _ => {}
+            }
         }
         let f = self.path.join("image");
         fs::write(&f, format!("{digest}\n")).map_err(io_err("write", &f))?;

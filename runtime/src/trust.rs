@@ -41,7 +41,12 @@ pub fn prepare(
     let ca = SandboxCa::generate(sandbox).map_err(|e| format!("sandbox CA: {e}"))?;
     let dir = state.join("ca");
     // Not create_dir_all: a sandbox directory deleted meanwhile must not come back.
-    std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    match std::fs::create_dir(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(format!("create {}: {e}", dir.display()));
+        }
+        _ => {}
+    }
     let pem = ca.cert_pem();
     let system = std::env::var_os("SSL_CERT_FILE")
         .map(PathBuf::from)

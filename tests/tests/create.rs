@@ -134,3 +134,124 @@ fn create_detached_attached_and_no_keep() {
         stderr(&o)
     );
 }
+
+#[test]
+fn start_brings_a_stopped_sandbox_back_with_its_files_and_policy() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let dir = openshell_tests::TempDir::new("startpol");
+    let allow = |host: &str| {
+        format!(
+            "version: 1\nnetwork_policies:\n  p:\n    name: p\n    endpoints:\n      - {{ host: {host}, port: 443 }}\n    binaries:\n      - {{ path: /usr/bin/curl }}\n"
+        )
+    };
+    let v1 = openshell_tests::policy_file(dir.path(), "v1.yaml", &allow("one.example"));
+    let v2 = openshell_tests::policy_file(dir.path(), "v2.yaml", &allow("two.example"));
+    let o = cli(
+        &sb,
+        &[
+            "sandbox",
+            "create",
+            "--name",
+            "s",
+            "--label",
+            "team=x",
+            "--policy",
+            v1.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "echo kept > /sandbox/f",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cli(
+        &sb,
+        &["policy", "set", "s", "--policy", v2.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(cli(&sb, &["sandbox", "stop", "s"]).status.success());
+    assert_eq!(phase(&sb, "s"), "Stopped");
+
+    let o = cli(&sb, &["sandbox", "start", "s"]);
+    assert_eq!(stdout(&o), "started s\n", "{}", stderr(&o));
+    assert_eq!(phase(&sb, "s"), "Ready");
+    let o = cli(&sb, &["sandbox", "exec", "s", "--", "cat", "/sandbox/f"]);
+    assert_eq!(stdout(&o), "kept\n", "{}", stderr(&o));
+    assert_eq!(
+        stdout(&cli(
+            &sb,
+            &["sandbox", "list", "-q", "--selector", "team=x"]
+        )),
+        "s\n"
+    );
+    let got = stdout(&cli(&sb, &["policy", "get", "s"]));
+    assert!(
+        got.contains("two.example") && !got.contains("one.example"),
+        "the live policy comes back: {got}"
+    );
+
+    let o = cli(&sb, &["sandbox", "start", "s"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("sandbox s is already running"),
+        "{}",
+        stderr(&o)
+    );
+    sb.run(&["--keep", "--name", "r"], &["true"]);
+    let o = cli(&sb, &["sandbox", "start", "r"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("cannot be started"), "{}", stderr(&o));
+    assert!(cli(&sb, &["sandbox", "delete", "--all"]).status.success());
+}
+
+#[test]
+fn an_image_sandbox_starts_again_on_its_own_upper_dir() {
+    need_sandbox!();
+    let Ok(reg) = std::env::var("OS_TEST_REGISTRY") else {
+        assert!(
+            !openshell_tests::required("registry"),
+            "OS_TEST_REGISTRY unset but OPENSHELL_TEST_REQUIRE asks for the registry"
+        );
+        eprintln!("skipped: no test registry (../shared/testenv/registry.sh start)");
+        return;
+    };
+    let sb = Sandbox::new();
+    let img = format!("{reg}/busybox:latest");
+    let os = |args: &[&str]| {
+        sb.cmd()
+            .env("OPENSHELL_IMAGE_DIR", sb.state.path().join("images"))
+            .env("HOME", sb.state.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = os(&[
+        "sandbox",
+        "create",
+        "--name",
+        "bb",
+        "--from",
+        &img,
+        "--",
+        "sh",
+        "-c",
+        "echo x > /sandbox/y",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(os(&["sandbox", "stop", "bb"]).status.success());
+    let o = os(&["sandbox", "start", "bb"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = os(&[
+        "sandbox",
+        "exec",
+        "bb",
+        "--",
+        "sh",
+        "-c",
+        "cat /sandbox/y; busybox | head -1 | cut -c1-7",
+    ]);
+    assert_eq!(stdout(&o), "x\nBusyBox\n", "{}", stderr(&o));
+    assert!(os(&["sandbox", "delete", "bb"]).status.success());
+}

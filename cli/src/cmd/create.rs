@@ -18,6 +18,101 @@ use openshell_runtime::{state, store};
 
 use super::run::RunArgs;
 
+/// Where a created sandbox keeps the options it was created with.
+const ARGS_FILE: &str = "create.args";
+
+/// Wait until `name` is Ready under supervisor `sup`, or the supervisor gave up (then
+/// print what it logged since `before`).
+fn wait_ready(
+    base: &std::path::Path,
+    name: &str,
+    sup: nix::unistd::Pid,
+    log: &std::path::Path,
+    before: u64,
+) -> Result<(), i32> {
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(e) = store::find(base, name)
+            && let Ok(r) = &e.record
+            && r.supervisor.is_some_and(|s| s.pid == sup.as_raw())
+            && e.phase().0 == Phase::Ready
+        {
+            return Ok(());
+        }
+        if let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
+            waitpid(sup, Some(WaitPidFlag::WNOHANG))
+        {
+            let why = std::fs::read(log).unwrap_or_default();
+            let start = usize::try_from(before).unwrap_or(0).min(why.len());
+            eprint!("{}", String::from_utf8_lossy(&why[start..]));
+            return Err(EXIT_SETUP);
+        }
+        if Instant::now() > until {
+            return Err(fail(format!(
+                "sandbox {name} did not become Ready; see {}",
+                log.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `openshell sandbox start NAME`: bring a stopped sandbox made by `create` back.
+pub fn start(name: &str) -> i32 {
+    #[derive(clap::Parser)]
+    struct Saved {
+        #[command(flatten)]
+        create: CreateArgs,
+    }
+    let base = state::base_dir();
+    let e = match store::find(&base, name) {
+        Ok(e) => e,
+        Err(err) => return fail(err),
+    };
+    if matches!(e.phase().0, Phase::Ready | Phase::Provisioning) {
+        return fail(format!("sandbox {name} is already running"));
+    }
+    let Ok(text) = std::fs::read_to_string(e.dir.join(ARGS_FILE)) else {
+        return fail(format!(
+            "sandbox {name} was made by `run --keep`, not `sandbox create`: it cannot be started; see its files with `sandbox download`"
+        ));
+    };
+    let saved: Vec<String> = serde_json::from_str(&text).unwrap_or_default();
+    let parsed =
+        <Saved as clap::Parser>::try_parse_from(std::iter::once("create".to_string()).chain(saved));
+    let mut args = match parsed {
+        Ok(s) => s.create,
+        Err(err) => return fail(format!("sandbox {name}: its saved options: {err}")),
+    };
+    args.run.name = Some(name.to_string());
+    args.run.command.clear();
+    // The policy it has now (maybe changed live), not the file it was created with.
+    args.run.policy = Some(e.dir.join(openshell_runtime::record::POLICY));
+    args.run.upload.clear();
+    let mut opts = match super::run::options(args.run) {
+        Ok(o) => o,
+        Err(err) => return fail(err),
+    };
+    opts.keep = true;
+    opts.keepalive = true;
+    opts.reuse = true;
+    opts.tty = Some(false);
+    let log = base.join("supervisors").join(format!("{name}.log"));
+    let _ = std::fs::create_dir_all(base.join("supervisors"));
+    let before = std::fs::metadata(&log).map_or(0, |m| m.len());
+    let sup = match openshell_runtime::detach::spawn_supervisor(opts, &log) {
+        Ok(p) => p,
+        Err(err) => return fail(err),
+    };
+    match wait_ready(&base, name, sup, &log, before) {
+        Ok(()) => {
+            println!("started {name}");
+            0
+        }
+        Err(code) => code,
+    }
+}
+
 /// `openshell sandbox create [OPTIONS] [-- CMD]`
 #[derive(Debug, Args)]
 pub struct CreateArgs {
@@ -64,31 +159,20 @@ pub fn run(mut args: CreateArgs) -> i32 {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
-    // Wait for Ready, or for the supervisor to give up (then say why).
-    let until = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(e) = store::find(&base, &name)
-            && let Ok(r) = &e.record
-            && r.supervisor.is_some_and(|s| s.pid == sup.as_raw())
-            && e.phase().0 == Phase::Ready
-        {
-            break;
-        }
-        if let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
-            waitpid(sup, Some(WaitPidFlag::WNOHANG))
-        {
-            let why = std::fs::read(&log).unwrap_or_default();
-            let start = usize::try_from(before).unwrap_or(0).min(why.len());
-            eprint!("{}", String::from_utf8_lossy(&why[start..]));
-            return EXIT_SETUP;
-        }
-        if Instant::now() > until {
-            return fail(format!(
-                "sandbox {name} did not become Ready; see {}",
-                log.display()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    if let Err(code) = wait_ready(&base, &name, sup, &log, before) {
+        return code;
+    }
+    // What `sandbox start` needs to bring it back: the options it was created with.
+    let saved: Vec<String> = std::env::args()
+        .skip_while(|a| a != "create")
+        .skip(1)
+        .take_while(|a| a != "--")
+        .collect();
+    if let Ok(e) = store::find(&base, &name) {
+        let _ = openshell_runtime::record::write_atomic(
+            &e.dir.join(ARGS_FILE),
+            serde_json::to_string(&saved).unwrap_or_default().as_bytes(),
+        );
     }
     if detach {
         println!("{name}");

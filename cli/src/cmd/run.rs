@@ -179,6 +179,7 @@ pub fn options(args: RunArgs) -> Result<RunOptions, String> {
         keep: args.keep,
         labels: parse_labels(&args.label)?,
         keepalive: false,
+        reuse: false,
         tty: if args.tty {
             Some(true)
         } else if args.no_tty {

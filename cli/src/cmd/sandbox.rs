@@ -89,6 +89,11 @@ pub enum SandboxCommand {
         /// The sandbox.
         name: String,
     },
+    /// Bring a stopped sandbox made by `create` back (same files, current policy).
+    Start {
+        /// Its name.
+        name: String,
+    },
     /// Stop a running sandbox's processes (SIGTERM, SIGKILL after 5 s); a kept
     /// sandbox's files and policy stay.
     Stop {
@@ -375,6 +380,7 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
         }
         SandboxCommand::Explain { name } => super::explain::run(&name, format),
         SandboxCommand::Create(args) => super::create::run(*args),
+        SandboxCommand::Start { name } => super::create::start(&name),
         SandboxCommand::Exec {
             name,
             workdir,
