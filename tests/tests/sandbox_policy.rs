@@ -189,6 +189,14 @@ fn policy_set_get_list_on_a_running_sandbox() {
         .filter_map(|l| l.split_whitespace().nth(1))
         .collect();
     assert_eq!(statuses, ["superseded", "loaded", "rejected"], "{list}");
+    // `sandbox get --policy-only` is the YAML alone; `policy get --full` the same page.
+    let only = stdout(&cli(&sb, &["sandbox", "get", "pol", "--policy-only"]));
+    assert!(
+        only.starts_with("version: 1\n") && only.contains("other.test.openshell"),
+        "{only}"
+    );
+    let full = stdout(&cli(&sb, &["policy", "get", "pol", "--full"]));
+    assert!(full.ends_with(&only), "{full}");
     let json = cli(&sb, &["policy", "get", "pol", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["version"], 2);

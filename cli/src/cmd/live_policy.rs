@@ -50,8 +50,8 @@ struct Shown {
     policy: String,
 }
 
-/// `policy get NAME`.
-pub fn get(name: &str, format: Format, timeout: Duration) -> i32 {
+/// `policy get NAME` (`policy_only`: `sandbox get NAME --policy-only`, the YAML alone).
+pub fn get(name: &str, format: Format, timeout: Duration, policy_only: bool) -> i32 {
     let e = match store::find(&state::base_dir(), name) {
         Ok(e) => e,
         Err(err) => return fail(err),
@@ -81,6 +81,10 @@ pub fn get(name: &str, format: Format, timeout: Duration) -> i32 {
             Err(err) => return fail(format!("sandbox {name}: {err}")),
         },
     };
+    if policy_only {
+        print!("{}", shown.policy);
+        return 0;
+    }
     if !output::structured(format, &shown) {
         println!("Sandbox: {}", shown.sandbox);
         if let Some(v) = shown.version {

@@ -22,6 +22,10 @@ pub enum PolicyCommand {
     Get {
         /// The sandbox.
         name: String,
+        /// Accepted for OpenShell compatibility: the whole policy is always printed
+        /// (static sections included), so the output can be fed back to `policy set`.
+        #[arg(long)]
+        full: bool,
         /// Seconds to wait for the sandbox's supervisor.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
@@ -84,9 +88,11 @@ struct Verdict {
 pub fn run(cmd: PolicyCommand, format: Format) -> i32 {
     let secs = |t: u64| std::time::Duration::from_secs(t.max(1));
     match cmd {
-        PolicyCommand::Get { name, timeout } => {
-            super::live_policy::get(&name, format, secs(timeout))
-        }
+        PolicyCommand::Get {
+            name,
+            full: _,
+            timeout,
+        } => super::live_policy::get(&name, format, secs(timeout), false),
         PolicyCommand::Set {
             name,
             policy,

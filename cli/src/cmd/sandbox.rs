@@ -31,6 +31,9 @@ pub enum SandboxCommand {
     Get {
         /// Its name.
         name: String,
+        /// Print only its policy (YAML): the active one while it runs, else the stored.
+        #[arg(long)]
+        policy_only: bool,
     },
     /// Stop and remove sandboxes: processes, files, state.
     #[command(alias = "rm")]
@@ -352,7 +355,11 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
             }
             0
         }
-        SandboxCommand::Get { name } => match store::find(&base, &name) {
+        SandboxCommand::Get {
+            name,
+            policy_only: true,
+        } => super::live_policy::get(&name, format, std::time::Duration::from_secs(10), true),
+        SandboxCommand::Get { name, .. } => match store::find(&base, &name) {
             Err(e) => fail(e),
             Ok(e) => {
                 let v = view(&e);
