@@ -255,3 +255,70 @@ fn an_image_sandbox_starts_again_on_its_own_upper_dir() {
     assert_eq!(stdout(&o), "x\nBusyBox\n", "{}", stderr(&o));
     assert!(os(&["sandbox", "delete", "bb"]).status.success());
 }
+
+#[test]
+fn a_killed_supervisor_reads_as_error_and_start_revives_it() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let o = cli(
+        &sb,
+        &[
+            "sandbox",
+            "create",
+            "--name",
+            "k",
+            "--",
+            "sh",
+            "-c",
+            "echo data > /sandbox/d",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_slice(&cli(&sb, &["sandbox", "get", "k", "-o", "json"]).stdout).unwrap();
+    let pid = v["supervisor_pid"].as_i64().expect("a running supervisor") as i32;
+    // SAFETY: kill(2) on the supervisor this test created.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while phase(&sb, "k") != "Error" {
+        assert!(
+            std::time::Instant::now() < until,
+            "never Error: {}",
+            phase(&sb, "k")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = cli(&sb, &["sandbox", "start", "k"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cli(&sb, &["sandbox", "exec", "k", "--", "cat", "/sandbox/d"]);
+    assert_eq!(stdout(&o), "data\n", "{}", stderr(&o));
+    assert!(cli(&sb, &["sandbox", "delete", "k"]).status.success());
+}
+
+#[test]
+fn twenty_parallel_execs_each_get_their_own_answer() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    assert!(
+        cli(&sb, &["sandbox", "create", "--name", "par", "--detach"])
+            .status
+            .success()
+    );
+    let kids: Vec<_> = (0..20)
+        .map(|i| {
+            sb.cmd()
+                .args(["sandbox", "exec", "par", "--", "sh", "-c"])
+                .arg(format!("echo {i} > /tmp/{i}; cat /tmp/{i}; exit {i}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, k) in kids.into_iter().enumerate() {
+        let o = k.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(i as i32));
+        assert_eq!(stdout(&o), format!("{i}\n"));
+    }
+    assert!(cli(&sb, &["sandbox", "delete", "par"]).status.success());
+}
