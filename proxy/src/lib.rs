@@ -44,6 +44,9 @@ pub struct Peer {
     pub chain: Vec<String>,
     /// SHA-256 of the executable's content.
     pub sha256: Option<String>,
+    /// Other programs holding the same socket (inherited or passed): not empty means
+    /// the connection cannot be attributed to one program, and it is refused.
+    pub shared_with: Vec<String>,
 }
 
 /// Finds the process behind a connection from the sandbox.
@@ -122,6 +125,13 @@ impl Context {
                 Err("the connection's process could not be identified".into()),
             );
         };
+        if !peer.shared_with.is_empty() {
+            let err = format!(
+                "the socket is shared with other programs ({}); a connection must come from one program",
+                peer.shared_with.join(", ")
+            );
+            return (peer, Err(err));
+        }
         let pinned = match &peer.sha256 {
             Some(h) => {
                 let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());

@@ -77,15 +77,20 @@ impl SandboxProcs {
         out
     }
 
-    fn owner(&self, inode: u64) -> Option<u32> {
+    /// Every process of the sandbox holding the socket `inode`.
+    fn holders(&self, inode: u64) -> Vec<u32> {
         let needle = format!("socket:[{inode}]");
-        self.descendants().into_iter().find(|pid| {
-            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|rd| {
-                rd.flatten().any(|fd| {
-                    std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == needle.as_str())
+        self.descendants()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|rd| {
+                    rd.flatten().any(|fd| {
+                        std::fs::read_link(fd.path())
+                            .is_ok_and(|l| l.as_os_str() == needle.as_str())
+                    })
                 })
             })
-        })
+            .collect()
     }
 
     fn parent(pid: u32) -> Option<u32> {
@@ -149,8 +154,18 @@ fn exe(pid: u32) -> Option<String> {
 impl Identify for SandboxProcs {
     fn identify(&self, agent: SocketAddr, remote: SocketAddr) -> Option<Peer> {
         let inode = self.inode_of(agent, remote)?;
-        let pid = self.owner(inode)?;
+        let holders = self.holders(inode);
+        let pid = *holders.first()?;
         let mut chain = vec![exe(pid)?];
+        // A socket held by several processes (one created it, another inherited it)
+        // is attributed to a program only when they all run that same program.
+        let mut shared_with: Vec<String> = holders[1..]
+            .iter()
+            .filter_map(|p| exe(*p))
+            .filter(|e| *e != chain[0])
+            .collect();
+        shared_with.sort();
+        shared_with.dedup();
         let mut p = pid;
         while let Some(pp) = Self::parent(p) {
             if pp == self.init || pp <= 1 {
@@ -166,6 +181,7 @@ impl Identify for SandboxProcs {
             exe: chain[0].clone(),
             sha256: self.sha256(pid),
             chain,
+            shared_with,
         })
     }
 }

@@ -2,7 +2,7 @@
 //! real proxy in the supervisor, real upstream servers of `../shared/testenv` in their
 //! own network namespace. Deny by default; decisions by host, port and binary; SSRF
 //! guard; forward proxy; bypass refusal; transparent TCP; policy DNS; sha256 pinning;
-//! hot reload through the control socket; logs.
+//! hot reload through the control socket; logs; a socket shared with an allowed program.
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -580,4 +580,38 @@ PY"
     );
     let out = n.run(Some(&p), &script);
     assert_eq!(stdout(&out).trim(), "fast=200", "{}", stderr(&out));
+}
+
+#[test]
+fn a_socket_shared_with_an_allowed_program_is_not_laundered() {
+    need_upstream!();
+    let n = Net::new();
+    let host = up("OS_UPSTREAM_HOST");
+    // Only `sleep` may connect. python3 (not allowed) makes the socket, lets a `sleep`
+    // inherit it, then connects through the proxy: the proxy must not take the
+    // connection for sleep's.
+    let script = format!(
+        "python3 - <<'EOF'
+import socket, subprocess
+s = socket.socket()
+s.set_inheritable(True)
+p = subprocess.Popen(['/usr/bin/sleep', '5'], pass_fds=[s.fileno()])
+s.connect(('10.200.0.1', 3128))
+s.sendall(b'CONNECT {host}:80 HTTP/1.1\\r\\nHost: {host}:80\\r\\n\\r\\n')
+print(s.recv(4096).decode(errors='replace'))
+p.kill()
+EOF"
+    );
+    let out = n.run(
+        Some(&policy(&ep(&host, 80), &bin("/usr/bin/sleep"))),
+        &script,
+    );
+    let text = stdout(&out);
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}{}", stderr(&out));
+    assert!(text.contains("shared with other programs"), "{text}");
+    assert!(
+        n.log().contains("shared with other programs"),
+        "{}",
+        n.log()
+    );
 }
