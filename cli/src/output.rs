@@ -52,3 +52,9 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
         line(r.iter().map(String::as_str).collect());
     }
 }
+
+/// Print `openshell: <e>` on stderr; the exit status of a failed command (1).
+pub fn fail(e: impl std::fmt::Display) -> i32 {
+    eprintln!("openshell: {e}");
+    1
+}

@@ -163,6 +163,55 @@ impl Sandbox {
         out
     }
 
+    /// `openshell ARGS` with this state dir, stdin empty, output captured.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run openshell")
+    }
+
+    /// Start `openshell run OPTS -- ARGV` in the background, stdio closed.
+    pub fn spawn_run(&self, opts: &[&str], argv: &[&str]) -> std::process::Child {
+        self.cmd()
+            .arg("run")
+            .args(opts)
+            .arg("--")
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn openshell")
+    }
+
+    /// `run --keep --name NAME -- sh -c SCRIPT` in the background, returned once Ready.
+    pub fn start_kept(&self, name: &str, script: &str) -> std::process::Child {
+        let child = self.spawn_run(&["--keep", "--name", name], &["sh", "-c", script]);
+        self.wait_phase(name, "Ready");
+        child
+    }
+
+    /// Wait (up to 20 s) until `sandbox get NAME -o json` says `phase`; return that JSON.
+    pub fn wait_phase(&self, name: &str, phase: &str) -> String {
+        let want = format!("\"phase\": \"{phase}\"");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let o = self.cli(&["sandbox", "get", name, "-o", "json"]);
+            let text = stdout(&o);
+            if o.status.success() && text.contains(&want) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "{name} never became {phase}: {text}{}",
+                stderr(&o)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Run the probe inside a sandbox: `openshell run [opts] --mount PROBE -- probe ARGS`.
     pub fn probe(&self, opts: &[&str], args: &[&str]) -> Output {
         let mount = format!("{}:/sandbox/.probe:ro", probe_bin().display());
@@ -189,4 +238,52 @@ pub fn policy_file(dir: &Path, name: &str, yaml: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, yaml).expect("write policy");
     p
+}
+
+/// A pty pair of the given size, the master close-on-exec (closing ours hangs up).
+pub fn openpty(rows: u16, cols: u16) -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let (mut m, mut s) = (0, 0);
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two fds into m and s; name and termios are NULL.
+    let rc = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    assert_eq!(rc, 0);
+    // SAFETY: fcntl on a fresh fd of ours.
+    unsafe { libc::fcntl(m, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: fresh fds owned by us.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(m),
+            std::os::fd::OwnedFd::from_raw_fd(s),
+        )
+    }
+}
+
+/// Read from a pty master until `want` appears or `timeout` passes; all that was read.
+pub fn read_until(master: &mut std::fs::File, want: &str, timeout: std::time::Duration) -> String {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let start = std::time::Instant::now();
+    let mut acc = String::new();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < timeout && !acc.contains(want) {
+        let mut p = libc::pollfd {
+            fd: master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polling one valid fd.
+        if unsafe { libc::poll(&mut p, 1, 100) } > 0 {
+            match master.read(&mut buf) {
+                Ok(n) if n > 0 => acc.push_str(&String::from_utf8_lossy(&buf[..n])),
+                _ => break,
+            }
+        }
+    }
+    acc
 }

@@ -2,20 +2,12 @@
 //! with no command, attached commands after which the sandbox stays (or goes with
 //! --no-keep), duplicates refused, and a stopped sandbox that keeps its files.
 
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 
 use openshell_tests::{Sandbox, need_sandbox, stderr, stdout};
 
-fn cli(sb: &Sandbox, args: &[&str]) -> Output {
-    sb.cmd()
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run openshell")
-}
-
 fn phase(sb: &Sandbox, name: &str) -> String {
-    let o = cli(sb, &["sandbox", "get", name, "-o", "json"]);
+    let o = sb.cli(&["sandbox", "get", name, "-o", "json"]);
     if !o.status.success() {
         return "absent".into();
     }
@@ -28,37 +20,31 @@ fn create_detached_attached_and_no_keep() {
     need_sandbox!();
     let sb = Sandbox::new();
     // Detached: returns once Ready, with nothing running but init.
-    let o = cli(
-        &sb,
-        &[
-            "sandbox", "create", "--name", "bg", "--detach", "--label", "k=v",
-        ],
-    );
+    let o = sb.cli(&[
+        "sandbox", "create", "--name", "bg", "--detach", "--label", "k=v",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "bg\n");
     assert_eq!(phase(&sb, "bg"), "Ready");
-    let o = cli(
-        &sb,
-        &[
-            "sandbox",
-            "exec",
-            "bg",
-            "--",
-            "sh",
-            "-c",
-            "ls /proc | grep -c '^[0-9]'; id -u",
-        ],
-    );
+    let o = sb.cli(&[
+        "sandbox",
+        "exec",
+        "bg",
+        "--",
+        "sh",
+        "-c",
+        "ls /proc | grep -c '^[0-9]'; id -u",
+    ]);
     assert_eq!(
         stdout(&o),
         "4\n1000\n",
         "init, sh, ls, grep only: {}",
         stderr(&o)
     );
-    let o = cli(&sb, &["sandbox", "list", "-q", "--selector", "k=v"]);
+    let o = sb.cli(&["sandbox", "list", "-q", "--selector", "k=v"]);
     assert_eq!(stdout(&o), "bg\n");
     // The same name again is refused, saying so.
-    let o = cli(&sb, &["sandbox", "create", "--name", "bg", "--detach"]);
+    let o = sb.cli(&["sandbox", "create", "--name", "bg", "--detach"]);
     assert_eq!(o.status.code(), Some(125));
     assert!(
         stderr(&o).contains("a sandbox named bg already exists"),
@@ -67,66 +53,54 @@ fn create_detached_attached_and_no_keep() {
     );
 
     // Attached: the command's output and exit status; the sandbox stays Ready.
-    let o = cli(
-        &sb,
-        &[
-            "sandbox",
-            "create",
-            "--name",
-            "fg",
-            "--",
-            "sh",
-            "-c",
-            "echo made > /sandbox/f; echo out; exit 3",
-        ],
-    );
+    let o = sb.cli(&[
+        "sandbox",
+        "create",
+        "--name",
+        "fg",
+        "--",
+        "sh",
+        "-c",
+        "echo made > /sandbox/f; echo out; exit 3",
+    ]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert_eq!(stdout(&o), "out\n");
     assert_eq!(phase(&sb, "fg"), "Ready");
     assert_eq!(
-        stdout(&cli(
-            &sb,
-            &["sandbox", "exec", "fg", "--", "cat", "/sandbox/f"]
-        )),
+        stdout(&sb.cli(&["sandbox", "exec", "fg", "--", "cat", "/sandbox/f"])),
         "made\n"
     );
 
     // Stop keeps it (files too); delete takes it.
-    assert!(cli(&sb, &["sandbox", "stop", "fg"]).status.success());
+    assert!(sb.cli(&["sandbox", "stop", "fg"]).status.success());
     assert_eq!(phase(&sb, "fg"), "Stopped");
     let v: serde_json::Value =
-        serde_json::from_slice(&cli(&sb, &["sandbox", "get", "fg", "-o", "json"]).stdout).unwrap();
+        serde_json::from_slice(&sb.cli(&["sandbox", "get", "fg", "-o", "json"]).stdout).unwrap();
     let ws = std::path::PathBuf::from(v["path"].as_str().unwrap()).join("workspace/f");
     assert_eq!(std::fs::read_to_string(ws).unwrap(), "made\n");
 
     // --no-keep: gone after the command.
-    let o = cli(
-        &sb,
-        &[
-            "sandbox",
-            "create",
-            "--name",
-            "once",
-            "--no-keep",
-            "--",
-            "true",
-        ],
-    );
+    let o = sb.cli(&[
+        "sandbox",
+        "create",
+        "--name",
+        "once",
+        "--no-keep",
+        "--",
+        "true",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(phase(&sb, "once"), "absent");
 
-    assert!(cli(&sb, &["sandbox", "delete", "--all"]).status.success());
-    assert_eq!(stdout(&cli(&sb, &["sandbox", "list", "-q"])), "");
+    assert!(sb.cli(&["sandbox", "delete", "--all"]).status.success());
+    assert_eq!(stdout(&sb.cli(&["sandbox", "list", "-q"])), "");
     let logs: Vec<_> = std::fs::read_dir(sb.state.path().join("supervisors"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
         .collect();
     assert!(logs.is_empty(), "supervisor logs left: {logs:?}");
-    let o = cli(
-        &sb,
-        &["sandbox", "create", "--name", "Bad Name", "--detach"],
-    );
+    let o = sb.cli(&["sandbox", "create", "--name", "Bad Name", "--detach"]);
     assert_eq!(o.status.code(), Some(125));
     assert!(
         stderr(&o).contains("invalid sandbox name"),
@@ -147,51 +121,42 @@ fn start_brings_a_stopped_sandbox_back_with_its_files_and_policy() {
     };
     let v1 = openshell_tests::policy_file(dir.path(), "v1.yaml", &allow("one.example"));
     let v2 = openshell_tests::policy_file(dir.path(), "v2.yaml", &allow("two.example"));
-    let o = cli(
-        &sb,
-        &[
-            "sandbox",
-            "create",
-            "--name",
-            "s",
-            "--label",
-            "team=x",
-            "--policy",
-            v1.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            "echo kept > /sandbox/f",
-        ],
-    );
+    let o = sb.cli(&[
+        "sandbox",
+        "create",
+        "--name",
+        "s",
+        "--label",
+        "team=x",
+        "--policy",
+        v1.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /sandbox/f",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = cli(
-        &sb,
-        &["policy", "set", "s", "--policy", v2.to_str().unwrap()],
-    );
+    let o = sb.cli(&["policy", "set", "s", "--policy", v2.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(cli(&sb, &["sandbox", "stop", "s"]).status.success());
+    assert!(sb.cli(&["sandbox", "stop", "s"]).status.success());
     assert_eq!(phase(&sb, "s"), "Stopped");
 
-    let o = cli(&sb, &["sandbox", "start", "s"]);
+    let o = sb.cli(&["sandbox", "start", "s"]);
     assert_eq!(stdout(&o), "started s\n", "{}", stderr(&o));
     assert_eq!(phase(&sb, "s"), "Ready");
-    let o = cli(&sb, &["sandbox", "exec", "s", "--", "cat", "/sandbox/f"]);
+    let o = sb.cli(&["sandbox", "exec", "s", "--", "cat", "/sandbox/f"]);
     assert_eq!(stdout(&o), "kept\n", "{}", stderr(&o));
     assert_eq!(
-        stdout(&cli(
-            &sb,
-            &["sandbox", "list", "-q", "--selector", "team=x"]
-        )),
+        stdout(&sb.cli(&["sandbox", "list", "-q", "--selector", "team=x"])),
         "s\n"
     );
-    let got = stdout(&cli(&sb, &["policy", "get", "s"]));
+    let got = stdout(&sb.cli(&["policy", "get", "s"]));
     assert!(
         got.contains("two.example") && !got.contains("one.example"),
         "the live policy comes back: {got}"
     );
 
-    let o = cli(&sb, &["sandbox", "start", "s"]);
+    let o = sb.cli(&["sandbox", "start", "s"]);
     assert_eq!(o.status.code(), Some(125));
     assert!(
         stderr(&o).contains("sandbox s is already running"),
@@ -199,10 +164,10 @@ fn start_brings_a_stopped_sandbox_back_with_its_files_and_policy() {
         stderr(&o)
     );
     sb.run(&["--keep", "--name", "r"], &["true"]);
-    let o = cli(&sb, &["sandbox", "start", "r"]);
+    let o = sb.cli(&["sandbox", "start", "r"]);
     assert_eq!(o.status.code(), Some(125));
     assert!(stderr(&o).contains("cannot be started"), "{}", stderr(&o));
-    assert!(cli(&sb, &["sandbox", "delete", "--all"]).status.success());
+    assert!(sb.cli(&["sandbox", "delete", "--all"]).status.success());
 }
 
 #[test]
@@ -260,22 +225,19 @@ fn an_image_sandbox_starts_again_on_its_own_upper_dir() {
 fn a_killed_supervisor_reads_as_error_and_start_revives_it() {
     need_sandbox!();
     let sb = Sandbox::new();
-    let o = cli(
-        &sb,
-        &[
-            "sandbox",
-            "create",
-            "--name",
-            "k",
-            "--",
-            "sh",
-            "-c",
-            "echo data > /sandbox/d",
-        ],
-    );
+    let o = sb.cli(&[
+        "sandbox",
+        "create",
+        "--name",
+        "k",
+        "--",
+        "sh",
+        "-c",
+        "echo data > /sandbox/d",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value =
-        serde_json::from_slice(&cli(&sb, &["sandbox", "get", "k", "-o", "json"]).stdout).unwrap();
+        serde_json::from_slice(&sb.cli(&["sandbox", "get", "k", "-o", "json"]).stdout).unwrap();
     let pid = v["supervisor_pid"].as_i64().expect("a running supervisor") as i32;
     // SAFETY: kill(2) on the supervisor this test created.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
@@ -288,11 +250,11 @@ fn a_killed_supervisor_reads_as_error_and_start_revives_it() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let o = cli(&sb, &["sandbox", "start", "k"]);
+    let o = sb.cli(&["sandbox", "start", "k"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = cli(&sb, &["sandbox", "exec", "k", "--", "cat", "/sandbox/d"]);
+    let o = sb.cli(&["sandbox", "exec", "k", "--", "cat", "/sandbox/d"]);
     assert_eq!(stdout(&o), "data\n", "{}", stderr(&o));
-    assert!(cli(&sb, &["sandbox", "delete", "k"]).status.success());
+    assert!(sb.cli(&["sandbox", "delete", "k"]).status.success());
 }
 
 #[test]
@@ -300,7 +262,7 @@ fn twenty_parallel_execs_each_get_their_own_answer() {
     need_sandbox!();
     let sb = Sandbox::new();
     assert!(
-        cli(&sb, &["sandbox", "create", "--name", "par", "--detach"])
+        sb.cli(&["sandbox", "create", "--name", "par", "--detach"])
             .status
             .success()
     );
@@ -320,5 +282,5 @@ fn twenty_parallel_execs_each_get_their_own_answer() {
         assert_eq!(o.status.code(), Some(i as i32));
         assert_eq!(stdout(&o), format!("{i}\n"));
     }
-    assert!(cli(&sb, &["sandbox", "delete", "par"]).status.success());
+    assert!(sb.cli(&["sandbox", "delete", "par"]).status.success());
 }

@@ -4,53 +4,24 @@
 //! stdin piped and the exit status preserved; timeouts; clear errors when it cannot run.
 
 use std::io::Write;
-use std::process::{Child, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use openshell_tests::{Sandbox, need_sandbox, stderr, stdout};
-
-fn cli(sb: &Sandbox, args: &[&str]) -> Output {
-    sb.cmd()
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run openshell")
-}
-
-fn start(sb: &Sandbox, name: &str, script: &str) -> Child {
-    let child = sb
-        .cmd()
-        .args(["run", "--keep", "--name", name, "--", "sh", "-c", script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        let o = cli(sb, &["sandbox", "get", name, "-o", "json"]);
-        if stdout(&o).contains("\"phase\": \"Ready\"") {
-            break;
-        }
-        assert!(Instant::now() < until, "never Ready: {}", stderr(&o));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
+use openshell_tests::{Sandbox, need_sandbox, openpty, read_until, stderr, stdout};
 
 fn exec(sb: &Sandbox, name: &str, opts: &[&str], argv: &[&str]) -> Output {
     let mut a = vec!["sandbox", "exec", name];
     a.extend_from_slice(opts);
     a.push("--");
     a.extend_from_slice(argv);
-    cli(sb, &a)
+    sb.cli(&a)
 }
 
 #[test]
 fn exec_joins_the_sandbox_with_the_same_confinement() {
     need_sandbox!();
     let sb = Sandbox::new();
-    let mut child = start(&sb, "ex", "echo from-main > /sandbox/f; sleep 30");
+    let mut child = sb.start_kept("ex", "echo from-main > /sandbox/f; sleep 30");
     let probe = "id; pwd; hostname; cat /sandbox/f; grep -E '^(NoNewPrivs|Seccomp|CapEff|CapBnd|CapPrm):' /proc/self/status";
     let main_view = sb.run(&["--name", "ref"], &["sh", "-c", probe]);
     let o = exec(&sb, "ex", &[], &["sh", "-c", probe]);
@@ -166,7 +137,7 @@ fn exec_joins_the_sandbox_with_the_same_confinement() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(cli(&sb, &["sandbox", "delete", "ex"]).status.success());
+    assert!(sb.cli(&["sandbox", "delete", "ex"]).status.success());
     let until = Instant::now() + Duration::from_secs(10);
     while long.try_wait().unwrap().is_none() {
         assert!(Instant::now() < until, "exec outlived its sandbox");
@@ -194,62 +165,16 @@ fn exec_says_why_it_cannot_run() {
         "{}",
         stderr(&o)
     );
-    let o = cli(&sb, &["sandbox", "exec", "done"]);
+    let o = sb.cli(&["sandbox", "exec", "done"]);
     assert_eq!(o.status.code(), Some(2), "no command: usage error");
-}
-
-fn openpty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
-    use std::os::fd::FromRawFd;
-    let (mut m, mut s) = (0, 0);
-    let ws = libc::winsize {
-        ws_row: 40,
-        ws_col: 100,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: openpty writes two fds into m and s; name and termios are NULL.
-    let rc = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
-    assert_eq!(rc, 0);
-    // SAFETY: fcntl on a fresh fd of ours: the master must not leak into the child.
-    unsafe { libc::fcntl(m, libc::F_SETFD, libc::FD_CLOEXEC) };
-    // SAFETY: fresh fds owned by us.
-    unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(m),
-            std::os::fd::OwnedFd::from_raw_fd(s),
-        )
-    }
-}
-
-fn read_until(master: &mut std::fs::File, want: &str) -> String {
-    use std::io::Read;
-    use std::os::fd::AsRawFd;
-    let start = Instant::now();
-    let mut acc = String::new();
-    let mut buf = [0u8; 4096];
-    while start.elapsed() < Duration::from_secs(10) && !acc.contains(want) {
-        let mut p = libc::pollfd {
-            fd: master.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: polling one valid fd.
-        if unsafe { libc::poll(&mut p, 1, 100) } > 0 {
-            match master.read(&mut buf) {
-                Ok(n) if n > 0 => acc.push_str(&String::from_utf8_lossy(&buf[..n])),
-                _ => break,
-            }
-        }
-    }
-    acc
 }
 
 #[test]
 fn connect_gives_a_terminal_in_the_sandbox() {
     need_sandbox!();
     let sb = Sandbox::new();
-    let mut main = start(&sb, "term", "sleep 30");
-    let (master, slave) = openpty();
+    let mut main = sb.start_kept("term", "sleep 30");
+    let (master, slave) = openpty(40, 100);
     let mut cmd = sb.cmd();
     cmd.args(["sandbox", "connect", "term"]);
     let s = |fd: &std::os::fd::OwnedFd| Stdio::from(fd.try_clone().unwrap());
@@ -268,7 +193,7 @@ fn connect_gives_a_terminal_in_the_sandbox() {
     let mut m = std::fs::File::from(master);
     m.write_all(b"tty; stty size; id -u; hostname; echo sum=$((6*7))\n")
         .unwrap();
-    let out = read_until(&mut m, "sum=42");
+    let out = read_until(&mut m, "sum=42", Duration::from_secs(10));
     assert!(out.contains("/dev/pts/"), "{out}");
     assert!(out.contains("40 100"), "window size follows: {out}");
     assert!(out.contains("1000") && out.contains("term"), "{out}");
@@ -282,6 +207,6 @@ fn connect_gives_a_terminal_in_the_sandbox() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(3));
-    assert!(cli(&sb, &["sandbox", "delete", "term"]).status.success());
+    assert!(sb.cli(&["sandbox", "delete", "term"]).status.success());
     main.wait().unwrap();
 }

@@ -1,12 +1,14 @@
 //! `openshell run` as a user drives it: identity, exit codes, signals, environment,
 //! mounts, uploads, policies, large streams, and a real pty driven from the test.
 
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use openshell_tests::{Sandbox, TempDir, need_sandbox, policy_file, stderr, stdout};
+use openshell_tests::{
+    Sandbox, TempDir, need_sandbox, openpty, policy_file, read_until, stderr, stdout,
+};
 
 #[test]
 fn identity_cwd_and_root_view() {
@@ -377,45 +379,6 @@ fn probe_reports_full_confinement() {
 }
 
 // ---- pty, driven from a pty the test owns ----
-
-fn openpty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
-    let (mut m, mut s) = (0, 0);
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: openpty writes two fds into m and s; name and termios are NULL.
-    let rc = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
-    assert_eq!(rc, 0);
-    // The master must not leak into the child, or closing ours would not hang up.
-    // SAFETY: fcntl on a fresh fd of ours.
-    unsafe { libc::fcntl(m, libc::F_SETFD, libc::FD_CLOEXEC) };
-    // SAFETY: fresh fds owned by us.
-    unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
-}
-
-fn read_until(master: &mut std::fs::File, want: &str, timeout: Duration) -> String {
-    let start = Instant::now();
-    let mut acc = String::new();
-    let mut buf = [0u8; 4096];
-    while start.elapsed() < timeout && !acc.contains(want) {
-        let mut p = libc::pollfd {
-            fd: master.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: polling one valid fd.
-        if unsafe { libc::poll(&mut p, 1, 100) } > 0 {
-            match master.read(&mut buf) {
-                Ok(n) if n > 0 => acc.push_str(&String::from_utf8_lossy(&buf[..n])),
-                _ => break,
-            }
-        }
-    }
-    acc
-}
 
 #[test]
 fn pty_session_job_control_winsize_and_ctrl_c() {

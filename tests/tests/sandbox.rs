@@ -10,14 +10,6 @@ use std::time::{Duration, Instant};
 
 use openshell_tests::{Sandbox, need_sandbox, stderr, stdout};
 
-fn cli(sb: &Sandbox, args: &[&str]) -> Output {
-    sb.cmd()
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run openshell")
-}
-
 fn json(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "failed: {}{}", stdout(o), stderr(o));
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
@@ -25,37 +17,12 @@ fn json(o: &Output) -> serde_json::Value {
 
 /// Start `openshell run OPTS -- ARGV` in the background.
 fn spawn(sb: &Sandbox, opts: &[&str], argv: &[&str]) -> Child {
-    sb.cmd()
-        .arg("run")
-        .args(opts)
-        .arg("--")
-        .args(argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn openshell")
+    sb.spawn_run(opts, argv)
 }
 
 /// Wait until `sandbox get NAME` says `phase`; return its JSON.
 fn wait_phase(sb: &Sandbox, name: &str, phase: &str) -> serde_json::Value {
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        let o = cli(sb, &["sandbox", "get", name, "-o", "json"]);
-        if o.status.success() {
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-            if v["phase"] == phase {
-                return v;
-            }
-        }
-        assert!(
-            Instant::now() < until,
-            "{name} never became {phase}: {}{}",
-            stdout(&o),
-            stderr(&o)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    serde_json::from_str(&sb.wait_phase(name, phase)).unwrap()
 }
 
 /// Processes whose command line holds `marker` (sandboxed processes included: they are
@@ -95,38 +62,35 @@ fn kept_sandbox_is_listed_inspected_and_deleted() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     sb.run(&["--keep", "--name", "other"], &["true"]);
 
-    let table = stdout(&cli(&sb, &["sandbox", "list"]));
+    let table = stdout(&sb.cli(&["sandbox", "list"]));
     let mut lines = table.lines();
     assert!(lines.next().unwrap().starts_with("NAME"), "{table}");
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(&row[..3], ["keeper", "Stopped", "host"], "{table}");
 
-    let all = json(&cli(&sb, &["sandbox", "list", "-o", "json"]));
+    let all = json(&sb.cli(&["sandbox", "list", "-o", "json"]));
     assert_eq!(all.as_array().unwrap().len(), 2);
-    let picked = json(&cli(
-        &sb,
-        &["sandbox", "list", "-o", "json", "--selector", "team=ai"],
-    ));
+    let picked = json(&sb.cli(&["sandbox", "list", "-o", "json", "--selector", "team=ai"]));
     let picked = picked.as_array().unwrap();
     assert_eq!(picked.len(), 1);
     assert_eq!(picked[0]["name"], "keeper");
     assert_eq!(picked[0]["exit_code"], 3);
     assert_eq!(picked[0]["labels"]["team"], "ai");
-    let none = cli(&sb, &["sandbox", "list", "-q", "--selector", "team=ops"]);
+    let none = sb.cli(&["sandbox", "list", "-q", "--selector", "team=ops"]);
     assert_eq!(stdout(&none), "");
-    let names = stdout(&cli(&sb, &["sandbox", "list", "-q"]));
+    let names = stdout(&sb.cli(&["sandbox", "list", "-q"]));
     assert_eq!(names, "keeper\nother\n");
 
-    let got = json(&cli(&sb, &["sandbox", "get", "keeper", "-o", "json"]));
+    let got = json(&sb.cli(&["sandbox", "get", "keeper", "-o", "json"]));
     let path = std::path::PathBuf::from(got["path"].as_str().unwrap());
     assert_eq!(
         std::fs::read_to_string(path.join("workspace/f")).unwrap(),
         "kept\n"
     );
-    let yaml = stdout(&cli(&sb, &["sandbox", "get", "keeper", "-o", "yaml"]));
+    let yaml = stdout(&sb.cli(&["sandbox", "get", "keeper", "-o", "yaml"]));
     assert!(yaml.contains("phase: Stopped"), "{yaml}");
 
-    let del = cli(&sb, &["sandbox", "delete", "keeper"]);
+    let del = sb.cli(&["sandbox", "delete", "keeper"]);
     assert_eq!(stdout(&del), "deleted keeper\n", "{}", stderr(&del));
     assert!(!path.exists(), "files left behind");
     for args in [
@@ -134,7 +98,7 @@ fn kept_sandbox_is_listed_inspected_and_deleted() {
         &["sandbox", "delete", "keeper"],
         &["sandbox", "get", "../other"],
     ] {
-        let o = cli(&sb, args);
+        let o = sb.cli(args);
         assert_eq!(o.status.code(), Some(1));
         assert!(
             stderr(&o).contains("no sandbox named") && stderr(&o).contains("sandbox list"),
@@ -142,7 +106,7 @@ fn kept_sandbox_is_listed_inspected_and_deleted() {
             stderr(&o)
         );
     }
-    assert_eq!(stdout(&cli(&sb, &["sandbox", "list", "-q"])), "other\n");
+    assert_eq!(stdout(&sb.cli(&["sandbox", "list", "-q"])), "other\n");
 }
 
 #[test]
@@ -156,14 +120,14 @@ fn running_sandbox_is_ready_and_delete_stops_it() {
     assert_eq!(i64::from(child.id()), pid);
     assert!(!processes_with(&format!("sleep {marker}")).is_empty());
 
-    let del = cli(&sb, &["sandbox", "delete", "live"]);
+    let del = sb.cli(&["sandbox", "delete", "live"]);
     assert!(del.status.success(), "{}", stderr(&del));
     wait_exit(&mut child);
     assert_eq!(
         processes_with(&format!("sleep {marker}")),
         Vec::<String>::new()
     );
-    assert_eq!(stdout(&cli(&sb, &["sandbox", "list", "-q"])), "");
+    assert_eq!(stdout(&sb.cli(&["sandbox", "list", "-q"])), "");
     let names = leftovers(&sb);
     assert!(names.is_empty(), "left: {names:?}");
 }
@@ -183,7 +147,7 @@ fn dead_supervisor_reads_as_error_and_delete_cleans_up() {
         reason.contains(&format!("supervisor (pid {}) is gone", child.id())),
         "{reason}"
     );
-    let table = stdout(&cli(&sb, &["sandbox", "list"]));
+    let table = stdout(&sb.cli(&["sandbox", "list"]));
     assert!(table.contains("dead  Error"), "{table}");
     // Its processes died with it.
     let until = Instant::now() + Duration::from_secs(10);
@@ -191,7 +155,7 @@ fn dead_supervisor_reads_as_error_and_delete_cleans_up() {
         assert!(Instant::now() < until, "sandbox outlived its supervisor");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let del = cli(&sb, &["sandbox", "delete", "dead"]);
+    let del = sb.cli(&["sandbox", "delete", "dead"]);
     assert!(del.status.success(), "{}", stderr(&del));
     assert!(!sb.state.path().join("sandboxes/dead").exists());
 }
@@ -220,7 +184,7 @@ fn image_sandbox_files_of_other_ids_are_deleted() {
         ],
     );
     common::ok(&out);
-    let v = json(&cli(&sb, &["sandbox", "get", "img", "-o", "json"]));
+    let v = json(&sb.cli(&["sandbox", "get", "img", "-o", "json"]));
     assert!(
         v["image"].as_str().unwrap().ends_with("busybox:latest"),
         "{v}"
@@ -234,7 +198,7 @@ fn image_sandbox_files_of_other_ids_are_deleted() {
     let owner =
         std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(path.join("upper/etc")).unwrap());
     eprintln!("upper/etc owned by {owner}, we are {}", nix_euid());
-    let del = cli(&sb, &["sandbox", "delete", "img"]);
+    let del = sb.cli(&["sandbox", "delete", "img"]);
     assert!(del.status.success(), "{}", stderr(&del));
     assert!(!path.exists(), "upper left behind");
     let left = leftovers(&sb);
@@ -248,18 +212,18 @@ fn bad_arguments_are_refused_clearly() {
     let o = sb.run(&["--label", "no-equals"], &["true"]);
     assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
     assert!(stderr(&o).contains("--label \"no-equals\": expected KEY=VALUE"));
-    let o = cli(&sb, &["sandbox", "list", "--selector", "x"]);
+    let o = sb.cli(&["sandbox", "list", "--selector", "x"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("expected KEY=VALUE"), "{}", stderr(&o));
-    let o = cli(&sb, &["sandbox", "delete"]);
+    let o = sb.cli(&["sandbox", "delete"]);
     assert_eq!(o.status.code(), Some(2), "clap usage error");
-    let o = cli(&sb, &["sandbox", "delete", "--all", "x"]);
+    let o = sb.cli(&["sandbox", "delete", "--all", "x"]);
     assert_eq!(o.status.code(), Some(2), "clap usage error");
     // An unreadable record is reported, not a panic, and delete still works.
     sb.run(&["--keep", "--name", "broken"], &["true"]);
     let rec = sb.state.path().join("sandboxes/broken/sandbox.json");
     std::fs::write(&rec, "{ not json").unwrap();
-    let v = json(&cli(&sb, &["sandbox", "list", "-o", "json"]));
+    let v = json(&sb.cli(&["sandbox", "list", "-o", "json"]));
     assert_eq!(v[0]["phase"], "Error");
     assert!(
         v[0]["reason"]
@@ -267,7 +231,7 @@ fn bad_arguments_are_refused_clearly() {
             .unwrap()
             .contains("unreadable record")
     );
-    assert!(cli(&sb, &["sandbox", "delete", "broken"]).status.success());
+    assert!(sb.cli(&["sandbox", "delete", "broken"]).status.success());
 }
 
 #[test]
@@ -347,23 +311,23 @@ fn prune_removes_only_idle_or_old_sandboxes_that_are_not_running() {
     wait_phase(&sb, "busy", "Ready");
     backdate(&sb, "busy", 30 * 86400, 30 * 86400);
 
-    let dry = cli(&sb, &["sandbox", "prune", "--dry-run"]);
+    let dry = sb.cli(&["sandbox", "prune", "--dry-run"]);
     assert_eq!(stdout(&dry), "would delete idle\n", "{}", stderr(&dry));
-    let o = cli(&sb, &["sandbox", "prune", "--max-age", "7d"]);
+    let o = sb.cli(&["sandbox", "prune", "--max-age", "7d"]);
     assert_eq!(stdout(&o), "deleted old\n", "{}", stderr(&o));
-    let o = cli(&sb, &["sandbox", "prune", "--idle", "24h"]);
+    let o = sb.cli(&["sandbox", "prune", "--idle", "24h"]);
     assert_eq!(stdout(&o), "deleted idle\n", "{}", stderr(&o));
     assert_eq!(
-        stdout(&cli(&sb, &["sandbox", "list", "-q"])),
+        stdout(&sb.cli(&["sandbox", "list", "-q"])),
         "busy\nfresh\n",
         "running and fresh sandboxes stay"
     );
     for bad in ["5x", "h", "-1d", "99999999999999999999d"] {
-        let o = cli(&sb, &["sandbox", "prune", &format!("--idle={bad}")]);
+        let o = sb.cli(&["sandbox", "prune", &format!("--idle={bad}")]);
         assert_eq!(o.status.code(), Some(1), "{bad}");
         assert!(stderr(&o).contains("--idle"), "{}", stderr(&o));
     }
-    assert!(cli(&sb, &["sandbox", "delete", "busy"]).status.success());
+    assert!(sb.cli(&["sandbox", "delete", "busy"]).status.success());
     child.wait().unwrap();
 }
 
@@ -374,13 +338,13 @@ fn status_counts_sandboxes_and_reports_the_kernel() {
     sb.run(&["--keep", "--name", "s1"], &["true"]);
     let mut child = spawn(&sb, &["--name", "s2"], &["sleep", "30"]);
     wait_phase(&sb, "s2", "Ready");
-    let text = stdout(&cli(&sb, &["status"]));
+    let text = stdout(&sb.cli(&["status"]));
     assert!(
         text.starts_with("Sandboxes: 2 (1 running: s2; 1 stopped; 0 error)\n"),
         "{text}"
     );
     assert!(text.contains(&format!("State:     {}\n", sb.state.path().display())));
-    let v = json(&cli(&sb, &["status", "-o", "json"]));
+    let v = json(&sb.cli(&["status", "-o", "json"]));
     assert_eq!(v["running"][0], "s2");
     let features: Vec<&str> = v["features"]
         .as_array()
@@ -392,7 +356,7 @@ fn status_counts_sandboxes_and_reports_the_kernel() {
         features.contains(&"landlock") && features.contains(&"seccomp"),
         "{v}"
     );
-    assert!(cli(&sb, &["sandbox", "delete", "s2"]).status.success());
+    assert!(sb.cli(&["sandbox", "delete", "s2"]).status.success());
     child.wait().unwrap();
 }
 
@@ -414,12 +378,12 @@ fn explain_reports_what_this_kernel_enforced() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 
-    let text = stdout(&cli(&sb, &["sandbox", "explain", "full"]));
+    let text = stdout(&sb.cli(&["sandbox", "explain", "full"]));
     assert!(text.starts_with("Sandbox:   full (Stopped)\n"), "{text}");
     assert!(text.contains("Network:   none: loopback only"), "{text}");
     assert!(text.contains("  read-write: /sandbox /tmp"), "{text}");
-    let full = json(&cli(&sb, &["sandbox", "explain", "full", "-o", "json"]));
-    let old = json(&cli(&sb, &["sandbox", "explain", "abi3", "-o", "json"]));
+    let full = json(&sb.cli(&["sandbox", "explain", "full", "-o", "json"]));
+    let old = json(&sb.cli(&["sandbox", "explain", "abi3", "-o", "json"]));
     assert_eq!(old["landlock"]["abi"], 3);
     let dropped: Vec<&str> = old["landlock"]["dropped"]
         .as_array()
@@ -438,7 +402,7 @@ fn explain_reports_what_this_kernel_enforced() {
         Some("proxy")
     );
     assert!(full["seccomp"]["refused_syscall_rules"].as_u64().unwrap() > 20);
-    let o = cli(&sb, &["sandbox", "explain", "nope"]);
+    let o = sb.cli(&["sandbox", "explain", "nope"]);
     assert!(
         stderr(&o).contains("no sandbox named nope"),
         "{}",
@@ -513,11 +477,11 @@ fn twenty_parallel_creates_lists_and_deletes_keep_state_whole() {
     // Each name was created by at most one of its two racers at a time.
     assert!(created.values().all(|n| *n <= 2), "{created:?}");
     // Whatever survived is a whole, Stopped sandbox; delete --all leaves nothing.
-    let v = json(&cli(&sb, &["sandbox", "list", "-o", "json"]));
+    let v = json(&sb.cli(&["sandbox", "list", "-o", "json"]));
     for s in v.as_array().unwrap() {
         assert_eq!(s["phase"], "Stopped", "{s}");
     }
-    assert!(cli(&sb, &["sandbox", "delete", "--all"]).status.success());
+    assert!(sb.cli(&["sandbox", "delete", "--all"]).status.success());
     let left = leftovers(&sb);
     assert!(left.is_empty(), "left: {left:?}");
 }
@@ -543,7 +507,7 @@ fn a_cli_killed_mid_create_leaves_something_delete_removes() {
         std::thread::sleep(Duration::from_millis(*delay_ms));
         child.kill().unwrap(); // SIGKILL at some point of the setup
         child.wait().unwrap();
-        let o = cli(&sb, &["sandbox", "delete", &name]);
+        let o = sb.cli(&["sandbox", "delete", &name]);
         assert!(
             o.status.success() || stderr(&o).contains(&format!("no sandbox named {name}")),
             "{name} after {delay_ms} ms: {}",
@@ -573,7 +537,7 @@ fn stop_ends_the_processes_and_keeps_the_files() {
         ],
     );
     let v = wait_phase(&sb, "st", "Ready");
-    let o = cli(&sb, &["sandbox", "stop", "st"]);
+    let o = sb.cli(&["sandbox", "stop", "st"]);
     assert_eq!(stdout(&o), "stopped st\n", "{}", stderr(&o));
     let status = wait_exit(&mut child);
     assert_eq!(status.code(), Some(143), "SIGTERM reached the command");
@@ -590,11 +554,11 @@ fn stop_ends_the_processes_and_keeps_the_files() {
     );
     assert!(path.join("policy.yaml").exists());
     assert_eq!(
-        stdout(&cli(&sb, &["sandbox", "stop", "st"])),
+        stdout(&sb.cli(&["sandbox", "stop", "st"])),
         "st was not running\n"
     );
-    let o = cli(&sb, &["sandbox", "stop", "nope"]);
+    let o = sb.cli(&["sandbox", "stop", "nope"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no sandbox named nope"));
-    assert!(cli(&sb, &["sandbox", "delete", "st"]).status.success());
+    assert!(sb.cli(&["sandbox", "delete", "st"]).status.success());
 }

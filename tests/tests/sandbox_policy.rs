@@ -5,7 +5,7 @@
 //! shows, follows and filters the decisions; `policy update` adds and removes endpoints.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use openshell_tests::{Sandbox, TempDir, need_sandbox, policy_file, required, stderr, stdout};
@@ -25,14 +25,6 @@ fn upstream_host() -> Option<String> {
             None
         }
     }
-}
-
-fn cli(sb: &Sandbox, args: &[&str]) -> Output {
-    sb.cmd()
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run openshell")
 }
 
 fn allow(host: &str) -> String {
@@ -74,18 +66,8 @@ fn script(host: &str) -> String {
 }
 
 fn wait_ready(sb: &Sandbox, name: &str) -> PathBuf {
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        let o = cli(sb, &["sandbox", "get", name, "-o", "json"]);
-        if o.status.success() {
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-            if v["phase"] == "Ready" {
-                return PathBuf::from(v["path"].as_str().unwrap()).join("workspace");
-            }
-        }
-        assert!(Instant::now() < until, "never Ready: {}", stderr(&o));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let v: serde_json::Value = serde_json::from_str(&sb.wait_phase(name, "Ready")).unwrap();
+    PathBuf::from(v["path"].as_str().unwrap()).join("workspace")
 }
 
 fn stop(ws: &Path, mut child: Child) {
@@ -128,7 +110,7 @@ fn policy_set_get_list_on_a_running_sandbox() {
     let ws = wait_ready(&sb, "pol");
     assert_eq!(request(&ws, 1), "200", "v1 allows the host");
 
-    let got = cli(&sb, &["policy", "get", "pol"]);
+    let got = sb.cli(&["policy", "get", "pol"]);
     let text = stdout(&got);
     assert!(
         text.starts_with("Sandbox: pol\nVersion: 1\nHash:    sha256:"),
@@ -138,17 +120,14 @@ fn policy_set_get_list_on_a_running_sandbox() {
     let yaml = text.split_once("---\n").unwrap().1;
     assert!(yaml.contains(&host), "{yaml}");
 
-    let set = cli(
-        &sb,
-        &[
-            "policy",
-            "set",
-            "pol",
-            "--policy",
-            v2.to_str().unwrap(),
-            "--wait",
-        ],
-    );
+    let set = sb.cli(&[
+        "policy",
+        "set",
+        "pol",
+        "--policy",
+        v2.to_str().unwrap(),
+        "--wait",
+    ]);
     assert!(set.status.success(), "{}", stderr(&set));
     assert!(
         stdout(&set).contains("policy v2 loaded"),
@@ -157,10 +136,7 @@ fn policy_set_get_list_on_a_running_sandbox() {
     );
     assert_eq!(request(&ws, 2), "403", "v2 no longer allows it");
 
-    let o = cli(
-        &sb,
-        &["policy", "set", "pol", "--policy", bad.to_str().unwrap()],
-    );
+    let o = sb.cli(&["policy", "set", "pol", "--policy", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("bad.yaml:2:1"), "{}", stderr(&o));
     assert!(
@@ -168,21 +144,18 @@ fn policy_set_get_list_on_a_running_sandbox() {
         "{}",
         stderr(&o)
     );
-    let o = cli(
-        &sb,
-        &[
-            "policy",
-            "set",
-            "pol",
-            "--policy",
-            static_change.to_str().unwrap(),
-        ],
-    );
+    let o = sb.cli(&[
+        "policy",
+        "set",
+        "pol",
+        "--policy",
+        static_change.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("v2 stays active"), "{}", stderr(&o));
     assert_eq!(request(&ws, 3), "403", "still v2 after the rejections");
 
-    let list = stdout(&cli(&sb, &["policy", "list", "pol"]));
+    let list = stdout(&sb.cli(&["policy", "list", "pol"]));
     let statuses: Vec<&str> = list
         .lines()
         .skip(1)
@@ -190,35 +163,29 @@ fn policy_set_get_list_on_a_running_sandbox() {
         .collect();
     assert_eq!(statuses, ["superseded", "loaded", "rejected"], "{list}");
     // `sandbox get --policy-only` is the YAML alone; `policy get --full` the same page.
-    let only = stdout(&cli(&sb, &["sandbox", "get", "pol", "--policy-only"]));
+    let only = stdout(&sb.cli(&["sandbox", "get", "pol", "--policy-only"]));
     assert!(
         only.starts_with("version: 1\n") && only.contains("other.test.openshell"),
         "{only}"
     );
-    let full = stdout(&cli(&sb, &["policy", "get", "pol", "--full"]));
+    let full = stdout(&sb.cli(&["policy", "get", "pol", "--full"]));
     assert!(full.ends_with(&only), "{full}");
-    let json = cli(&sb, &["policy", "get", "pol", "-o", "json"]);
+    let json = sb.cli(&["policy", "get", "pol", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["version"], 2);
 
     // Back to v1 (allowed again), then stop: the stored policy is the last one set.
-    let set = cli(
-        &sb,
-        &["policy", "set", "pol", "--policy", v1.to_str().unwrap()],
-    );
+    let set = sb.cli(&["policy", "set", "pol", "--policy", v1.to_str().unwrap()]);
     assert!(set.status.success(), "{}", stderr(&set));
     assert_eq!(request(&ws, 4), "200");
     stop(&ws, child);
-    let got = stdout(&cli(&sb, &["policy", "get", "pol"]));
+    let got = stdout(&sb.cli(&["policy", "get", "pol"]));
     assert!(got.contains("Status:  stored (not running)"), "{got}");
     assert!(
         got.contains(&host) && !got.contains("other.test.openshell"),
         "{got}"
     );
-    let o = cli(
-        &sb,
-        &["policy", "set", "pol", "--policy", v2.to_str().unwrap()],
-    );
+    let o = sb.cli(&["policy", "set", "pol", "--policy", v2.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("sandbox pol is not running (Stopped)"),
@@ -231,7 +198,7 @@ fn policy_set_get_list_on_a_running_sandbox() {
 fn policy_verbs_explain_what_is_wrong() {
     need_sandbox!();
     let sb = Sandbox::new();
-    let o = cli(&sb, &["policy", "get", "nope"]);
+    let o = sb.cli(&["policy", "get", "nope"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no sandbox named nope; see 'openshell sandbox list'"));
     // Without the network proxy there is nothing to change live.
@@ -255,17 +222,14 @@ fn policy_verbs_explain_what_is_wrong() {
     wait_ready(&sb, "offline");
     let dir = TempDir::new("livepol2");
     let p = policy_file(dir.path(), "p.yaml", "version: 1\n");
-    let o = cli(
-        &sb,
-        &["policy", "set", "offline", "--policy", p.to_str().unwrap()],
-    );
+    let o = sb.cli(&["policy", "set", "offline", "--policy", p.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("runs without the network proxy"),
         "{}",
         stderr(&o)
     );
-    assert!(cli(&sb, &["sandbox", "delete", "offline"]).status.success());
+    assert!(sb.cli(&["sandbox", "delete", "offline"]).status.success());
     child.wait().unwrap();
 }
 
@@ -324,7 +288,7 @@ fn logs_show_follow_and_filter_the_decisions() {
     }
     assert!(rx.try_recv().is_err(), "only the deny is at warn level");
 
-    let all = stdout(&cli(&sb, &["logs", "lg"]));
+    let all = stdout(&sb.cli(&["logs", "lg"]));
     let lines: Vec<&str> = all.lines().collect();
     assert_eq!(lines.len(), 3, "{all}");
     assert!(lines[0].contains("INFO  CONFIG:LOADED policy v1"), "{all}");
@@ -332,17 +296,17 @@ fn logs_show_follow_and_filter_the_decisions() {
         lines[1].contains("INFO  NET:OPEN ALLOWED") && lines[1].contains(&host),
         "{all}"
     );
-    let last = stdout(&cli(&sb, &["logs", "lg", "-n", "1"]));
+    let last = stdout(&sb.cli(&["logs", "lg", "-n", "1"]));
     assert_eq!(last.trim(), lines[2]);
-    let json = stdout(&cli(&sb, &["logs", "lg", "-o", "json"]));
+    let json = stdout(&sb.cli(&["logs", "lg", "-o", "json"]));
     for l in json.lines() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         assert!(v["time"].as_u64().is_some(), "{l}");
     }
     // Lines older than --since are left out (the sandbox's lines are seconds old).
     std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(stdout(&cli(&sb, &["logs", "lg", "--since", "0s"])), "");
-    let o = cli(&sb, &["logs", "lg", "--since", "soon"]);
+    assert_eq!(stdout(&sb.cli(&["logs", "lg", "--since", "0s"])), "");
+    let o = sb.cli(&["logs", "lg", "--since", "soon"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--since"), "{}", stderr(&o));
 }
@@ -371,19 +335,16 @@ fn policy_update_adds_and_removes_endpoints_live() {
 
     let spec = format!("{other}:80");
     // A dry run changes nothing.
-    let o = cli(
-        &sb,
-        &[
-            "policy",
-            "update",
-            "up",
-            "--add-endpoint",
-            &spec,
-            "--binary",
-            "/usr/bin/curl",
-            "--dry-run",
-        ],
-    );
+    let o = sb.cli(&[
+        "policy",
+        "update",
+        "up",
+        "--add-endpoint",
+        &spec,
+        "--binary",
+        "/usr/bin/curl",
+        "--dry-run",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains(&other), "{}", stdout(&o));
     assert_eq!(
@@ -392,18 +353,15 @@ fn policy_update_adds_and_removes_endpoints_live() {
         "dry run applied nothing"
     );
 
-    let o = cli(
-        &sb,
-        &[
-            "policy",
-            "update",
-            "up",
-            "--add-endpoint",
-            &spec,
-            "--binary",
-            "/usr/bin/curl",
-        ],
-    );
+    let o = sb.cli(&[
+        "policy",
+        "update",
+        "up",
+        "--add-endpoint",
+        &spec,
+        "--binary",
+        "/usr/bin/curl",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("policy v2 loaded"), "{}", stdout(&o));
     assert_eq!(
@@ -412,16 +370,13 @@ fn policy_update_adds_and_removes_endpoints_live() {
         "added endpoint works"
     );
 
-    let o = cli(
-        &sb,
-        &[
-            "policy",
-            "update",
-            "up",
-            "--remove-endpoint",
-            &format!("{host}:80"),
-        ],
-    );
+    let o = sb.cli(&[
+        "policy",
+        "update",
+        "up",
+        "--remove-endpoint",
+        &format!("{host}:80"),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(request(&ws, 4), "403", "removed endpoint is denied");
     assert_eq!(request_to(&ws, 5, &other_url), "200");
@@ -441,12 +396,12 @@ fn policy_update_adds_and_removes_endpoints_live() {
     ] {
         let mut a = vec!["policy", "update", "up"];
         a.extend(args);
-        let o = cli(&sb, &a);
+        let o = sb.cli(&a);
         assert_eq!(o.status.code(), Some(1), "{a:?}");
         assert!(stderr(&o).contains(want), "{a:?}: {}", stderr(&o));
     }
     let v: serde_json::Value =
-        serde_json::from_slice(&cli(&sb, &["policy", "get", "up", "-o", "json"]).stdout).unwrap();
+        serde_json::from_slice(&sb.cli(&["policy", "get", "up", "-o", "json"]).stdout).unwrap();
     assert_eq!(v["version"], 3);
     stop(&ws, child);
 }

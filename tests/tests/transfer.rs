@@ -3,44 +3,9 @@
 //! plants in its workspace never redirect an upload or leak host files on download.
 
 use std::path::Path;
-use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use openshell_tests::{Sandbox, TempDir, need_sandbox, stderr, stdout};
-
-fn cli(sb: &Sandbox, args: &[&str]) -> Output {
-    sb.cmd()
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run openshell")
-}
-
-/// Start a sandbox running `script`; wait until it is Ready.
-fn start(sb: &Sandbox, name: &str, script: &str) -> std::process::Child {
-    let child = sb
-        .cmd()
-        .args(["run", "--keep", "--name", name, "--", "sh", "-c", script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ready(sb, name);
-    child
-}
-
-fn wait_ready(sb: &Sandbox, name: &str) {
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        let o = cli(sb, &["sandbox", "get", name, "-o", "json"]);
-        if stdout(&o).contains("\"phase\": \"Ready\"") {
-            return;
-        }
-        assert!(Instant::now() < until, "never Ready: {}", stderr(&o));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn wait_file(p: &Path) {
     let until = Instant::now() + Duration::from_secs(20);
@@ -82,38 +47,32 @@ fn upload_and_download_round_trip_a_tree() {
         { cat /sandbox/proj/a.txt /sandbox/proj/sub/b.txt; readlink /sandbox/proj/link; \
           ls -A /sandbox/proj; wc -c < /sandbox/proj/big.bin; } > /sandbox/seen.tmp; \
         mv /sandbox/seen.tmp /sandbox/seen; sleep 30";
-    let mut child = start(&sb, "tx", script);
-    let o = cli(&sb, &["sandbox", "upload", "tx", proj.to_str().unwrap()]);
+    let mut child = sb.start_kept("tx", script);
+    let o = sb.cli(&["sandbox", "upload", "tx", proj.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).starts_with("uploaded 4 files"), "{}", stdout(&o));
     let go = local.path().join("go");
     std::fs::write(&go, "").unwrap();
-    let o = cli(
-        &sb,
-        &[
-            "sandbox",
-            "upload",
-            "tx",
-            go.to_str().unwrap(),
-            "/sandbox/go",
-        ],
-    );
+    let o = sb.cli(&[
+        "sandbox",
+        "upload",
+        "tx",
+        go.to_str().unwrap(),
+        "/sandbox/go",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
 
     let back = TempDir::new("down");
     let seen = back.path().join("seen");
     let until = Instant::now() + Duration::from_secs(20);
     loop {
-        let o = cli(
-            &sb,
-            &[
-                "sandbox",
-                "download",
-                "tx",
-                "/sandbox/seen",
-                seen.to_str().unwrap(),
-            ],
-        );
+        let o = sb.cli(&[
+            "sandbox",
+            "download",
+            "tx",
+            "/sandbox/seen",
+            seen.to_str().unwrap(),
+        ]);
         if o.status.success() {
             break;
         }
@@ -128,16 +87,13 @@ fn upload_and_download_round_trip_a_tree() {
         ),
         ".env stays out (gitignored); the sandbox sees the rest"
     );
-    let o = cli(
-        &sb,
-        &[
-            "sandbox",
-            "download",
-            "tx",
-            "proj",
-            back.path().to_str().unwrap(),
-        ],
-    );
+    let o = sb.cli(&[
+        "sandbox",
+        "download",
+        "tx",
+        "proj",
+        back.path().to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let got = back.path().join("proj");
     assert!(
@@ -151,34 +107,28 @@ fn upload_and_download_round_trip_a_tree() {
     assert!(!got.join(".env").exists());
 
     // --no-git-ignore takes everything.
-    let o = cli(
-        &sb,
-        &[
-            "sandbox",
-            "upload",
-            "tx",
-            proj.to_str().unwrap(),
-            "/sandbox/all",
-            "--no-git-ignore",
-        ],
-    );
+    let o = sb.cli(&[
+        "sandbox",
+        "upload",
+        "tx",
+        proj.to_str().unwrap(),
+        "/sandbox/all",
+        "--no-git-ignore",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = cli(
-        &sb,
-        &[
-            "sandbox",
-            "download",
-            "tx",
-            "/sandbox/all/.env",
-            back.path().to_str().unwrap(),
-        ],
-    );
+    let o = sb.cli(&[
+        "sandbox",
+        "download",
+        "tx",
+        "/sandbox/all/.env",
+        back.path().to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         std::fs::read_to_string(back.path().join(".env")).unwrap(),
         "TOKEN=secret\n"
     );
-    assert!(cli(&sb, &["sandbox", "delete", "tx"]).status.success());
+    assert!(sb.cli(&["sandbox", "delete", "tx"]).status.success());
     child.wait().unwrap();
 }
 
@@ -195,9 +145,9 @@ fn planted_symlinks_never_redirect_a_copy() {
          mkdir /sandbox/out; echo mine > /sandbox/out/mine; ln -s mine /sandbox/out/ok; \
          ln -s {v}/secret /sandbox/out/abs; ln -s ../../x /sandbox/out/up; touch /sandbox/ready; sleep 30"
     );
-    let mut child = start(&sb, "trap", &script);
+    let mut child = sb.start_kept("trap", &script);
     let ws = {
-        let o = cli(&sb, &["sandbox", "get", "trap", "-o", "json"]);
+        let o = sb.cli(&["sandbox", "get", "trap", "-o", "json"]);
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         std::path::PathBuf::from(v["path"].as_str().unwrap()).join("workspace")
     };
@@ -211,10 +161,7 @@ fn planted_symlinks_never_redirect_a_copy() {
         "/sandbox/esc/secret",
         "/sandbox/evil",
     ] {
-        let o = cli(
-            &sb,
-            &["sandbox", "upload", "trap", payload.to_str().unwrap(), dest],
-        );
+        let o = sb.cli(&["sandbox", "upload", "trap", payload.to_str().unwrap(), dest]);
         assert_eq!(o.status.code(), Some(1), "{dest}: {}", stdout(&o));
         assert!(stderr(&o).contains("refused"), "{dest}: {}", stderr(&o));
     }
@@ -226,16 +173,13 @@ fn planted_symlinks_never_redirect_a_copy() {
     assert_eq!(std::fs::read_dir(victim.path()).unwrap().count(), 1);
 
     let back = TempDir::new("back");
-    let o = cli(
-        &sb,
-        &[
-            "sandbox",
-            "download",
-            "trap",
-            "/sandbox/out",
-            back.path().to_str().unwrap(),
-        ],
-    );
+    let o = sb.cli(&[
+        "sandbox",
+        "download",
+        "trap",
+        "/sandbox/out",
+        back.path().to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1), "refusals make it fail");
     let err = stderr(&o);
     assert!(
@@ -251,16 +195,13 @@ fn planted_symlinks_never_redirect_a_copy() {
     assert!(std::fs::symlink_metadata(out.join("abs")).is_err());
     assert!(std::fs::symlink_metadata(out.join("up")).is_err());
     for path in ["/sandbox/f", "/sandbox/evil/secret", "/sandbox/esc"] {
-        let o = cli(
-            &sb,
-            &[
-                "sandbox",
-                "download",
-                "trap",
-                path,
-                back.path().to_str().unwrap(),
-            ],
-        );
+        let o = sb.cli(&[
+            "sandbox",
+            "download",
+            "trap",
+            path,
+            back.path().to_str().unwrap(),
+        ]);
         assert_eq!(o.status.code(), Some(1), "{path}");
         assert!(!stdout(&o).contains("host secret"));
     }
@@ -287,10 +228,10 @@ fn planted_symlinks_never_redirect_a_copy() {
     ] {
         let mut a = vec!["sandbox"];
         a.extend(args);
-        let o = cli(&sb, &a);
+        let o = sb.cli(&a);
         assert_eq!(o.status.code(), Some(1), "{a:?}");
         assert!(stderr(&o).contains(want), "{a:?}: {}", stderr(&o));
     }
-    assert!(cli(&sb, &["sandbox", "delete", "trap"]).status.success());
+    assert!(sb.cli(&["sandbox", "delete", "trap"]).status.success());
     child.wait().unwrap();
 }

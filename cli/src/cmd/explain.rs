@@ -11,7 +11,7 @@ use openshell_runtime::store::{self, Entry};
 use openshell_runtime::{control, run as runtime_run, seccomp, state};
 use serde::Serialize;
 
-use crate::output::{Format, structured};
+use crate::output::{Format, fail, structured};
 
 #[derive(Serialize)]
 struct Explained {
@@ -105,11 +105,6 @@ fn explain(e: &Entry, r: &Record, policy: &Policy) -> Explained {
             policies: policy.network_policies.keys().cloned().collect(),
         },
     }
-}
-
-fn fail(e: impl std::fmt::Display) -> i32 {
-    eprintln!("openshell: {e}");
-    1
 }
 
 /// Run `sandbox explain NAME`.

@@ -11,7 +11,7 @@ use openshell_images::registry::{Client, RegistryOptions};
 use openshell_images::unpack::Ownership;
 use openshell_images::{ImageError, ImageRecord, Reference, Store};
 
-use crate::output::{Format, structured, table};
+use crate::output::{Format, fail, structured, table};
 
 /// How to reach registries (shared by pull, login and run --from).
 #[derive(Debug, Clone, Args, Default)]
@@ -212,11 +212,6 @@ fn users_of(digest: &str) -> Vec<String> {
         })
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
-}
-
-fn fail(e: impl std::fmt::Display) -> i32 {
-    eprintln!("openshell: {e}");
-    1
 }
 
 /// Run an image command.

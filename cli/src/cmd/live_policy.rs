@@ -15,12 +15,7 @@ use openshell_runtime::store::{self, Entry};
 use openshell_runtime::{control, state};
 use serde::Serialize;
 
-use crate::output::{self, Format};
-
-fn fail(e: impl std::fmt::Display) -> i32 {
-    eprintln!("openshell: {e}");
-    1
-}
+use crate::output::{self, Format, fail};
 
 /// The control socket of a running sandbox, or why there is none.
 fn socket(e: &Entry) -> Result<PathBuf, String> {

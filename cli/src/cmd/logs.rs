@@ -13,7 +13,7 @@ use clap::{Args, ValueEnum};
 use openshell_runtime::record::{self, Phase};
 use openshell_runtime::{state, store};
 
-use crate::output::Format;
+use crate::output::{Format, fail};
 
 /// Log levels, lowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -97,11 +97,6 @@ fn render(line: &str, f: &Filter) -> Option<String> {
         "{stamp} {lvl} {}",
         v["message"].as_str().unwrap_or_default()
     ))
-}
-
-fn fail(e: impl std::fmt::Display) -> i32 {
-    eprintln!("openshell: {e}");
-    1
 }
 
 /// Run `logs`; returns the exit status.

@@ -9,7 +9,7 @@ use openshell_runtime::state;
 use openshell_runtime::store::{self, Entry};
 use serde::Serialize;
 
-use crate::output::{self, Format};
+use crate::output::{self, Format, fail};
 
 /// `openshell sandbox ...`
 #[derive(Debug, Subcommand)]
@@ -312,11 +312,6 @@ fn selectors(args: &[String]) -> Result<Vec<(String, String)>, String> {
             _ => Err(format!("--selector {s:?}: expected KEY=VALUE")),
         })
         .collect()
-}
-
-fn fail(e: impl std::fmt::Display) -> i32 {
-    eprintln!("openshell: {e}");
-    1
 }
 
 /// Run a `sandbox` subcommand; returns the exit status.

@@ -6,10 +6,7 @@ use std::path::{Path, PathBuf};
 use openshell_runtime::transfer::{self, Report};
 use openshell_runtime::{idmap, state, store};
 
-fn fail(e: impl std::fmt::Display) -> i32 {
-    eprintln!("openshell: {e}");
-    1
-}
+use crate::output::fail;
 
 fn finish(name: &str, verb: &str, r: &Report) -> i32 {
     for why in &r.refused {
