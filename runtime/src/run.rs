@@ -107,7 +107,7 @@ struct Cleanup {
     mapped: Option<idmap::IdPlan>,
     /// The directory's identity at creation: a deleted sandbox's supervisor must not
     /// touch a new sandbox that took the name.
-    ident: Option<(u64, u64)>,
+    ident: Option<(u64, u64, u128)>,
 }
 
 impl Drop for Cleanup {

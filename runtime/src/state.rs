@@ -45,9 +45,17 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> S
 /// A directory's identity (device, inode): tells a sandbox's directory from a later
 /// one of the same name (after `sandbox delete` renamed it away and a new sandbox took
 /// the name).
-pub fn identity(path: &Path) -> Option<(u64, u64)> {
+/// The birth time is part of it: a freed inode number is soon given to a new directory.
+pub fn identity(path: &Path) -> Option<(u64, u64, u128)> {
     use std::os::unix::fs::MetadataExt;
-    fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    fs::symlink_metadata(path).ok().map(|m| {
+        let born = m
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        (m.dev(), m.ino(), born)
+    })
 }
 
 /// An exclusive lock on one sandbox name (`sandboxes/.locks/<name>`), held while its
