@@ -68,22 +68,36 @@ network_policies:
 POL
 ca=$OS_UPSTREAM_CA
 big=$OS_UPSTREAM_BIG_URL
-curlbig="curl -sS -o /dev/null --cacert $ca $big"
-echo "== 200 MiB over HTTPS ($(date -u +%F), 5 runs each)"
-hyperfine -N --warmup 1 --runs 5 --export-json "$work/big.json" \
-  -n direct "$curlbig" \
-  -n openshell-tunnel "$os run --policy $policy --mount $ca:/sandbox/ca.crt:ro -- curl -sS -o /dev/null --cacert /sandbox/ca.crt $big" \
-  -n openshell-l7 "$os run --policy $policy --upstream-ca $ca -- curl -sS -o /dev/null https://files.test.openshell:8443/big" \
-  -n tinyproxy "curl -sS -o /dev/null --cacert $ca -x http://127.0.0.1:18888 $big" \
-  -n squid "curl -sS -o /dev/null --cacert $ca -x http://127.0.0.1:13128 $big" >/dev/null
-python3 - "$work/big.json" "$OS_UPSTREAM_BIG_SIZE" <<'PY'
-import json, sys
-r = {x["command"]: x["median"] for x in json.load(open(sys.argv[1]))["results"]}
+runs=${RUNS:-9}
+# Each way is timed by curl itself (time_total: connect, CONNECT, TLS, transfer), so the
+# sandbox's start-up is not counted as transfer time; the ways take turns within every
+# round, so the VM's drift hits them all alike.
+t() { "$@" -sS -o /dev/null -w '%{time_total}\n'; }
+: > "$work/big.txt"
+echo "== 200 MiB over HTTPS ($(date -u +%F), $runs rounds, the ways interleaved)"
+for i in $(seq "$runs"); do
+  {
+    echo "direct $(t curl --cacert "$ca" "$big")"
+    echo "openshell-tunnel $(t "$os" run --policy "$policy" --mount "$ca:/sandbox/ca.crt:ro" -- curl --cacert /sandbox/ca.crt "$big")"
+    echo "openshell-splice $(OPENSHELL_SPLICE=1 t "$os" run --policy "$policy" --mount "$ca:/sandbox/ca.crt:ro" -- curl --cacert /sandbox/ca.crt "$big")"
+    echo "openshell-l7 $(t "$os" run --policy "$policy" --upstream-ca "$ca" -- curl https://files.test.openshell:8443/big)"
+    echo "tinyproxy $(t curl --cacert "$ca" -x http://127.0.0.1:18888 "$big")"
+    echo "squid $(t curl --cacert "$ca" -x http://127.0.0.1:13128 "$big")"
+  } >> "$work/big.txt"
+done
+python3 - "$work/big.txt" "$OS_UPSTREAM_BIG_SIZE" <<'PY'
+import statistics, sys
+r = {}
+for line in open(sys.argv[1]):
+    k, v = line.split()
+    r.setdefault(k, []).append(float(v))
 size = int(sys.argv[2])
-d = r["direct"]
-for k, v in r.items():
+m = {k: statistics.median(v) for k, v in r.items()}
+d = m["direct"]
+for k, v in m.items():
     print(f"{k:17s} median {v:6.3f} s  {size/v/1e6:7.1f} MB/s  throughput vs direct {d/v:.2f}x")
-print(f"openshell vs tinyproxy throughput {r['tinyproxy']/r['openshell-tunnel']:.2f}x, vs squid {r['squid']/r['openshell-tunnel']:.2f}x")
+t = m["openshell-tunnel"]
+print(f"openshell tunnel vs tinyproxy throughput {m['tinyproxy']/t:.2f}x, vs squid {m['squid']/t:.2f}x")
 PY
 
 echo "== new-connection rate: 2000 requests, 8 parallel (ab, plain http, one connection each)"

@@ -90,7 +90,7 @@ pub async fn handle(ctx: Arc<Context>, mut sock: TcpStream, peer: SocketAddr) {
     };
     let host = host.to_ascii_lowercase();
     let local = sock.local_addr().unwrap_or(peer);
-    let (who, pinned) = tokio::task::block_in_place(|| ctx.who(peer, local));
+    let (who, pinned) = ctx.who(peer, local);
     let active = ctx.policy.current();
     let what = if forward_path.is_some() {
         format!("{} http://{host}:{port}", head.method)

@@ -1,15 +1,24 @@
 //! Who owns a sandbox connection: from the agent-side address, find the socket's inode
-//! in the agent namespace's /proc/<init>/net/tcp, then the sandbox process holding it
-//! (walking init's descendants), its executable and its ancestors' executables, and the
-//! SHA-256 of the executable (cached by inode and mtime).
+//! (sock_diag in the agent namespace, or its /proc/net/tcp), then the sandbox process
+//! holding it, its executable and its ancestors' executables, and the SHA-256 of the
+//! executable (cached by file version).
 //!
-//! Runs in the supervisor, on the host; reads /proc only.
+//! The processes are those of the sandbox's pid namespace, read through the sandbox's
+//! own procfs (`/proc/<init>/root/proc`): that takes in processes started by `sandbox
+//! exec` (children of a host CLI, not of init) and gives the pids the sandbox itself
+//! sees. Runs in the supervisor, on the host; reads /proc only.
 
 use std::collections::HashMap;
+use std::ffi::CStr;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
 
+use nix::dir::Dir;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 use openshell_proxy::{Identify, Peer};
 
 /// dev, inode, mtime (s, ns), size: one version of a file.
@@ -18,16 +27,25 @@ type FileVersion = (u64, u64, i64, i64, u64);
 /// Identifies connections of one sandbox.
 pub struct SandboxProcs {
     init: u32,
-    diag: Option<Mutex<std::os::fd::OwnedFd>>,
+    diag: Option<Mutex<OwnedFd>>,
+    /// The sandbox's procfs, opened at the first lookup (init has mounted it by then:
+    /// nothing in the sandbox runs before).
+    procfs: OnceLock<OwnedFd>,
+    /// The process that held the last identified socket: looked at first.
+    last: AtomicU32,
     hashes: Mutex<HashMap<FileVersion, String>>,
 }
 
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+
 impl SandboxProcs {
     /// For the sandbox whose init has host pid `init`.
-    pub fn new(init: u32, diag: Option<std::os::fd::OwnedFd>) -> Self {
+    pub fn new(init: u32, diag: Option<OwnedFd>) -> Self {
         Self {
             init,
             diag: diag.map(Mutex::new),
+            procfs: OnceLock::new(),
+            last: AtomicU32::new(0),
             hashes: Mutex::new(HashMap::new()),
         }
     }
@@ -56,52 +74,85 @@ impl SandboxProcs {
         })
     }
 
-    fn descendants(&self) -> Vec<u32> {
-        let mut out = Vec::new();
-        let mut todo = vec![self.init];
-        while let Some(p) = todo.pop() {
-            out.push(p);
-            let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
-                continue;
-            };
-            for t in tasks.flatten() {
-                let children =
-                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-                todo.extend(
-                    children
-                        .split_whitespace()
-                        .filter_map(|c| c.parse::<u32>().ok()),
-                );
-            }
+    /// The sandbox's procfs; only a real procfs is accepted (fail closed otherwise).
+    fn procfs(&self) -> Option<&OwnedFd> {
+        if let Some(fd) = self.procfs.get() {
+            return Some(fd);
         }
-        out
+        let path = format!("/proc/{}/root/proc", self.init);
+        let fd: OwnedFd = nix::fcntl::open(
+            path.as_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let fs = nix::sys::statfs::fstatfs(&fd).ok()?;
+        if fs.filesystem_type().0 as i64 != PROC_SUPER_MAGIC {
+            return None;
+        }
+        Some(self.procfs.get_or_init(|| fd))
     }
 
-    /// Every process of the sandbox holding the socket `inode`.
-    fn holders(&self, inode: u64) -> Vec<u32> {
-        let needle = format!("socket:[{inode}]");
-        self.descendants()
-            .into_iter()
-            .filter(|pid| {
-                std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|rd| {
-                    rd.flatten().any(|fd| {
-                        std::fs::read_link(fd.path())
-                            .is_ok_and(|l| l.as_os_str() == needle.as_str())
-                    })
-                })
-            })
+    /// The sandbox's processes (pids in its namespace), init (1) left out: init holds
+    /// no socket of the sandbox's programs and runs none of them.
+    fn pids(procfs: &OwnedFd) -> Vec<u32> {
+        let Ok(mut dir) = Dir::openat(
+            procfs,
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return Vec::new();
+        };
+        dir.iter()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().ok()?.parse::<u32>().ok())
+            .filter(|p| *p > 1)
             .collect()
     }
 
-    fn parent(pid: u32) -> Option<u32> {
-        let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    /// Whether `pid` holds the socket `needle` (`socket:[inode]`). The fd table is read
+    /// through one directory fd: each readlinkat walks one path component.
+    fn holds(procfs: &OwnedFd, pid: u32, needle: &[u8]) -> bool {
+        let Ok(mut dir) = Dir::openat(
+            procfs,
+            format!("{pid}/fd").as_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return false;
+        };
+        let dfd = dir.as_raw_fd();
+        dir.iter().flatten().any(|e| {
+            let name: &CStr = e.file_name();
+            if name.to_bytes().first() == Some(&b'.') {
+                return false;
+            }
+            let mut buf = [0u8; 64];
+            // SAFETY: `dfd` stays open while `dir` lives; `name` is NUL-terminated;
+            // readlinkat writes at most `buf.len()` bytes into `buf`.
+            let n =
+                unsafe { libc::readlinkat(dfd, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            n > 0 && &buf[..n as usize] == needle
+        })
+    }
+
+    fn parent(procfs: &OwnedFd, pid: u32) -> Option<u32> {
+        let st = read_at(procfs, &format!("{pid}/stat"))?;
         let after = &st[st.rfind(')')? + 2..];
         after.split_whitespace().nth(1)?.parse().ok()
     }
 
-    fn sha256(&self, pid: u32) -> Option<String> {
-        let path = format!("/proc/{pid}/exe");
-        let meta = std::fs::metadata(&path).ok()?;
+    fn sha256(&self, procfs: &OwnedFd, pid: u32) -> Option<String> {
+        let fd = nix::fcntl::openat(
+            procfs,
+            format!("{pid}/exe").as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let mut f = std::fs::File::from(fd);
+        let meta = f.metadata().ok()?;
         // Rewritten in place within the same second keeps dev/ino/mtime: nanoseconds and
         // size tell the versions apart.
         let key = (
@@ -119,7 +170,6 @@ impl SandboxProcs {
         {
             return Some(h.clone());
         }
-        let mut f = std::fs::File::open(&path).ok()?;
         let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -141,8 +191,19 @@ impl SandboxProcs {
     }
 }
 
-fn exe(pid: u32) -> Option<String> {
-    std::fs::read_link(format!("/proc/{pid}/exe"))
+fn read_at(procfs: &OwnedFd, path: &str) -> Option<String> {
+    let fd = nix::fcntl::openat(
+        procfs,
+        path,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    std::io::read_to_string(std::fs::File::from(fd)).ok()
+}
+
+fn exe(procfs: &OwnedFd, pid: u32) -> Option<String> {
+    nix::fcntl::readlinkat(procfs, format!("{pid}/exe").as_str())
         .ok()
         .map(|p| {
             p.to_string_lossy()
@@ -154,24 +215,38 @@ fn exe(pid: u32) -> Option<String> {
 impl Identify for SandboxProcs {
     fn identify(&self, agent: SocketAddr, remote: SocketAddr) -> Option<Peer> {
         let inode = self.inode_of(agent, remote)?;
-        let holders = self.holders(inode);
-        let pid = *holders.first()?;
-        let mut chain = vec![exe(pid)?];
-        // A socket held by several processes (one created it, another inherited it)
-        // is attributed to a program only when they all run that same program.
-        let mut shared_with: Vec<String> = holders[1..]
+        let procfs = self.procfs()?;
+        let needle = format!("socket:[{inode}]");
+        let mut pids = Self::pids(procfs);
+        // The last holder first: a client opening many connections is found at once.
+        let last = self.last.load(Ordering::Relaxed);
+        if let Some(i) = pids.iter().position(|p| *p == last) {
+            pids.swap(0, i);
+        }
+        let i = pids
             .iter()
-            .filter_map(|p| exe(*p))
-            .filter(|e| *e != chain[0])
+            .position(|p| Self::holds(procfs, *p, needle.as_bytes()))?;
+        let pid = pids.swap_remove(i);
+        self.last.store(pid, Ordering::Relaxed);
+        let mut chain = vec![exe(procfs, pid)?];
+        // A socket held by several processes (one created it, another inherited it)
+        // is attributed to a program only when they all run that same program: the
+        // fd tables of processes running the holder's program need no look.
+        let mut shared_with: Vec<String> = pids
+            .iter()
+            .filter_map(|p| {
+                let e = exe(procfs, *p).unwrap_or_else(|| "?".into());
+                (e != chain[0] && Self::holds(procfs, *p, needle.as_bytes())).then_some(e)
+            })
             .collect();
         shared_with.sort();
         shared_with.dedup();
         let mut p = pid;
-        while let Some(pp) = Self::parent(p) {
-            if pp == self.init || pp <= 1 {
+        while let Some(pp) = Self::parent(procfs, p) {
+            if pp <= 1 {
                 break;
             }
-            if let Some(e) = exe(pp) {
+            if let Some(e) = exe(procfs, pp) {
                 chain.push(e);
             }
             p = pp;
@@ -179,7 +254,7 @@ impl Identify for SandboxProcs {
         Some(Peer {
             pid,
             exe: chain[0].clone(),
-            sha256: self.sha256(pid),
+            sha256: self.sha256(procfs, pid),
             chain,
             shared_with,
         })

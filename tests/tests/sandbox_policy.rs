@@ -405,3 +405,72 @@ fn policy_update_adds_and_removes_endpoints_live() {
     assert_eq!(v["version"], 3);
     stop(&ws, child);
 }
+
+/// Processes started by `sandbox exec` are children of the CLI on the host, not of the
+/// sandbox's init: the proxy must still find them (in the sandbox's pid namespace) and
+/// decide by their binary — allowed for curl, denied for python3 — not refuse every
+/// connection as coming from an unknown process.
+#[test]
+fn exec_processes_are_identified_by_the_proxy() {
+    need_sandbox!();
+    let Some(host) = upstream_host() else { return };
+    let sb = Sandbox::new();
+    let dir = TempDir::new("execnet");
+    let logs = TempDir::new("execlogs");
+    let policy = policy_file(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "version: 1\nnetwork_policies:\n  curl_only:\n    name: curl_only\n    endpoints:\n      - {{ host: \"{host}\", port: 80 }}\n    binaries:\n      - {{ path: /usr/bin/curl }}\n"
+        ),
+    );
+    let p = policy.to_string_lossy().into_owned();
+    let l = logs.path().to_string_lossy().into_owned();
+    let o = sb.cli(&[
+        "sandbox",
+        "create",
+        "--name",
+        "exnet",
+        "--policy",
+        &p,
+        "--log-dir",
+        &l,
+        "--detach",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let url = format!("http://{host}/x");
+    let curl = sb.cli(&[
+        "sandbox",
+        "exec",
+        "exnet",
+        "--",
+        "curl",
+        "-s",
+        "-m",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url,
+    ]);
+    assert_eq!(stdout(&curl), "200", "{}", stderr(&curl));
+    let py = format!(
+        "import urllib.request, urllib.error\ntry:\n    urllib.request.urlopen('{url}', timeout=10)\n    print('open')\nexcept urllib.error.HTTPError as e:\n    print(e.code)\nexcept Exception as e:\n    print('error', e)\n"
+    );
+    let python = sb.cli(&["sandbox", "exec", "exnet", "--", "python3", "-c", &py]);
+    assert_eq!(stdout(&python).trim(), "403", "{}", stderr(&python));
+    let log = std::fs::read_to_string(logs.path().join("openshell.log")).unwrap_or_default();
+    assert!(
+        log.contains("NET:OPEN ALLOWED /usr/bin/curl("),
+        "curl's connection attributed to curl: {log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("NET:OPEN DENIED /usr/bin/python3")),
+        "python3's connection attributed to python3: {log}"
+    );
+    assert!(!log.contains("could not be identified"), "{log}");
+    let o = sb.cli(&["sandbox", "delete", "exnet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
