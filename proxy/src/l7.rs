@@ -1,8 +1,15 @@
 //! Inspected (`protocol: rest`) tunnels: terminate the client's TLS with a leaf of the
-//! sandbox CA, check every request on the connection (keep-alive included) against the
-//! endpoint's rules, and forward allowed ones over the proxy's own TLS connection to the
-//! real upstream (verified against the host's trust store). The SNI and the Host header
-//! must name the CONNECT host (no domain fronting).
+//! sandbox CA, check every request on the connection (keep-alive and every HTTP/2
+//! stream included) against the endpoint's rules, and forward allowed ones over the
+//! proxy's own TLS connection to the real upstream (verified against the host's trust
+//! store). The SNI, the Host header and the HTTP/2 authority must name the CONNECT host
+//! (no domain fronting).
+//!
+//! The client may speak HTTP/1.1 or HTTP/2 (ALPN); towards the upstream HTTP/2 is
+//! offered only when the client chose it (so an HTTP/1.1 client's WebSocket upgrade
+//! stays possible end to end). A WebSocket upgrade is a request like any other (its
+//! method and path decide); once both sides switched protocols the frames are relayed
+//! as they are, until either side closes or the policy changes.
 
 use std::sync::Arc;
 
@@ -10,8 +17,8 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response, StatusCode, Version, header};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use openshell_policy::l7::decide_request;
 use openshell_policy::{Endpoint, Enforcement};
 use tokio::net::TcpStream;
@@ -21,6 +28,14 @@ use crate::Context;
 use crate::Peer;
 
 type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The proxy's connection to the real upstream.
+enum Upstream {
+    /// One request at a time.
+    H1(Mutex<hyper::client::conn::http1::SendRequest<Incoming>>),
+    /// Multiplexed.
+    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+}
 
 /// An inspected tunnel: where it goes, what allowed it, who opened it.
 pub struct Grant {
@@ -87,75 +102,192 @@ pub async fn inspect(
         );
         return;
     }
-    let server_name = match rustls::pki_types::ServerName::try_from(host.clone()) {
-        Ok(n) => n,
-        Err(_) => return,
-    };
+    let client_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
     // A failure here is answered per request (502) rather than by a silent close.
-    let upstream = match ctx.upstream_tls() {
-        Ok(cfg) => tokio_rustls::TlsConnector::from(cfg)
-            .connect(server_name, upstream)
-            .await
-            .map_err(|e| format!("TLS to {host}: {e}")),
-        Err(e) => Err(e),
-    };
-    let sender = match upstream {
-        Ok(s) => match hyper::client::conn::http1::handshake(TokioIo::new(s)).await {
-            Ok((sender, conn)) => {
-                tokio::spawn(conn);
-                Ok(Arc::new(Mutex::new(sender)))
-            }
-            Err(e) => Err(e.to_string()),
-        },
-        Err(e) => Err(e),
-    };
+    let sender: Sender = connect_upstream(&ctx, &host, upstream, client_h2)
+        .await
+        .map(Arc::new);
     let who = Arc::new(grant.who.clone());
     let grant = Arc::new(grant);
+    let relays = generation.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (ctx, grant, who, host, sender) = (
+        let (ctx, grant, who, host, sender, relays) = (
             ctx.clone(),
             grant.clone(),
             who.clone(),
             host.clone(),
             sender.clone(),
+            relays.clone(),
         );
-        async move { Ok::<_, hyper::Error>(handle(ctx, grant, who, host, port, sender, req).await) }
+        async move {
+            let t = Target {
+                host,
+                port,
+                client_h2,
+            };
+            Ok::<_, hyper::Error>(handle(ctx, grant, who, t, sender, relays, req).await)
+        }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .max_buf_size(16 * 1024)
-        .serve_connection(TokioIo::new(tls), svc);
     generation.mark_unchanged();
-    tokio::select! {
-        _ = conn => {}
-        _ = generation.changed() => {}
+    let io = TokioIo::new(tls);
+    if client_h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .max_header_list_size(16 * 1024)
+            .serve_connection(io, svc);
+        tokio::select! {
+            _ = conn => {}
+            _ = generation.changed() => {}
+        }
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .max_buf_size(16 * 1024)
+            .serve_connection(io, svc)
+            .with_upgrades();
+        tokio::select! {
+            _ = conn => {}
+            _ = generation.changed() => {}
+        }
     }
 }
 
-type Sender = Result<Arc<Mutex<hyper::client::conn::http1::SendRequest<Incoming>>>, String>;
+/// TLS to the upstream (verified), then HTTP/2 when both the client and the upstream
+/// chose it, HTTP/1.1 otherwise.
+async fn connect_upstream(
+    ctx: &Context,
+    host: &str,
+    tcp: TcpStream,
+    offer_h2: bool,
+) -> Result<Upstream, String> {
+    let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{host}: {e}"))?;
+    let cfg = if offer_h2 {
+        ctx.upstream_tls_h2()?
+    } else {
+        ctx.upstream_tls()?
+    };
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| format!("TLS to {host}: {e}"))?;
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("HTTP/2 to {host}: {e}"))?;
+        tokio::spawn(conn);
+        Ok(Upstream::H2(sender))
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("HTTP/1.1 to {host}: {e}"))?;
+        tokio::spawn(conn.with_upgrades());
+        Ok(Upstream::H1(Mutex::new(sender)))
+    }
+}
+
+/// Where an inspected tunnel goes, and how the client speaks.
+struct Target {
+    host: String,
+    port: u16,
+    client_h2: bool,
+}
+
+impl Target {
+    fn authority(&self) -> String {
+        if self.port == 443 {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Headers that belong to one HTTP/1.1 hop and have no place in HTTP/2.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// The request as the upstream connection needs it: origin-form with a Host header
+/// for HTTP/1.1, an absolute URI without hop-by-hop headers for HTTP/2.
+fn for_upstream(mut req: Request<Incoming>, h2: bool, t: &Target) -> Request<Incoming> {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+    let authority = t.authority();
+    if h2 {
+        if let Ok(u) = format!("https://{authority}{pq}").parse() {
+            *req.uri_mut() = u;
+        }
+        *req.version_mut() = Version::HTTP_2;
+        let h = req.headers_mut();
+        for k in HOP_BY_HOP {
+            h.remove(k);
+        }
+        if h.get(header::TE).is_some_and(|v| v != "trailers") {
+            h.remove(header::TE);
+        }
+    } else {
+        if let Ok(u) = pq.parse() {
+            *req.uri_mut() = u;
+        }
+        *req.version_mut() = Version::HTTP_11;
+        if !req.headers().contains_key(header::HOST)
+            && let Ok(v) = header::HeaderValue::from_str(&authority)
+        {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    req
+}
+
+/// The response as the client's connection needs it.
+fn for_client(mut resp: Response<Incoming>, client_h2: bool) -> Response<Body> {
+    if client_h2 {
+        *resp.version_mut() = Version::HTTP_2;
+        for k in HOP_BY_HOP {
+            resp.headers_mut().remove(k);
+        }
+    } else {
+        *resp.version_mut() = Version::HTTP_11;
+    }
+    resp.map(|b| b.boxed())
+}
+
+type Sender = Result<Arc<Upstream>, String>;
 
 async fn handle(
     ctx: Arc<Context>,
     grant: Arc<Grant>,
     who: Arc<Peer>,
-    host: String,
-    port: u16,
+    t: Target,
     sender: Sender,
-    req: Request<Incoming>,
+    relays: watch::Receiver<u64>,
+    mut req: Request<Incoming>,
 ) -> Response<Body> {
+    let (host, port) = (t.host.as_str(), t.port);
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let url = format!("https://{host}{path}");
+    let strip_port = |h: &str| {
+        h.rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(h, |(n, _)| n)
+            .to_ascii_lowercase()
+    };
     let host_header = req
         .headers()
         .get(hyper::header::HOST)
         .and_then(|v| v.to_str().ok())
-        .map(|h| {
-            h.rsplit_once(':')
-                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-                .map_or(h, |(n, _)| n)
-                .to_ascii_lowercase()
-        });
+        .map(strip_port);
+    // HTTP/2's :authority (and an absolute-form HTTP/1.1 target) name a host too.
+    let authority = req.uri().authority().map(|a| a.host().to_ascii_lowercase());
     // A request with both Content-Length and Transfer-Encoding is framed by chunked
     // (hyper drops the length) and its connection is closed after the response, so no
     // tail can be smuggled to the upstream as a request the rules never saw.
@@ -163,6 +295,11 @@ async fn handle(
         Err((
             "host".to_string(),
             "the Host header does not name the CONNECT host (domain fronting)".to_string(),
+        ))
+    } else if authority.as_deref().is_some_and(|h| h != host) {
+        Err((
+            "host".to_string(),
+            "the request's authority does not name the CONNECT host (domain fronting)".to_string(),
         ))
     } else {
         decide_request(&grant.endpoint, &method, &path, &query)
@@ -206,23 +343,49 @@ async fn handle(
         });
         return json(StatusCode::FORBIDDEN, v, Some(&grant.name));
     }
-    let sender = match sender {
-        Ok(s) => s,
-        Err(e) => {
-            return json(
-                StatusCode::BAD_GATEWAY,
-                serde_json::json!({"error": "upstream_unreachable", "detail": e}),
-                None,
-            );
-        }
-    };
-    let mut s = sender.lock().await;
-    match s.send_request(req).await {
-        Ok(resp) => resp.map(|b| b.boxed()),
-        Err(e) => json(
+    let unreachable = |detail: String| {
+        json(
             StatusCode::BAD_GATEWAY,
-            serde_json::json!({"error": "upstream_unreachable", "detail": e.to_string()}),
+            serde_json::json!({"error": "upstream_unreachable", "detail": detail}),
             None,
-        ),
+        )
+    };
+    let upstream = match sender {
+        Ok(s) => s,
+        Err(e) => return unreachable(e),
+    };
+    match upstream.as_ref() {
+        Upstream::H2(s) => {
+            let req = for_upstream(req, true, &t);
+            match s.clone().send_request(req).await {
+                Ok(resp) => for_client(resp, t.client_h2),
+                Err(e) => unreachable(e.to_string()),
+            }
+        }
+        Upstream::H1(s) => {
+            // An HTTP/1.1 client asking to switch protocols (WebSocket): both sides'
+            // upgraded connections are joined once the upstream agrees (101).
+            let upgrade = (!t.client_h2 && req.headers().contains_key(header::UPGRADE))
+                .then(|| hyper::upgrade::on(&mut req));
+            let req = for_upstream(req, false, &t);
+            let mut s = s.lock().await;
+            let mut resp = match s.send_request(req).await {
+                Ok(r) => r,
+                Err(e) => return unreachable(e.to_string()),
+            };
+            drop(s);
+            if let Some(client) = upgrade
+                && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            {
+                let upstream = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    if let (Ok(c), Ok(u)) = tokio::join!(client, upstream) {
+                        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                        crate::relay(&mut c, &mut u, relays, false).await;
+                    }
+                });
+            }
+            for_client(resp, t.client_h2)
+        }
     }
 }

@@ -80,6 +80,8 @@ pub struct Context {
     /// That TLS config, built on first use (parsing the host's roots costs a
     /// millisecond every sandbox start would pay for nothing).
     upstream_tls: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
+    /// The same offering HTTP/2 first.
+    upstream_tls_h2: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
 }
 
 impl Context {
@@ -102,6 +104,7 @@ impl Context {
             ca,
             upstream_ca,
             upstream_tls: std::sync::OnceLock::new(),
+            upstream_tls_h2: std::sync::OnceLock::new(),
         })
     }
 
@@ -109,6 +112,19 @@ impl Context {
     pub fn upstream_tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
         self.upstream_tls
             .get_or_init(|| tls::upstream_client(&self.upstream_ca).map_err(|e| e.to_string()))
+            .clone()
+    }
+
+    /// The client TLS config towards inspected upstreams, offering HTTP/2 first (for
+    /// clients that chose HTTP/2 themselves).
+    pub fn upstream_tls_h2(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        self.upstream_tls_h2
+            .get_or_init(|| {
+                let base = self.upstream_tls()?;
+                let mut cfg = rustls::ClientConfig::clone(&base);
+                cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                Ok(Arc::new(cfg))
+            })
             .clone()
     }
 

@@ -94,7 +94,7 @@ impl SandboxCa {
             .with_no_client_auth()
             .with_single_cert(chain, key_der)
             .map_err(|e| TlsError::Cert(e.to_string()))?;
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let cfg = Arc::new(cfg);
         self.leaves
             .lock()

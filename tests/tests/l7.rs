@@ -1,7 +1,8 @@
 //! Inspected (`protocol: rest`) endpoints end to end: TLS terminated with the sandbox
 //! CA, every request decided by `access`/`rules`/`deny_rules`, `enforcement: audit`,
 //! clients trusting the CA unmodified, and the attacks on an inspecting proxy (domain
-//! fronting by SNI or Host, request smuggling, oversized heads).
+//! fronting by SNI, Host or HTTP/2 authority, request smuggling, oversized heads);
+//! HTTP/2 clients (every stream decided) and WebSocket upgrades.
 
 use std::process::Output;
 
@@ -92,7 +93,7 @@ fn read_only_denies_post_before_it_reaches_upstream() {
     let marker = format!("openshell-l7-{}", std::process::id());
     // Two requests on one kept-alive connection: each is decided.
     let script = format!(
-        "curl -sS -i https://{host}/get-{marker}?token=SECRET --next -sS -i -X POST -d a=b https://{host}/post-{marker}"
+        "curl --http1.1 -sS -i https://{host}/get-{marker}?token=SECRET --next --http1.1 -sS -i -X POST -d a=b https://{host}/post-{marker}"
     );
     let out = t.run(&p, &script);
     let text = stdout(&out);
@@ -308,7 +309,7 @@ fn domain_fronting_smuggling_and_oversized_heads_are_refused() {
         "python3 /sandbox/probe.py {host} {other} \"{get}\"
          python3 /sandbox/probe.py {host} {host} \"{smuggle}\"
          python3 /sandbox/probe.py {host} {host} \"{big}\"
-         curl -sS -o /dev/null -w '%{{http_code}}\\n' -H 'Host: {other}' https://{host}/x"
+         curl --http1.1 -sS -o /dev/null -w '%{{http_code}}\\n' -H 'Host: {other}' https://{host}/x"
     );
     let f = policy_file(t.dir.path(), "p.yaml", &p);
     let logs = t.logs.path().to_string_lossy().into_owned();
@@ -360,5 +361,171 @@ fn domain_fronting_smuggling_and_oversized_heads_are_refused() {
     assert!(
         !access.contains(&marker),
         "the smuggled request reached the upstream"
+    );
+}
+
+#[test]
+fn http2_streams_are_each_decided_and_forwarded_as_http2() {
+    need_upstream!();
+    let t = L7::new();
+    let host = up("OS_UPSTREAM_HOST");
+    let other = up("OS_UPSTREAM_OTHER_HOST");
+    let p = policy(
+        &format!(
+            "      - host: \"{host}\"\n        port: 443\n        protocol: rest\n        rules:\n          - allow: {{ method: GET, path: \"/h2/**\" }}\n"
+        ),
+        &["/**"],
+    );
+    // Two streams on one HTTP/2 connection (curl reuses it): one allowed, one denied;
+    // then HTTP/1.1 to the same endpoint; then fronting through the :authority.
+    let script = format!(
+        "curl -sS -i https://{host}/h2/a --next -sS -i https://{host}/elsewhere; echo; \
+         curl --http1.1 -sS https://{host}/h2/b; \
+         curl -sS -o /dev/null -w 'fronted %{{http_version}} %{{http_code}}\\n' -H 'Host: {other}' https://{host}/h2/c"
+    );
+    let out = t.run(&p, &script);
+    let text = stdout(&out);
+    // (curl -i also prints the proxy's answer to its CONNECT.)
+    assert!(
+        text.contains("\r\n\r\nHTTP/2 200"),
+        "{text}{}",
+        stderr(&out)
+    );
+    let (first, rest) = text
+        .split_once("HTTP/2 403")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        first.contains("protocol=HTTP/2.0"),
+        "upstream saw HTTP/2: {first}"
+    );
+    assert!(first.contains("path=/h2/a"), "{first}");
+    assert!(rest.contains("x-openshell-policy: upstream"), "{rest}");
+    assert!(rest.contains("\"error\":\"policy_denied\""), "{rest}");
+    assert!(rest.contains("\"path\":\"/elsewhere\""), "{rest}");
+    assert!(
+        rest.contains("path=/h2/b") && rest.contains("protocol=HTTP/1.1"),
+        "an HTTP/1.1 client reaches the upstream over HTTP/1.1: {rest}"
+    );
+    assert!(rest.contains("fronted 2 403"), "{rest}");
+    let log = t.log();
+    assert!(
+        log.contains(&format!("HTTP:GET ALLOWED GET https://{host}/h2/a")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("HTTP:GET DENIED GET https://{host}/elsewhere")),
+        "{log}"
+    );
+    assert!(
+        log.contains("the request's authority does not name the CONNECT host (domain fronting)"),
+        "{log}"
+    );
+    let access = std::fs::read_to_string(up("OS_UPSTREAM_ACCESS_LOG")).unwrap_or_default();
+    assert!(
+        !access.contains("/h2/c"),
+        "the fronted request reached the upstream"
+    );
+}
+
+/// A minimal WebSocket client (Python's standard library has none): CONNECT through
+/// the proxy, TLS trusting the sandbox CA the way every client does, the upgrade, two
+/// echoed messages, a close.
+const WS_CLIENT: &str = r#"
+import base64, os, socket, ssl, struct, sys
+host, path = sys.argv[1], sys.argv[2]
+s = socket.create_connection(("10.200.0.1", 3128), timeout=10)
+s.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n".encode())
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(1)
+t = ssl.create_default_context().wrap_socket(s, server_hostname=host)
+key = base64.b64encode(os.urandom(16)).decode()
+t.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+resp = b""
+while b"\r\n\r\n" not in resp:
+    c = t.recv(1)
+    if not c:
+        break
+    resp += c
+print(resp.split(b"\r\n", 1)[0].decode())
+if b" 101 " not in resp.split(b"\r\n", 1)[0] + b" ":
+    sys.exit(0)
+def send(op, payload):
+    mask = os.urandom(4)
+    n = len(payload)
+    size = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n)
+    t.sendall(bytes([0x80 | op]) + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+def recv():
+    b = t.recv(2)
+    n = b[1] & 0x7F
+    if n == 126:
+        n = struct.unpack(">H", t.recv(2))[0]
+    data = b""
+    while len(data) < n:
+        data += t.recv(n - len(data))
+    return b[0] & 0x0F, data
+for msg in [b"hello through openshell", bytes(range(256)) * 4]:
+    send(2, msg)
+    op, data = recv()
+    print("echo", op, len(data), data == msg)
+send(8, struct.pack(">H", 1000))
+print("close", recv()[0])
+"#;
+
+#[test]
+fn websocket_upgrade_is_decided_then_relayed() {
+    need_upstream!();
+    let t = L7::new();
+    let host = up("OS_UPSTREAM_HOST");
+    let p = policy(
+        &format!(
+            "      - host: \"{host}\"\n        port: 443\n        protocol: rest\n        rules:\n          - allow: {{ method: GET, path: \"/ws\" }}\n        deny_rules:\n          - {{ method: GET, path: \"/ws\", query: {{ room: \"secret\" }} }}\n"
+        ),
+        &["/**"],
+    );
+    std::fs::write(t.dir.path().join("ws.py"), WS_CLIENT).unwrap();
+    let ws = format!("{}:/sandbox/ws.py:ro", t.dir.path().join("ws.py").display());
+    let f = policy_file(t.dir.path(), "p.yaml", &p);
+    let logs = t.logs.path().to_string_lossy().into_owned();
+    let ca = up("OS_UPSTREAM_CA");
+    let script = format!(
+        "python3 /sandbox/ws.py {host} /ws; python3 /sandbox/ws.py {host} '/ws?room=secret'; python3 /sandbox/ws.py {host} /ws-other"
+    );
+    let out = t.sb.run(
+        &[
+            "--policy",
+            f.to_str().unwrap(),
+            "--upstream-ca",
+            &ca,
+            "--log-dir",
+            &logs,
+            "--mount",
+            &ws,
+        ],
+        &["sh", "-c", &script],
+    );
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "HTTP/1.1 101 Switching Protocols",
+            "echo 2 23 True",
+            "echo 2 1024 True",
+            "close 8",
+            "HTTP/1.1 403 Forbidden",
+            "HTTP/1.1 403 Forbidden",
+        ],
+        "{}",
+        stderr(&out)
+    );
+    let log = t.log();
+    assert!(
+        log.contains(&format!("HTTP:GET ALLOWED GET https://{host}/ws")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("HTTP:GET DENIED GET https://{host}/ws-other")),
+        "{log}"
     );
 }
