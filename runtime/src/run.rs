@@ -420,6 +420,12 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                 env.push((k.clone(), v.clone()));
             }
         }
+        // In front of the image's or the user's NODE_OPTIONS, not instead of them.
+        let pre = format!("--require {}", crate::trust::NODE_PRELOAD);
+        match env.iter_mut().find(|(k, _)| k == "NODE_OPTIONS") {
+            Some((_, v)) => *v = format!("{pre} {v}"),
+            None => env.push(("NODE_OPTIONS".into(), pre)),
+        }
     }
     // What `sandbox exec` gives new processes (without the terminal's TERM): kept
     // private (0600), removed with the sandbox.

@@ -2,7 +2,8 @@
 //! whose key never leaves the supervisor, its certificate and a combined bundle (the
 //! host's roots + the CA) under /run/openshell, the bundle bound over the distro trust
 //! paths present in the root (so Go, OpenSSL, GnuTLS and friends trust it unmodified),
-//! and the environment variables the common runtimes read.
+//! the environment variables the common runtimes read, and a preload that makes node
+//! older than 22.21 use the proxy.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +12,12 @@ use openshell_proxy::tls::SandboxCa;
 
 /// Where the CA files appear inside.
 pub const DIR: &str = "/run/openshell";
+
+/// The preload that routes old node's default agents through the proxy (node ignores
+/// NODE_USE_ENV_PROXY before 22.21): `NODE_OPTIONS=--require` it.
+pub const NODE_PRELOAD: &str = "/run/openshell/node-proxy.cjs";
+
+const NODE_PRELOAD_JS: &str = include_str!("node-proxy.cjs");
 
 /// Distro trust bundle paths the combined bundle is bound over (when present).
 pub const DISTRO_BUNDLES: &[&str] = &[
@@ -57,7 +64,12 @@ pub fn prepare(
     }
     bundle.push_str(&pem);
     let (ca_file, bundle_file) = (dir.join("ca.pem"), dir.join("ca-bundle.pem"));
-    for (f, content) in [(&ca_file, &pem), (&bundle_file, &bundle)] {
+    let node_file = dir.join("node-proxy.cjs");
+    for (f, content) in [
+        (&ca_file, pem.as_str()),
+        (&bundle_file, bundle.as_str()),
+        (&node_file, NODE_PRELOAD_JS),
+    ] {
         std::fs::write(f, content).map_err(|e| format!("write {}: {e}", f.display()))?;
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644));
@@ -81,6 +93,7 @@ pub fn prepare(
         own_files: vec![
             (PathBuf::from(&inside_ca), ca_file),
             (PathBuf::from(&inside_bundle), bundle_file.clone()),
+            (PathBuf::from(NODE_PRELOAD), node_file),
         ],
         bundles: DISTRO_BUNDLES
             .iter()

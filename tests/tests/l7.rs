@@ -247,10 +247,13 @@ fn the_sandbox_ca_is_trusted_by_clients_unmodified() {
         t.log()
     );
     // The CA's key is nowhere in the sandbox's reach.
-    let out = t.run(&p, "grep -c 'PRIVATE KEY' /run/openshell/ca.pem /run/openshell/ca-bundle.pem; ls /run/openshell");
+    let out = t.run(
+        &p,
+        "grep -c 'PRIVATE KEY' /run/openshell/*; ls /run/openshell",
+    );
     assert_eq!(
         stdout(&out),
-        "/run/openshell/ca.pem:0\n/run/openshell/ca-bundle.pem:0\nca-bundle.pem\nca.pem\n"
+        "/run/openshell/ca-bundle.pem:0\n/run/openshell/ca.pem:0\n/run/openshell/node-proxy.cjs:0\nca-bundle.pem\nca.pem\nnode-proxy.cjs\n"
     );
 }
 
@@ -526,6 +529,105 @@ fn websocket_upgrade_is_decided_then_relayed() {
     );
     assert!(
         log.contains(&format!("HTTP:GET DENIED GET https://{host}/ws-other")),
+        "{log}"
+    );
+}
+
+/// Node's default agents, unmodified scripts: node older than 22.21 ignores the proxy
+/// variables, so the sandbox preloads an agent (NODE_OPTIONS) that tunnels https and
+/// forwards http through the proxy; the decisions are the proxy's (by node's binary).
+const NODE_CLIENT: &str = r#"
+const https = require('https'), http = require('http');
+const get = (mod, url) => new Promise((done) => {
+  mod.get(url, (r) => {
+    let b = '';
+    r.on('data', (d) => { b += d; });
+    r.on('end', () => done(`${r.statusCode} ${b.split('\n')[0]}`));
+  }).on('error', (e) => done(`error ${e.message}`));
+});
+(async () => {
+  for (const u of process.argv.slice(2)) console.log(await get(u.startsWith('https') ? https : http, u));
+})();
+"#;
+
+#[test]
+fn node_goes_through_the_proxy_unmodified() {
+    need_upstream!();
+    let node = std::path::Path::new("/usr/bin/node");
+    if !node.exists() {
+        assert!(
+            !required("node"),
+            "/usr/bin/node missing but OPENSHELL_TEST_REQUIRE asks for node"
+        );
+        eprintln!("skipped: no /usr/bin/node (apt install nodejs)");
+        return;
+    }
+    let t = L7::new();
+    let host = up("OS_UPSTREAM_HOST");
+    let other = up("OS_UPSTREAM_OTHER_HOST");
+    let eps = format!(
+        "      - {{ host: \"{host}\", port: 443 }}
+      - {{ host: \"{host}\", port: 80 }}
+      - host: files.test.openshell
+        port: 443
+        protocol: rest
+        rules:
+          - allow: {{ method: GET, path: \"/node/**\" }}
+"
+    );
+    let p = policy(&eps, &["/usr/bin/node"]);
+    std::fs::write(t.dir.path().join("n.js"), NODE_CLIENT).unwrap();
+    let js = format!("{}:/sandbox/n.js:ro", t.dir.path().join("n.js").display());
+    let ca = format!("{}:/sandbox/ca.crt:ro", up("OS_UPSTREAM_CA"));
+    let f = policy_file(t.dir.path(), "p.yaml", &p);
+    let logs = t.logs.path().to_string_lossy().into_owned();
+    // The plain tunnel reaches the test host's own certificate: node trusts its CA the
+    // usual way; the inspected endpoint needs nothing (the sandbox CA is preset).
+    let script = format!(
+        "NODE_EXTRA_CA_CERTS=/sandbox/ca.crt node /sandbox/n.js https://{host}/node/a http://{host}/node/b https://{other}/; \
+         node /sandbox/n.js https://files.test.openshell/node/c https://files.test.openshell/other; \
+         curl -sS -o /dev/null -w 'curl %{{http_code}}\\n' http://{host}/node/d"
+    );
+    let out = t.sb.run(
+        &[
+            "--policy",
+            f.to_str().unwrap(),
+            "--upstream-ca",
+            &up("OS_UPSTREAM_CA"),
+            "--log-dir",
+            &logs,
+            "--mount",
+            &js,
+            "--mount",
+            &ca,
+            "-e",
+            "NODE_OPTIONS=--no-warnings",
+        ],
+        &["sh", "-c", &script],
+    );
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 6, "{lines:?} {}", stderr(&out));
+    assert_eq!(lines[0], "200 method=GET", "https tunnel: {lines:?}");
+    assert_eq!(lines[1], "200 method=GET", "http forward: {lines:?}");
+    assert!(
+        lines[2].starts_with(&format!(
+            "error openshell proxy refused CONNECT {other}:443: HTTP/1.1 403 Forbidden"
+        )) && lines[2].contains("policy_denied"),
+        "{lines:?}"
+    );
+    assert_eq!(lines[3], "200 method=GET", "inspected: {lines:?}");
+    assert!(
+        lines[4].starts_with("403 ") && lines[4].contains("\"path\":\"/other\""),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines[5], "curl 403",
+        "the policy names node only: {lines:?}"
+    );
+    let log = t.log();
+    assert!(log.contains("NET:OPEN ALLOWED /usr/bin/node("), "{log}");
+    assert!(
+        log.contains("HTTP:GET ALLOWED GET https://files.test.openshell/node/c"),
         "{log}"
     );
 }
