@@ -7,6 +7,7 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
+use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use nix::sys::socket::{Shutdown, shutdown};
 use tokio::io::Interest;
@@ -29,36 +30,52 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, w))
 }
 
-/// Move everything from `from` to `to` until EOF, then half-close `to`.
+/// Move everything from `from` to `to` until EOF, then half-close `to`. Reading and
+/// writing overlap: the pipe fills from `from` while it drains into `to`, so neither
+/// side waits for the other's whole chunk.
 async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
     let (pr, pw) = pipe()?;
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-    let mut total = 0u64;
+    let (mut in_pipe, mut total) = (0usize, 0u64);
+    let (mut eof, mut pipe_full) = (false, false);
     loop {
-        from.readable().await?;
-        let n = match from.try_io(Interest::READABLE, || {
-            splice(from.as_fd(), None, pw.as_fd(), None, CHUNK, flags).map_err(io::Error::from)
-        }) {
-            Ok(0) => {
-                let _ = shutdown(std::os::fd::AsRawFd::as_raw_fd(to), Shutdown::Write);
-                return Ok(total);
+        if eof && in_pipe == 0 {
+            let _ = shutdown(std::os::fd::AsRawFd::as_raw_fd(to), Shutdown::Write);
+            return Ok(total);
+        }
+        tokio::select! {
+            r = from.readable(), if !eof && !pipe_full && in_pipe < CHUNK => {
+                r?;
+                match splice(from.as_fd(), None, pw.as_fd(), None, CHUNK - in_pipe, flags) {
+                    Ok(0) => eof = true,
+                    Ok(n) => in_pipe += n,
+                    // With bytes in the pipe, EAGAIN may mean the pipe is out of slots:
+                    // wait for the writer rather than for the socket.
+                    Err(Errno::EAGAIN) if in_pipe > 0 => pipe_full = true,
+                    Err(Errno::EAGAIN) => {
+                        let _ = from.try_io(Interest::READABLE, || {
+                            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
-        let mut left = n;
-        while left > 0 {
-            to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || {
-                splice(pr.as_fd(), None, to.as_fd(), None, left, flags).map_err(io::Error::from)
-            }) {
-                Ok(m) => left -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+            r = to.writable(), if in_pipe > 0 => {
+                r?;
+                match to.try_io(Interest::WRITABLE, || {
+                    splice(pr.as_fd(), None, to.as_fd(), None, in_pipe, flags)
+                        .map_err(io::Error::from)
+                }) {
+                    Ok(m) => {
+                        in_pipe -= m;
+                        total += m as u64;
+                        pipe_full = false;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
-        total += n as u64;
     }
 }
 

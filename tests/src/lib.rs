@@ -112,6 +112,36 @@ macro_rules! need_sandbox {
     };
 }
 
+/// A value of the upstream test hosts' environment (`upstream.sh env`).
+pub fn up(k: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| panic!("{k} unset (eval \"$(upstream.sh env)\")"))
+}
+
+/// Are the upstream test hosts there? Says why not (and fails when they are required).
+pub fn upstream_ok() -> bool {
+    if std::env::var("OS_UPSTREAM_IP").is_ok() {
+        return true;
+    }
+    if required("upstream") {
+        panic!("OS_UPSTREAM_IP unset but OPENSHELL_TEST_REQUIRE asks for the upstream hosts");
+    }
+    eprintln!(
+        "skipped: no upstream test hosts (sudo ../shared/testenv/upstream.sh start; eval \"$(upstream.sh env)\")"
+    );
+    false
+}
+
+/// Skip the current test (return early) without sandboxes or upstream test hosts.
+#[macro_export]
+macro_rules! need_upstream {
+    () => {
+        $crate::need_sandbox!();
+        if !$crate::upstream_ok() {
+            return;
+        }
+    };
+}
+
 /// One sandbox invocation's environment: a private state dir.
 pub struct Sandbox {
     /// The state directory (`OPENSHELL_STATE_DIR`).

@@ -6,31 +6,7 @@
 
 use std::process::Output;
 
-use openshell_tests::{Sandbox, TempDir, need_sandbox, policy_file, required, stderr, stdout};
-
-fn up(k: &str) -> String {
-    std::env::var(k).unwrap_or_else(|_| panic!("{k} unset (eval \"$(upstream.sh env)\")"))
-}
-
-fn upstream_ok() -> bool {
-    if std::env::var("OS_UPSTREAM_IP").is_ok() {
-        return true;
-    }
-    if required("upstream") {
-        panic!("OS_UPSTREAM_IP unset but OPENSHELL_TEST_REQUIRE asks for the upstream hosts");
-    }
-    eprintln!("skipped: no upstream test hosts (sudo ../shared/testenv/upstream.sh start)");
-    false
-}
-
-macro_rules! need_upstream {
-    () => {
-        need_sandbox!();
-        if !upstream_ok() {
-            return;
-        }
-    };
-}
+use openshell_tests::{Sandbox, TempDir, need_upstream, policy_file, required, stderr, stdout, up};
 
 struct L7 {
     sb: Sandbox,

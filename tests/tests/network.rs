@@ -8,34 +8,9 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use openshell_tests::{Sandbox, TempDir, need_sandbox, policy_file, required, stderr, stdout};
-
-fn up(k: &str) -> String {
-    std::env::var(k).unwrap_or_else(|_| panic!("{k} unset (eval \"$(upstream.sh env)\")"))
-}
-
-/// Are the upstream test hosts there? Skip (or fail when required) otherwise.
-fn upstream_ok() -> bool {
-    if std::env::var("OS_UPSTREAM_IP").is_ok() {
-        return true;
-    }
-    if required("upstream") {
-        panic!("OS_UPSTREAM_IP unset but OPENSHELL_TEST_REQUIRE asks for the upstream hosts");
-    }
-    eprintln!(
-        "skipped: no upstream test hosts (sudo ../shared/testenv/upstream.sh start; eval \"$(upstream.sh env)\")"
-    );
-    false
-}
-
-macro_rules! need_upstream {
-    () => {
-        need_sandbox!();
-        if !upstream_ok() {
-            return;
-        }
-    };
-}
+use openshell_tests::{
+    Sandbox, TempDir, need_sandbox, need_upstream, policy_file, stderr, stdout, up,
+};
 
 /// A sandbox with the test CA mounted at /sandbox/ca.crt and logs in a known place.
 struct Net {
