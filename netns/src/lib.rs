@@ -183,6 +183,8 @@ pub fn setup_router(nft: Option<&std::path::Path>) -> Result<Router, NetError> {
     nl_router
         .request(netlink::addr_msg(vr, ROUTER_IP, PREFIX))
         .map_err(nl("address vr"))?;
+    // Best effort: a kernel without IPv6 has nothing to turn off.
+    let _ = nl_router.request(netlink::no_ipv6_addr_msg(vr));
     nl_router
         .request(netlink::up_msg(vr))
         .map_err(nl("bring up vr"))?;
@@ -219,6 +221,7 @@ impl Router {
         nl_agent
             .request(netlink::addr_msg(va, AGENT_IP, PREFIX))
             .map_err(nl("address va"))?;
+        let _ = nl_agent.request(netlink::no_ipv6_addr_msg(va));
         nl_agent
             .request(netlink::up_msg(va))
             .map_err(nl("bring up va"))?;

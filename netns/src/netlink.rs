@@ -25,6 +25,8 @@ const NLM_F_CREATE: u16 = 0x400;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_MTU: u16 = 4;
+const IFLA_NUM_TX_QUEUES: u16 = 31;
+const IFLA_NUM_RX_QUEUES: u16 = 32;
 const IFLA_NET_NS_FD: u16 = 28;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
@@ -70,12 +72,22 @@ fn ifinfo(index: i32, flags: u32, change: u32) -> Vec<u8> {
 /// proxy then costs a fraction of the packets (and of the per-packet work) of 1500.
 pub const VETH_MTU: u32 = 65535;
 
+/// One tx and one rx queue, asked for explicitly: veth otherwise allocates one per
+/// possible CPU and then cuts the real count down to one, which waits for an expedited
+/// RCU grace period per end (about a millisecond of every sandbox start).
+fn one_queue() -> Vec<u8> {
+    let mut v = attr(IFLA_NUM_TX_QUEUES, &1u32.to_ne_bytes());
+    v.extend(attr(IFLA_NUM_RX_QUEUES, &1u32.to_ne_bytes()));
+    v
+}
+
 /// RTM_NEWLINK creating veth `name` with peer `peer`, the peer created directly in the
 /// namespace behind `peer_ns` when given.
 pub fn veth_msg(name: &str, peer: &str, peer_ns: Option<RawFd>) -> (u16, u16, Vec<u8>) {
     let mut peer_info = ifinfo(0, 0, 0);
     peer_info.extend(name_attr(peer));
     peer_info.extend(attr(IFLA_MTU, &VETH_MTU.to_ne_bytes()));
+    peer_info.extend(one_queue());
     if let Some(fd) = peer_ns {
         peer_info.extend(attr(IFLA_NET_NS_FD, &(fd as u32).to_ne_bytes()));
     }
@@ -85,8 +97,24 @@ pub fn veth_msg(name: &str, peer: &str, peer_ns: Option<RawFd>) -> (u16, u16, Ve
     let mut body = ifinfo(0, 0, 0);
     body.extend(name_attr(name));
     body.extend(attr(IFLA_MTU, &VETH_MTU.to_ne_bytes()));
+    body.extend(one_queue());
     body.extend(attr(IFLA_LINKINFO, &linkinfo));
     (RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
+}
+
+/// RTM_NEWLINK turning IPv6 address generation off on `index` (before it comes up):
+/// no link-local address, so no duplicate address detection, router solicitations or
+/// multicast reports on a link that only carries IPv4 — work the kernel would do at
+/// every sandbox start and after it, for nothing.
+pub fn no_ipv6_addr_msg(index: i32) -> (u16, u16, Vec<u8>) {
+    const IFLA_AF_SPEC: u16 = 26;
+    const IFLA_INET6_ADDR_GEN_MODE: u16 = 8;
+    const IN6_ADDR_GEN_MODE_NONE: u8 = 1;
+    let inet6 = attr(IFLA_INET6_ADDR_GEN_MODE, &[IN6_ADDR_GEN_MODE_NONE]);
+    let spec = attr(libc::AF_INET6 as u16, &inet6);
+    let mut body = ifinfo(index, 0, 0);
+    body.extend(attr(IFLA_AF_SPEC, &spec));
+    (RTM_NEWLINK, 0, body)
 }
 
 /// RTM_NEWLINK setting IFF_UP on `index`.
@@ -267,10 +295,11 @@ mod tests {
         let (kind, flags, body) = veth_msg("vr", "va", Some(7));
         assert_eq!(kind, RTM_NEWLINK);
         assert_eq!(flags, NLM_F_CREATE | NLM_F_EXCL);
-        // ifinfomsg, then IFLA_IFNAME "vr", IFLA_MTU, then IFLA_LINKINFO.
+        // ifinfomsg, then IFLA_IFNAME "vr", IFLA_MTU, the queue counts, IFLA_LINKINFO.
         assert_eq!(&body[16..24], &attr(IFLA_IFNAME, b"vr\0")[..]);
         assert_eq!(&body[24..32], &attr(IFLA_MTU, &65535u32.to_ne_bytes())[..]);
-        let linkinfo = &body[32..];
+        assert_eq!(&body[32..48], &one_queue()[..]);
+        let linkinfo = &body[48..];
         assert_eq!(
             u16::from_ne_bytes([linkinfo[2], linkinfo[3]]),
             IFLA_LINKINFO

@@ -21,6 +21,15 @@ pub const POLICY: &str = "policy.yaml";
 
 /// Write `path` whole: a temporary file beside it, fsync, rename over it.
 pub fn write_atomic(path: &Path, body: &[u8]) -> Result<(), String> {
+    write_whole(path, body, true)
+}
+
+/// Write `path` whole (temporary file, rename): readers see the old or the new content,
+/// never a mix. `durable` adds an fsync before the rename, so that the content also
+/// survives a crash of the host: what a sandbox kept across reboots needs; a sandbox
+/// that ends with its run is gone after a reboot anyway (and four fsyncs were a fifth
+/// of `run -- true`).
+pub fn write_whole(path: &Path, body: &[u8], durable: bool) -> Result<(), String> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -29,7 +38,9 @@ pub fn write_atomic(path: &Path, body: &[u8]) -> Result<(), String> {
     let write = || -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(body)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)
     };
     write().map_err(|e| {
@@ -216,8 +227,13 @@ impl Record {
 
     /// Write it atomically (temporary file, fsync, rename).
     pub fn save(&self, dir: &Path) -> Result<(), String> {
+        self.save_as(dir, true)
+    }
+
+    /// Write it atomically; `durable`: see [`write_whole`].
+    pub fn save_as(&self, dir: &Path, durable: bool) -> Result<(), String> {
         let body = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        write_atomic(&dir.join(FILE), &body)
+        write_whole(&dir.join(FILE), &body, durable)
     }
 }
 

@@ -327,11 +327,19 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             workdir: workdir.clone(),
         },
     };
-    record.save(&dir.path).map_err(RunError::Invalid)?;
+    // Only a kept sandbox's files must survive a crash of the host (fsync).
+    let durable = opts.keep;
+    record
+        .save_as(&dir.path, durable)
+        .map_err(RunError::Invalid)?;
     // The policy it starts with, for `policy get` while it is stopped; `policy set`
     // replaces it.
-    record::write_atomic(&dir.path.join(record::POLICY), policy.to_yaml().as_bytes())
-        .map_err(RunError::Invalid)?;
+    record::write_whole(
+        &dir.path.join(record::POLICY),
+        policy.to_yaml().as_bytes(),
+        durable,
+    )
+    .map_err(RunError::Invalid)?;
     let workspace = dir.workspace();
     for up in &opts.uploads {
         let (local, rel) = state::parse_upload(up)?;
@@ -482,7 +490,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         r.init_pid = Some(init);
         r.last_active = record::now();
         if state::identity(&dir.path) == ident {
-            let _ = r.save(&dir.path);
+            let _ = r.save_as(&dir.path, durable);
         }
     };
     let result = start_and_wait(&cfg, &ids, net_setup, &mut |init| {
@@ -510,7 +518,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         }
     }
     if state::identity(&dir.path) == ident {
-        let _ = record.save(&dir.path);
+        let _ = record.save_as(&dir.path, durable);
     }
     drop(cleanup);
     result
