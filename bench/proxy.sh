@@ -100,22 +100,44 @@ t = m["openshell-tunnel"]
 print(f"openshell tunnel vs tinyproxy throughput {m['tinyproxy']/t:.2f}x, vs squid {m['squid']/t:.2f}x")
 PY
 
-echo "== new-connection rate: 2000 requests, 8 parallel (ab, plain http, one connection each)"
+echo "== new-connection rate: 2000 requests, 8 parallel (ab, plain http, one connection each), 5 rounds interleaved"
 url="http://api.test.openshell/x"
 rate() { ab -q -n 2000 -c 8 "$@" "$url" 2>/dev/null | awk '/Requests per second/{print $4}'; }
-direct=$(rate)
-tiny=$(rate -X 127.0.0.1:18888)
-sq=$(rate -X 127.0.0.1:13128)
-ours=$("$os" run --policy "$policy" -- ab -q -n 2000 -c 8 -X 10.200.0.1:3128 "$url" 2>/dev/null | awk '/Requests per second/{print $4}')
-printf "direct     %8s req/s\nopenshell  %8s req/s\ntinyproxy  %8s req/s\nsquid      %8s req/s\n" "$direct" "$ours" "$tiny" "$sq"
-python3 -c "print(f'openshell vs tinyproxy {float(\"$ours\")/float(\"$tiny\"):.2f}x, vs squid {float(\"$ours\")/float(\"$sq\"):.2f}x')"
+: > "$work/rate.txt"
+for i in 1 2 3 4 5; do
+  {
+    echo "direct $(rate)"
+    echo "tinyproxy $(rate -X 127.0.0.1:18888)"
+    echo "squid $(rate -X 127.0.0.1:13128)"
+    echo "openshell $("$os" run --policy "$policy" -- ab -q -n 2000 -c 8 -X 10.200.0.1:3128 "$url" 2>/dev/null | awk '/Requests per second/{print $4}')"
+  } >> "$work/rate.txt"
+done
+python3 - "$work/rate.txt" <<'PY'
+import statistics, sys
+r = {}
+for line in open(sys.argv[1]):
+    k, v = line.split()
+    r.setdefault(k, []).append(float(v))
+m = {k: statistics.median(v) for k, v in r.items()}
+for k in ["direct", "openshell", "tinyproxy", "squid"]:
+    print(f"{k:10s} median {m[k]:8.0f} req/s  (rounds: {', '.join(f'{x:.0f}' for x in r[k])})")
+print(f"openshell vs tinyproxy {m['openshell']/m['tinyproxy']:.2f}x, vs squid {m['openshell']/m['squid']:.2f}x")
+PY
 
-echo "== start-up cost of the sandbox network (run -- true, 300 runs)"
-hyperfine -N --warmup 20 --runs 300 --export-json "$work/start.json" \
-  -n none "$os run --network none -- true" -n proxy "$os run -- true" >/dev/null
+echo "== start-up cost of the sandbox network (run -- true, 2 x 200 runs each, alternating)"
+# The state directory goes on tmpfs for this part: on ext4, inode allocation after many
+# runs' worth of created and deleted files (the first part of this script) costs more
+# than the network and drifts within one hyperfine session.
+shm=$(mktemp -d /dev/shm/openshell-proxy-bench.XXXXXX)
+trap 'rm -rf "$shm"; cleanup' EXIT
+OPENSHELL_STATE_DIR=$shm/state hyperfine -N --warmup 20 --runs 200 --export-json "$work/start.json" \
+  -n none "$os run --network none -- true" -n proxy "$os run -- true" \
+  -n none2 "$os run --network none -- true" -n proxy2 "$os run -- true" >/dev/null
 python3 - "$work/start.json" <<'PY'
 import json, sys
-r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
-n, p = r["none"]["median"], r["proxy"]["median"]
-print(f"--network none {n*1000:.2f} ms, proxy {p*1000:.2f} ms: the network adds {(p-n)*1000:.2f} ms")
+r = {x["command"]: x["median"] for x in json.load(open(sys.argv[1]))["results"]}
+n = (r["none"] + r["none2"]) / 2
+p = (r["proxy"] + r["proxy2"]) / 2
+print(f"--network none {n*1000:.2f} ms, proxy {p*1000:.2f} ms: the network adds {(p-n)*1000:.2f} ms "
+      f"(pairs: {(r['proxy']-r['none'])*1000:.2f}, {(r['proxy2']-r['none2'])*1000:.2f})")
 PY

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::ffi::CStr;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -144,32 +143,41 @@ impl SandboxProcs {
     }
 
     fn sha256(&self, procfs: &OwnedFd, pid: u32) -> Option<String> {
+        let exe = format!("{pid}/exe");
+        // Rewritten in place within the same second keeps dev/ino/mtime: nanoseconds and
+        // size tell the versions apart.
+        let key = |st: &nix::sys::stat::FileStat| -> FileVersion {
+            (
+                st.st_dev,
+                st.st_ino,
+                st.st_mtime,
+                st.st_mtime_nsec,
+                st.st_size as u64,
+            )
+        };
+        let cached = |k: &FileVersion| {
+            self.hashes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(k)
+                .cloned()
+        };
+        // Known version: one stat through the link, no open.
+        let st =
+            nix::sys::stat::fstatat(procfs, exe.as_str(), nix::fcntl::AtFlags::empty()).ok()?;
+        if let Some(h) = cached(&key(&st)) {
+            return Some(h);
+        }
+        // New: hash what is opened, filed under that file's own version.
         let fd = nix::fcntl::openat(
             procfs,
-            format!("{pid}/exe").as_str(),
+            exe.as_str(),
             OFlag::O_RDONLY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
         .ok()?;
+        let k = key(&nix::sys::stat::fstat(&fd).ok()?);
         let mut f = std::fs::File::from(fd);
-        let meta = f.metadata().ok()?;
-        // Rewritten in place within the same second keeps dev/ino/mtime: nanoseconds and
-        // size tell the versions apart.
-        let key = (
-            meta.dev(),
-            meta.ino(),
-            meta.mtime(),
-            meta.mtime_nsec(),
-            meta.size(),
-        );
-        if let Some(h) = self
-            .hashes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Some(h.clone());
-        }
         let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -186,7 +194,7 @@ impl SandboxProcs {
         self.hashes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key, h.clone());
+            .insert(k, h.clone());
         Some(h)
     }
 }
