@@ -53,6 +53,12 @@ pub enum FsError {
 
 /// Apply a whole plan: slave `/`, the pre-pivot steps, pivot_root, the post-pivot steps.
 pub fn apply(plan: &MountPlan) -> Result<(), FsError> {
+    apply_with(plan, || {})
+}
+
+/// [`apply`], calling `before_pivot` right before pivot_root (while the host's paths are
+/// still there: init waits there for its network thread to be done with them).
+pub fn apply_with(plan: &MountPlan, before_pivot: impl FnOnce()) -> Result<(), FsError> {
     // First, before any mount: nothing we do may propagate back to the host's mount
     // table, while host unmounts still propagate in (so a removed USB stick goes away).
     mount(
@@ -66,6 +72,7 @@ pub fn apply(plan: &MountPlan) -> Result<(), FsError> {
     for op in &plan.before_pivot {
         run(op, &plan.root)?;
     }
+    before_pivot();
     pivot(&plan.root)?;
     for op in &plan.after_pivot {
         run(op, Path::new("/"))?;

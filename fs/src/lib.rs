@@ -9,7 +9,7 @@ pub mod flatten;
 pub mod landlock;
 pub mod plan;
 
-pub use apply::{FsError, apply};
+pub use apply::{FsError, apply, apply_with};
 pub use plan::{HostFacts, ImageLayers, MountOp, MountPlan, RootSpec, UserMount};
 
 /// Read what the host-view plan needs to know about the host.

@@ -149,11 +149,25 @@ fn udp_socket(port: u16) -> Result<OwnedFd, NetError> {
     Ok(fd)
 }
 
+/// The calling thread's network namespace (thread-self: init sets its network up on a
+/// thread of its own, and namespaces are per thread).
 fn ns_file(what: &'static str) -> Result<std::fs::File, NetError> {
-    std::fs::File::open("/proc/self/ns/net").map_err(|e| NetError::Netlink {
+    std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| NetError::Netlink {
         what,
         source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
     })
+}
+
+/// The calling thread's network namespace, from a directory fd of its /proc/<tid>.
+fn ns_file_at(task: &std::fs::File, what: &'static str) -> Result<std::fs::File, NetError> {
+    let fd = nix::fcntl::openat(
+        task,
+        "ns/net",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(nl(what))?;
+    Ok(std::fs::File::from(fd))
 }
 
 fn setns(ns: &std::fs::File, what: &'static str) -> Result<(), NetError> {
@@ -161,14 +175,40 @@ fn setns(ns: &std::fs::File, what: &'static str) -> Result<(), NetError> {
 }
 
 /// In the namespace init was created in (the router's): create the agent namespace
-/// (and come back), the veth pair with its agent end created directly inside it
-/// (moving a device costs an RCU grace period: tens of milliseconds), the router
-/// address, the nftables rules (loaded by a child while init goes on) and the listeners.
-pub fn setup_router(nft: Option<&std::path::Path>) -> Result<Router, NetError> {
+/// (and come back), the nftables rules (over netlink; the host's `nft` as a fallback
+/// child), then — after `paths_done`, from when on nothing here resolves a path, so the
+/// caller may pivot its root meanwhile — the veth pair with its agent end created
+/// directly inside the agent namespace (moving a device costs an RCU grace period: tens
+/// of milliseconds), the router address and the listeners.
+///
+/// Network namespaces are per thread: init runs this (and [`Router::enter_agent`]) on a
+/// thread of its own while its main thread builds the root filesystem, then moves its
+/// main thread in with [`Router::join_agent`].
+pub fn setup_router(
+    nft: Option<&std::path::Path>,
+    paths_done: impl FnOnce(),
+) -> Result<Router, NetError> {
+    // Paths first (the namespace files through a /proc directory fd that outlives a
+    // pivot_root of the main thread).
+    let task = std::fs::File::open("/proc/thread-self").map_err(|e| NetError::Netlink {
+        what: "open /proc/thread-self",
+        source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })?;
     let router_ns = ns_file("open the router namespace")?;
+    // The rules straight over netlink (fast); the nft binary only where that fails. The
+    // rules name interfaces, so they may come before the veth pair.
+    // OPENSHELL_NFT_FALLBACK=1 takes the fallback on purpose (tests, odd kernels).
+    let direct =
+        std::env::var_os("OPENSHELL_NFT_FALLBACK").is_none_or(|v| v != "1") && nft::load().is_ok();
+    let nft = if direct {
+        None
+    } else {
+        nft.and_then(|bin| rules::load(bin).ok())
+    };
+    paths_done();
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(nl("create the agent namespace"))?;
-    let agent_ns = ns_file("open the agent namespace")?;
+    let agent_ns = ns_file_at(&task, "open the agent namespace")?;
     setns(&router_ns, "return to the router namespace")?;
     link_up("lo")?;
     let mut nl_router = netlink::Netlink::open().map_err(nl("open netlink"))?;
@@ -188,13 +228,6 @@ pub fn setup_router(nft: Option<&std::path::Path>) -> Result<Router, NetError> {
     nl_router
         .request(netlink::up_msg(vr))
         .map_err(nl("bring up vr"))?;
-    // The rules straight over netlink (fast); the nft binary only where that fails.
-    let direct = nft::load().is_ok();
-    let nft = if direct {
-        None
-    } else {
-        nft.and_then(|bin| rules::load(bin).ok())
-    };
     let listeners = Listeners {
         proxy: tcp_listener(PROXY_PORT)?,
         bypass: tcp_listener(BYPASS_PORT)?,
@@ -211,8 +244,8 @@ pub fn setup_router(nft: Option<&std::path::Path>) -> Result<Router, NetError> {
 }
 
 impl Router {
-    /// Move the calling process into the agent namespace and configure lo and `va`.
-    /// No route out yet: see [`Router::finish`].
+    /// Move the calling thread into the agent namespace and configure lo and `va`.
+    /// No route out yet: see [`Router::route_out`].
     pub fn enter_agent(&mut self) -> Result<(), NetError> {
         setns(&self.agent_ns, "enter the agent namespace")?;
         let mut nl_agent = netlink::Netlink::open().map_err(nl("open netlink"))?;
@@ -230,6 +263,12 @@ impl Router {
             l.diag = netlink::sock_diag_socket().ok();
         }
         Ok(())
+    }
+
+    /// Move the calling thread (init's main thread, whose children become the
+    /// sandbox's processes) into the agent namespace.
+    pub fn join_agent(&self) -> Result<(), NetError> {
+        setns(&self.agent_ns, "enter the agent namespace")
     }
 
     /// Whether the rules are already in place (loaded over netlink).

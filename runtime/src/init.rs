@@ -103,23 +103,47 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, String> 
     if cfg.setgroups {
         nix::unistd::setgroups(&[]).map_err(e("setgroups"))?;
     }
-    // 4. Network, while we still see the namespace we were created in (the router's):
-    //    veth, listeners, nftables (loading in a child meanwhile); then into the agent's.
-    let mut router = match &cfg.net {
-        NetworkMode::Isolated => {
-            openshell_netns::setup_isolated().map_err(|err| err.to_string())?;
-            None
-        }
-        NetworkMode::Proxied { nft } => {
-            let mut r =
-                openshell_netns::setup_router(nft.as_deref()).map_err(|err| err.to_string())?;
-            r.enter_agent().map_err(|err| err.to_string())?;
-            Some(r)
-        }
-    };
-    // 5. The root filesystem: slave /, build, pivot, masks, read-only remounts. (The
-    //    host's nft binary was started above, before the host view went away.)
-    openshell_fs::apply(&cfg.mounts).map_err(|err| format!("filesystem: {err}"))?;
+    // 4+5. Network and root filesystem, side by side: a thread of ours (network
+    //    namespaces are per thread) sets up the router namespace we were created in —
+    //    agent namespace, nftables, veth, listeners — and configures the agent's side,
+    //    while this thread builds the root filesystem (slave /, build, pivot, masks,
+    //    read-only remounts). pivot_root waits until the thread is done with host paths
+    //    (the nft fallback binary). Then this thread joins the agent's namespace.
+    let (paths_tx, paths_rx) = std::sync::mpsc::channel::<()>();
+    let (fs_result, router) = std::thread::scope(|scope| {
+        let net = match &cfg.net {
+            NetworkMode::Isolated => {
+                drop(paths_tx);
+                None
+            }
+            NetworkMode::Proxied { nft } => Some(scope.spawn(move || {
+                let mut r = openshell_netns::setup_router(nft.as_deref(), move || {
+                    let _ = paths_tx.send(());
+                })
+                .map_err(|err| err.to_string())?;
+                r.enter_agent().map_err(|err| err.to_string())?;
+                Ok::<_, String>(r)
+            })),
+        };
+        // A failed thread drops its sender: recv returns at once.
+        let fs = openshell_fs::apply_with(&cfg.mounts, || {
+            let _ = paths_rx.recv();
+        });
+        let router = match net {
+            None => Ok(None),
+            Some(h) => h
+                .join()
+                .map_err(|_| "network setup thread panicked".to_string())
+                .and_then(|r| r.map(Some)),
+        };
+        (fs, router)
+    });
+    let mut router = router?;
+    fs_result.map_err(|err| format!("filesystem: {err}"))?;
+    match &router {
+        None => openshell_netns::setup_isolated().map_err(|err| err.to_string())?,
+        Some(r) => r.join_agent().map_err(|err| err.to_string())?,
+    }
     // 6. Hostname (own uts namespace).
     nix::unistd::sethostname(&cfg.hostname).map_err(e("sethostname"))?;
     // 6b. The route out exists only once the router's rules do, and before the command

@@ -33,6 +33,17 @@ impl Net {
     }
 
     fn run_opts(&self, policy: Option<&str>, extra: &[&str], script: &str) -> Output {
+        self.run_env(&[], policy, extra, script)
+    }
+
+    /// [`Net::run_opts`] with extra environment for the CLI (the supervisor).
+    fn run_env(
+        &self,
+        env: &[(&str, &str)],
+        policy: Option<&str>,
+        extra: &[&str],
+        script: &str,
+    ) -> Output {
         let ca = format!("{}:/sandbox/ca.crt:ro", up("OS_UPSTREAM_CA"));
         let logs = self.logs.path().to_string_lossy().into_owned();
         let mut args: Vec<String> = vec!["--mount".into(), ca, "--log-dir".into(), logs];
@@ -43,7 +54,12 @@ impl Net {
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.sb.run(&a, &["sh", "-c", script])
+        let mut cmd = self.sb.cmd();
+        cmd.envs(env.iter().copied())
+            .arg("run")
+            .args(&a)
+            .args(["--", "sh", "-c", script]);
+        cmd.output().unwrap()
     }
 
     fn log(&self) -> String {
@@ -278,6 +294,23 @@ fn forward_proxy_and_malformed_requests() {
 #[test]
 fn bypass_is_refused_and_logged_transparent_tcp_is_relayed() {
     need_upstream!();
+    bypass_and_transparent_tcp(&[]);
+}
+
+/// The same with the rules loaded by the host's `nft` (the fallback when the kernel
+/// refuses our netlink batch), which init starts before its root filesystem is pivoted.
+#[test]
+fn bypass_is_caught_with_the_nft_binary_fallback_too() {
+    need_upstream!();
+    if !std::path::Path::new("/usr/sbin/nft").exists() {
+        assert!(!openshell_tests::required("nft"), "/usr/sbin/nft missing");
+        eprintln!("skipped: no /usr/sbin/nft (apt install nftables)");
+        return;
+    }
+    bypass_and_transparent_tcp(&[("OPENSHELL_NFT_FALLBACK", "1")]);
+}
+
+fn bypass_and_transparent_tcp(env: &[(&str, &str)]) {
     let n = Net::new();
     let tcp_host = up("OS_UPSTREAM_TCP").split(':').next().unwrap().to_string();
     let tcp = format!("      - {{ host: \"{tcp_host}\", port: 7777, protocol: tcp }}\n");
@@ -287,9 +320,14 @@ fn bypass_is_refused_and_logged_transparent_tcp_is_relayed() {
          python3 -c 'import socket; s=socket.create_connection((\"{tcp_host}\",7777), timeout=5); s.sendall(b\"ping\\n\"); print(\"echo:\", s.recv(100).decode().strip())'",
         ip = up("OS_UPSTREAM_OTHER_IP"),
     );
-    let out = n.run(Some(&p), &script);
+    let out = n.run_env(env, Some(&p), &[], &script);
     let text = stdout(&out);
     assert!(text.contains("curl=56"), "{text}{}", stderr(&out));
+    assert!(
+        !n.log().contains("NET:MODE"),
+        "the rules did not load: {}",
+        n.log()
+    );
     assert!(text.contains("echo: ping"), "{text}{}", stderr(&out));
     let log = n.log();
     assert!(
