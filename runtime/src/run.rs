@@ -108,10 +108,15 @@ struct Cleanup {
     /// The directory's identity at creation: a deleted sandbox's supervisor must not
     /// touch a new sandbox that took the name.
     ident: Option<(u64, u64, u128)>,
+    /// The sandbox CA still being made: joined before anything here forks.
+    material: Option<std::thread::JoinHandle<Result<crate::trust::Material, String>>>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        if let Some(h) = self.material.take() {
+            let _ = h.join();
+        }
         if state::identity(&self.dir.path) != self.ident {
             return; // deleted (and maybe replaced) while running
         }
@@ -238,6 +243,12 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         None => Policy::restrictive_default(),
     });
     let name = opts.name.clone().unwrap_or_else(state::generate_name);
+    // The sandbox CA and its bundle (~0.4 ms) on a thread while the directory, records
+    // and plans are made; joined before clone (which needs a single-threaded process).
+    let material = opts.network.then(|| {
+        let n = name.clone();
+        std::thread::spawn(move || crate::trust::material(&n))
+    });
     let hostname = opts.hostname.clone().unwrap_or_else(|| name.clone());
     let workdir = opts
         .workdir
@@ -294,11 +305,12 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             "sandbox {name} is already running"
         )));
     }
-    let cleanup = Cleanup {
+    let mut cleanup = Cleanup {
         dir: dir.clone(),
         keep: opts.keep,
         mapped: (ids.mode == "subids").then(|| ids.clone()),
         ident: state::identity(&dir.path),
+        material,
     };
     let ident = cleanup.ident;
     let mut record = Record {
@@ -360,7 +372,14 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                 .iter()
                 .any(|l| l.join(p.trim_start_matches('/')).exists()),
         };
-        Some(crate::trust::prepare(&dir.path, &name, &exists).map_err(RunError::Invalid)?)
+        let m = cleanup
+            .material
+            .take()
+            .ok_or_else(|| RunError::Invalid("no sandbox CA was made".into()))?
+            .join()
+            .map_err(|_| RunError::Invalid("sandbox CA: its thread panicked".into()))?
+            .map_err(RunError::Invalid)?;
+        Some(crate::trust::prepare(&dir.path, m, &exists).map_err(RunError::Invalid)?)
     } else {
         None
     };

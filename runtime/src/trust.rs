@@ -38,22 +38,18 @@ pub struct Trust {
     pub env: Vec<(String, String)>,
 }
 
-/// Create the CA and its files in `state`; `exists` tells whether a path exists in the
-/// sandbox's root (host view: on the host; image: in a layer).
-pub fn prepare(
-    state: &Path,
-    sandbox: &str,
-    exists: &dyn Fn(&str) -> bool,
-) -> Result<Trust, String> {
+/// What takes time and needs no sandbox directory: the CA (key + certificate) and the
+/// combined bundle (the host's roots + the CA). `run` makes it on a thread of its own
+/// while it sets the sandbox's directory up.
+pub struct Material {
+    ca: SandboxCa,
+    pem: String,
+    bundle: String,
+}
+
+/// Generate the CA of sandbox `sandbox` and its bundle.
+pub fn material(sandbox: &str) -> Result<Material, String> {
     let ca = SandboxCa::generate(sandbox).map_err(|e| format!("sandbox CA: {e}"))?;
-    let dir = state.join("ca");
-    // Not create_dir_all: a sandbox directory deleted meanwhile must not come back.
-    match std::fs::create_dir(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-            return Err(format!("create {}: {e}", dir.display()));
-        }
-        _ => {}
-    }
     let pem = ca.cert_pem();
     let system = std::env::var_os("SSL_CERT_FILE")
         .map(PathBuf::from)
@@ -63,6 +59,25 @@ pub fn prepare(
         bundle.push('\n');
     }
     bundle.push_str(&pem);
+    Ok(Material { ca, pem, bundle })
+}
+
+/// Write the CA's files in `state`; `exists` tells whether a path exists in the
+/// sandbox's root (host view: on the host; image: in a layer).
+pub fn prepare(
+    state: &Path,
+    material: Material,
+    exists: &dyn Fn(&str) -> bool,
+) -> Result<Trust, String> {
+    let Material { ca, pem, bundle } = material;
+    let dir = state.join("ca");
+    // Not create_dir_all: a sandbox directory deleted meanwhile must not come back.
+    match std::fs::create_dir(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(format!("create {}: {e}", dir.display()));
+        }
+        _ => {}
+    }
     let (ca_file, bundle_file) = (dir.join("ca.pem"), dir.join("ca-bundle.pem"));
     let node_file = dir.join("node-proxy.cjs");
     for (f, content) in [
