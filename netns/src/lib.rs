@@ -4,11 +4,12 @@
 //! veth pair: the *router* namespace (`vr` 10.200.0.1/30, the proxy, bypass and DNS
 //! listeners, nftables rules) and the *agent* namespace (`va` 10.200.0.2/30, lo, a
 //! default route via 10.200.0.1) where the sandboxed processes live. init calls
-//! [`setup_router`] in the namespace it was created in, hands the listeners to the
-//! supervisor, then [`enter_agent`]; nothing runs in the router namespace afterwards,
-//! the listeners keep it alive. Without nftables the agent gets no default route
-//! ("network unreachable" at once) and [`Router::rules`] says so.
-//! Synchronous: runs in init.
+//! [`setup_router`] and [`Router::enter_agent`] on a thread of its own (network
+//! namespaces are per thread) in the namespace it was created in, hands the listeners
+//! to the supervisor, and moves its main thread in with [`Router::join_agent`]; nothing
+//! runs in the router namespace afterwards, the listeners keep it alive. Without
+//! nftables the agent gets no default route ("network unreachable" at once) and
+//! [`Router::rules_loaded`] says so. Synchronous: runs in init.
 
 pub mod netlink;
 pub mod nft;
