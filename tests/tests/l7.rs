@@ -191,6 +191,7 @@ fn the_sandbox_ca_is_trusted_by_clients_unmodified() {
          curl -sS {url}/curl | head -1
          curl -sS --cacert /etc/ssl/certs/ca-certificates.crt {url}/distro-bundle | head -1
          python3 -c 'import urllib.request; print(urllib.request.urlopen(\"{url}/python\").read().decode().splitlines()[0])'
+         python3 -c 'import requests; print(requests.get(\"{url}/requests\").text.splitlines()[0])'
          /usr/bin/git ls-remote {url}/repo.git 2>&1 | grep -c 'SSL certificate problem' || true"
     );
     let out = t.run(&p, &script);
@@ -207,7 +208,7 @@ fn the_sandbox_ca_is_trusted_by_clients_unmodified() {
     }
     assert_eq!(
         text.matches("method=GET").count(),
-        3,
+        4,
         "{text}{}",
         stderr(&out)
     );
