@@ -5,6 +5,11 @@
 # as root inside a private mount namespace with /sys/fs/cgroup/unified hidden (Debian's
 # crun refuses the cgroup v1+v2 hybrid otherwise; rootless crun cannot run here at all).
 # With BENCH_USER=name it also measures openshell/bwrap/unshare as that unprivileged user.
+# openshell runs twice: `--network none` (loopback only, like the peers: the comparable
+# isolation) and with its proxied network (two network namespaces, veth, nftables, the
+# proxy — nothing the peers do). The state directory is on tmpfs when /dev/shm exists
+# (STATE_ON_DISK=1 keeps it under /tmp): on ext4, inode allocation after many runs'
+# worth of created and deleted files drifts by milliseconds within one session.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 os=${OPENSHELL:-$here/../target/release/openshell}
@@ -30,13 +35,20 @@ PY
 chmod -R a+rX "$work"
 
 bwrap_cmd="bwrap --unshare-all --die-with-parent --ro-bind /usr /usr --symlink usr/lib /lib --symlink usr/lib64 /lib64 --symlink usr/bin /bin --proc /proc --dev /dev --tmpfs /tmp true"
-export OPENSHELL_STATE_DIR=$work/state
+state_root=$work
+if [ -z "${STATE_ON_DISK:-}" ] && [ -d /dev/shm ]; then
+  state_root=$(mktemp -d /dev/shm/openshell-bench.XXXXXX)
+  chmod 755 "$state_root"
+  trap 'rm -rf "$work" "$state_root"' EXIT
+fi
+export OPENSHELL_STATE_DIR=$state_root/state
 
 echo "== start-up as root ($(date -u +%F), $(uname -r), $runs runs each)"
 unshare -m --propagation private sh -c "
   umount -l /sys/fs/cgroup/unified 2>/dev/null || true
   hyperfine -N --warmup 10 --runs $runs --export-json $work/root.json \
-    -n openshell '$work/openshell run -- true' \
+    -n openshell '$work/openshell run --network none -- true' \
+    -n openshell-proxied '$work/openshell run -- true' \
     -n bwrap '$bwrap_cmd' \
     -n crun 'crun run --bundle $work/bundle openshell-bench' \
     -n unshare 'unshare -Urnmpf true' >/dev/null
@@ -51,10 +63,11 @@ PY
 
 if [ -n "${BENCH_USER:-}" ]; then
   echo "== start-up as $BENCH_USER (rootless)"
-  mkdir -m 0777 "$work/u"
-  runuser -u "$BENCH_USER" -- env OPENSHELL_STATE_DIR="$work/u/state" hyperfine -N --warmup 10 --runs "$runs" \
+  mkdir -p -m 0777 "$work/u" "$state_root/u"
+  runuser -u "$BENCH_USER" -- env OPENSHELL_STATE_DIR="$state_root/u/state" hyperfine -N --warmup 10 --runs "$runs" \
     --export-json "$work/u/user.json" \
-    -n openshell "$work/openshell run -- true" \
+    -n openshell "$work/openshell run --network none -- true" \
+    -n openshell-proxied "$work/openshell run -- true" \
     -n bwrap "$bwrap_cmd" \
     -n unshare "unshare -Urnmpf true" >/dev/null
   python3 - "$work/u/user.json" <<'PY'
