@@ -126,7 +126,7 @@ pub fn exec(dir: &Path, rec: &Record, req: &ExecRequest) -> Result<i32, String> 
     }
     let mut landlock =
         crate::run::landlock_plan(&policy, &sandbox_workdir, rec.enforced.landlock_abi);
-    if dir.join("ca").is_dir() {
+    if rec.network == "proxy" {
         landlock.read_only.push(PathBuf::from(crate::trust::DIR));
     }
     let ids = crate::idmap::plan(&crate::idmap::facts(), rec.uid, rec.gid);

@@ -17,6 +17,7 @@ pub mod netsvc;
 pub mod record;
 pub mod relay;
 pub mod run;
+pub mod scratch;
 pub mod seccomp;
 pub mod spawn;
 pub mod state;

@@ -362,7 +362,17 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         let (ou, og) = (ids.outside_uid(uid), ids.outside_gid(gid));
         chown_tree(&workspace, ou, og);
     }
-    let mut etc_files = dir.write_etc(&hostname, uid, gid, opts.image.is_none(), opts.network)?;
+    // Files only init's setup needs, on tmpfs where possible (removed when run ends).
+    let scratch =
+        crate::scratch::Scratch::create(&dir.path, &name, is_root).map_err(RunError::Invalid)?;
+    let mut etc_files = dir.write_etc(
+        &scratch.path,
+        &hostname,
+        uid,
+        gid,
+        opts.image.is_none(),
+        opts.network,
+    )?;
     // The sandbox CA, for inspected endpoints: its files inside, the distro bundles.
     let trust = if opts.network {
         let exists = |p: &str| match &opts.image {
@@ -379,7 +389,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             .join()
             .map_err(|_| RunError::Invalid("sandbox CA: its thread panicked".into()))?
             .map_err(RunError::Invalid)?;
-        Some(crate::trust::prepare(&dir.path, m, &exists).map_err(RunError::Invalid)?)
+        Some(crate::trust::prepare(&scratch.path, m, &exists).map_err(RunError::Invalid)?)
     } else {
         None
     };
@@ -387,7 +397,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         etc_files.extend(t.bundles.iter().cloned());
     }
     let spec = RootSpec {
-        root: dir.rootfs(),
+        root: scratch.rootfs(),
         workspace,
         etc_files,
         mounts: opts.mounts.clone(),

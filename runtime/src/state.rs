@@ -176,10 +176,10 @@ impl SandboxDir {
             }
         }
         let dir = Self { path };
-        for sub in ["workspace", "rootfs", "etc"] {
-            let p = dir.path.join(sub);
-            fs::create_dir(&p).map_err(io_err("create", &p))?;
-        }
+        // The root's mount point and the generated files go in a run's scratch
+        // directory (`scratch.rs`).
+        let p = dir.workspace();
+        fs::create_dir(&p).map_err(io_err("create", &p))?;
         Ok(dir)
     }
 
@@ -188,15 +188,11 @@ impl SandboxDir {
         self.path.join("workspace")
     }
 
-    /// Mount point of the sandbox's root.
-    pub fn rootfs(&self) -> PathBuf {
-        self.path.join("rootfs")
-    }
-
-    /// Write the generated /etc files; return (sandbox path, host file) pairs.
-    /// `accounts`: also passwd/group (host view; an image keeps its own).
+    /// Write the generated /etc files into `scratch`/etc; return (sandbox path, host
+    /// file) pairs. `accounts`: also passwd/group (host view; an image keeps its own).
     pub fn write_etc(
         &self,
+        scratch: &Path,
         hostname: &str,
         uid: u32,
         gid: u32,
@@ -228,7 +224,7 @@ impl SandboxDir {
         ]);
         let mut out = Vec::new();
         for (name, content) in files {
-            let host = self.path.join("etc").join(name);
+            let host = scratch.join("etc").join(name);
             fs::write(&host, content).map_err(io_err("write", &host))?;
             let _ = fs::set_permissions(&host, fs::Permissions::from_mode(0o644));
             out.push((Path::new("/etc").join(name), host));

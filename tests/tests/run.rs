@@ -632,3 +632,42 @@ fn pty_ends_with_its_input_or_its_terminal() {
         "openshell kept running after its terminal hung up"
     );
 }
+
+/// The files only init's setup needs go to a scratch directory (on tmpfs where one of
+/// ours exists) and nothing of it is left after the run — nor inside the sandbox's own
+/// directory of a kept sandbox.
+#[test]
+fn setup_scratch_files_do_not_outlive_the_run() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let name = format!("scr{}", std::process::id());
+    let out = sb.run(&["--keep", "--name", &name], &["cat", "/etc/hostname"]);
+    assert_eq!(stdout(&out), format!("{name}\n"), "{}", stderr(&out));
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1))
+        .unwrap()
+        .to_string();
+    let mut roots = vec![
+        std::path::PathBuf::from(format!("/dev/shm/openshell-{uid}")),
+        std::path::PathBuf::from("/run/openshell"),
+    ];
+    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
+        roots.push(std::path::Path::new(&x).join("openshell"));
+    }
+    for r in roots {
+        let left: Vec<String> = std::fs::read_dir(&r)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&format!("{name}-")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left in {}: {left:?}", r.display());
+    }
+    let o = sb.cli(&["sandbox", "delete", &name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
