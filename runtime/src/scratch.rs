@@ -12,7 +12,8 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// One run's scratch directory; removed when dropped (unless it is the sandbox's own).
+/// One run's scratch directory (`<name>-<pid>-<token>`); removed when dropped (unless it
+/// is the sandbox's own), or by a later run once its process is gone.
 #[derive(Debug)]
 pub struct Scratch {
     /// Where the files go.
@@ -26,8 +27,10 @@ impl Scratch {
     pub fn create(sandbox_dir: &Path, name: &str, traversable: bool) -> Result<Self, String> {
         let mode = if traversable { 0o711 } else { 0o700 };
         if let Some(root) = root(mode) {
+            sweep(&root);
+            let pid = std::process::id();
             for attempt in 0..8u32 {
-                let p = root.join(format!("{name}-{:08x}", token(attempt)));
+                let p = root.join(format!("{name}-{pid}-{:08x}", token(attempt)));
                 match DirBuilder::new().mode(mode).create(&p) {
                     Ok(()) => {
                         let _ = fs::set_permissions(&p, fs::Permissions::from_mode(mode));
@@ -71,6 +74,29 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         if self.own {
             let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Remove what runs killed outright (SIGKILL) left behind: directories named after a
+/// process that no longer exists. A live process with that pid (reused or not) keeps its
+/// directory: never remove what may be in use.
+fn sweep(root: &Path) {
+    let Ok(rd) = fs::read_dir(root) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let mut parts = name.rsplitn(3, '-');
+        let (Some(_token), Some(pid)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
+        if pid > 0
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                == Err(nix::errno::Errno::ESRCH)
+        {
+            let _ = fs::remove_dir_all(e.path());
         }
     }
 }
@@ -136,6 +162,23 @@ mod tests {
         assert!(!ours(&d, uid + 1), "someone else's directory is not ours");
         fs::remove_file(&link).unwrap();
         fs::remove_dir(&d).unwrap();
+    }
+
+    #[test]
+    fn leftovers_of_dead_processes_are_swept_live_ones_kept() {
+        let root = std::env::temp_dir().join(format!("scratch-sweep-{}", std::process::id()));
+        fs::create_dir(&root).unwrap();
+        // A pid that cannot exist (above pid_max's hard limit), and our own.
+        let dead = root.join("a-b-4194305-00000001");
+        let live = root.join(format!("a-b-{}-00000002", std::process::id()));
+        let other = root.join("unrelated");
+        for d in [&dead, &live, &other] {
+            fs::create_dir(d).unwrap();
+        }
+        sweep(&root);
+        assert!(!dead.exists(), "a dead run's directory stays");
+        assert!(live.exists() && other.exists());
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
