@@ -202,8 +202,10 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, String> 
 
 /// No command of our own: reap what `sandbox exec` leaves behind until told to stop.
 fn keep_alive(set: &SigSet) -> i32 {
+    // Once idle, only this loop runs: its start-up code need not stay resident.
+    let mut trimmed = false;
     loop {
-        match set.wait() {
+        match crate::trim::wait_signal(set, &mut trimmed) {
             Ok(Signal::SIGCHLD) | Err(_) => {
                 while let Ok(ws) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                     if ws == WaitStatus::StillAlive {
@@ -222,10 +224,12 @@ fn supervise(main: Pid, set: &SigSet) -> i32 {
     // A child may have exited before SIGCHLD was blocked (its signal then discarded):
     // reap once before waiting.
     let mut sig = Signal::SIGCHLD;
+    // Once idle, only this loop runs: its start-up code need not stay resident.
+    let mut trimmed = false;
     loop {
         if sig != Signal::SIGCHLD {
             let _ = kill(main, sig);
-            sig = set.wait().unwrap_or(Signal::SIGCHLD);
+            sig = crate::trim::wait_signal(set, &mut trimmed).unwrap_or(Signal::SIGCHLD);
             continue;
         }
         loop {
@@ -237,7 +241,7 @@ fn supervise(main: Pid, set: &SigSet) -> i32 {
             }
         }
         sig = loop {
-            if let Ok(s) = set.wait() {
+            if let Ok(s) = crate::trim::wait_signal(set, &mut trimmed) {
                 break s;
             }
         };

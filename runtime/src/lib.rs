@@ -24,6 +24,7 @@ pub mod state;
 pub mod store;
 pub mod supervise;
 pub mod transfer;
+pub mod trim;
 pub mod trust;
 
 pub use run::{RunError, RunOptions, run};

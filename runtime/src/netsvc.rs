@@ -95,6 +95,12 @@ impl NetService {
                     return;
                 };
                 rt.block_on(async move {
+                    // Once the sandbox has run a while, the supervisor only relays and
+                    // serves: its start-up code need not stay resident.
+                    let trim = tokio::spawn(async {
+                        tokio::time::sleep(crate::trim::AFTER).await;
+                        crate::trim::release_startup_code();
+                    });
                     let c = ctx.clone();
                     let ctl = tokio::spawn(async move {
                         let Ok(l) = tokio::net::UnixListener::from_std(control) else {
@@ -106,6 +112,7 @@ impl NetService {
                     });
                     openshell_proxy::serve(ctx, listeners, rx).await;
                     ctl.abort();
+                    trim.abort();
                 });
             })?;
         Ok(Self {
