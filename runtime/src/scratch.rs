@@ -4,8 +4,8 @@
 //! state directory on ext4 these ten-odd small files per run made the inode allocator
 //! (`recently_deleted`) the largest cost of a start after many runs; tmpfs has no such
 //! cost. Where: `$XDG_RUNTIME_DIR/openshell`, else `/run/openshell` (root), else
-//! `/dev/shm/openshell-<uid>` — the first on tmpfs that is a real directory owned by us
-//! and that nobody else can write; without one, the sandbox's own directory.
+//! `/dev/shm/openshell-<uid>` — the first on tmpfs, with room to spare, that is a real
+//! directory owned by us and that nobody else can write; else the sandbox's directory.
 
 use std::fs::{self, DirBuilder};
 use std::io;
@@ -35,8 +35,10 @@ impl Scratch {
                     Ok(()) => {
                         let _ = fs::set_permissions(&p, fs::Permissions::from_mode(mode));
                         let s = Self { path: p, own: true };
-                        s.subdirs()?;
-                        return Ok(s);
+                        if s.subdirs().is_ok() {
+                            return Ok(s);
+                        }
+                        break; // dropped (removed); the sandbox's directory will do
                     }
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                     Err(_) => break,
@@ -115,13 +117,20 @@ fn root(mode: u32) -> Option<PathBuf> {
     }
     candidates.push(PathBuf::from(format!("/dev/shm/openshell-{uid}")));
     candidates.into_iter().find(|c| {
-        // Only on tmpfs (without systemd, /run may well be on disk).
-        if !c.parent().is_some_and(on_tmpfs) {
+        // Only on tmpfs (without systemd, /run may well be on disk), and only with room
+        // to spare (a small /dev/shm, as in containers or WSL, may be nearly full).
+        if !c.parent().is_some_and(|p| on_tmpfs(p) && has_room(p)) {
             return false;
         }
         let _ = DirBuilder::new().mode(mode).create(c);
         ours(c, uid)
     })
+}
+
+/// At least 16 MiB free: a run writes ~0.3 MB there (the CA bundle is most of it).
+fn has_room(p: &Path) -> bool {
+    nix::sys::statvfs::statvfs(p)
+        .is_ok_and(|v| v.blocks_available().saturating_mul(v.fragment_size()) >= 16 << 20)
 }
 
 fn on_tmpfs(p: &Path) -> bool {
