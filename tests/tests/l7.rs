@@ -26,20 +26,32 @@ impl L7 {
     /// Run `script`; the proxy trusts the test CA for its own upstream TLS, the client
     /// only the sandbox CA (no --cacert anywhere).
     fn run(&self, policy: &str, script: &str) -> Output {
+        self.run_with(policy, &[], script)
+    }
+
+    /// [`L7::run`] with more `run` options.
+    fn run_with(&self, policy: &str, extra: &[&str], script: &str) -> Output {
         let f = policy_file(self.dir.path(), "p.yaml", policy);
         let logs = self.logs.path().to_string_lossy().into_owned();
         let ca = up("OS_UPSTREAM_CA");
-        self.sb.run(
-            &[
-                "--policy",
-                f.to_str().unwrap(),
-                "--upstream-ca",
-                &ca,
-                "--log-dir",
-                &logs,
-            ],
-            &["sh", "-c", script],
-        )
+        let mut opts = vec![
+            "--policy",
+            f.to_str().unwrap(),
+            "--upstream-ca",
+            &ca,
+            "--log-dir",
+            &logs,
+        ];
+        opts.extend_from_slice(extra);
+        self.sb.run(&opts, &["sh", "-c", script])
+    }
+
+    /// Write `content` to `name` in the test's directory; the `--mount` spec that
+    /// shows it read-only at /sandbox/`name`.
+    fn file_mount(&self, name: &str, content: &str) -> String {
+        let host = self.dir.path().join(name);
+        std::fs::write(&host, content).unwrap();
+        format!("{}:/sandbox/{name}:ro", host.display())
     }
 
     fn log(&self) -> String {
@@ -269,11 +281,7 @@ fn domain_fronting_smuggling_and_oversized_heads_are_refused() {
         "      - {{ host: \"{host}\", port: 443, protocol: rest, rules: [{{ allow: {{ method: \"*\", path: /x }} }}] }}\n"
     );
     let p = policy(&eps, &["/**"]);
-    std::fs::write(t.dir.path().join("probe.py"), TLS_PROBE).unwrap();
-    let probe = format!(
-        "{}:/sandbox/probe.py:ro",
-        t.dir.path().join("probe.py").display()
-    );
+    let probe = t.file_mount("probe.py", TLS_PROBE);
     let marker = format!("smuggled-{}", std::process::id());
     let get = format!("b'GET /x HTTP/1.1\\r\\nHost: {host}\\r\\n\\r\\n'");
     // CL.TE: a front end trusting Content-Length would pass the tail on as a second
@@ -291,22 +299,7 @@ fn domain_fronting_smuggling_and_oversized_heads_are_refused() {
          python3 /sandbox/probe.py {host} {host} \"{big}\"
          curl --http1.1 -sS -o /dev/null -w '%{{http_code}}\\n' -H 'Host: {other}' https://{host}/x"
     );
-    let f = policy_file(t.dir.path(), "p.yaml", &p);
-    let logs = t.logs.path().to_string_lossy().into_owned();
-    let ca = up("OS_UPSTREAM_CA");
-    let out = t.sb.run(
-        &[
-            "--policy",
-            f.to_str().unwrap(),
-            "--upstream-ca",
-            &ca,
-            "--log-dir",
-            &logs,
-            "--mount",
-            &probe,
-        ],
-        &["sh", "-c", &script],
-    );
+    let out = t.run_with(&p, &["--mount", &probe], &script);
     let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
     assert_eq!(lines.len(), 4, "{lines:?} {}", stderr(&out));
     assert!(
@@ -464,27 +457,11 @@ fn websocket_upgrade_is_decided_then_relayed() {
         ),
         &["/**"],
     );
-    std::fs::write(t.dir.path().join("ws.py"), WS_CLIENT).unwrap();
-    let ws = format!("{}:/sandbox/ws.py:ro", t.dir.path().join("ws.py").display());
-    let f = policy_file(t.dir.path(), "p.yaml", &p);
-    let logs = t.logs.path().to_string_lossy().into_owned();
-    let ca = up("OS_UPSTREAM_CA");
+    let ws = t.file_mount("ws.py", WS_CLIENT);
     let script = format!(
         "python3 /sandbox/ws.py {host} /ws; python3 /sandbox/ws.py {host} '/ws?room=secret'; python3 /sandbox/ws.py {host} /ws-other"
     );
-    let out = t.sb.run(
-        &[
-            "--policy",
-            f.to_str().unwrap(),
-            "--upstream-ca",
-            &ca,
-            "--log-dir",
-            &logs,
-            "--mount",
-            &ws,
-        ],
-        &["sh", "-c", &script],
-    );
+    let out = t.run_with(&p, &["--mount", &ws], &script);
     let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
     assert_eq!(
         lines,
@@ -553,11 +530,8 @@ fn node_goes_through_the_proxy_unmodified() {
 "
     );
     let p = policy(&eps, &["/usr/bin/node"]);
-    std::fs::write(t.dir.path().join("n.js"), NODE_CLIENT).unwrap();
-    let js = format!("{}:/sandbox/n.js:ro", t.dir.path().join("n.js").display());
+    let js = t.file_mount("n.js", NODE_CLIENT);
     let ca = format!("{}:/sandbox/ca.crt:ro", up("OS_UPSTREAM_CA"));
-    let f = policy_file(t.dir.path(), "p.yaml", &p);
-    let logs = t.logs.path().to_string_lossy().into_owned();
     // The plain tunnel reaches the test host's own certificate: node trusts its CA the
     // usual way; the inspected endpoint needs nothing (the sandbox CA is preset).
     let script = format!(
@@ -565,14 +539,9 @@ fn node_goes_through_the_proxy_unmodified() {
          node /sandbox/n.js https://files.test.openshell/node/c https://files.test.openshell/other; \
          curl -sS -o /dev/null -w 'curl %{{http_code}}\\n' http://{host}/node/d"
     );
-    let out = t.sb.run(
+    let out = t.run_with(
+        &p,
         &[
-            "--policy",
-            f.to_str().unwrap(),
-            "--upstream-ca",
-            &up("OS_UPSTREAM_CA"),
-            "--log-dir",
-            &logs,
             "--mount",
             &js,
             "--mount",
@@ -580,7 +549,7 @@ fn node_goes_through_the_proxy_unmodified() {
             "-e",
             "NODE_OPTIONS=--no-warnings",
         ],
-        &["sh", "-c", &script],
+        &script,
     );
     let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
     assert_eq!(lines.len(), 6, "{lines:?} {}", stderr(&out));

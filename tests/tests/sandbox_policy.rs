@@ -8,24 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use openshell_tests::{Sandbox, TempDir, need_sandbox, policy_file, required, stderr, stdout};
-
-fn upstream_host() -> Option<String> {
-    match std::env::var("OS_UPSTREAM_HOST") {
-        Ok(h) => Some(h),
-        Err(_) => {
-            if required("upstream") {
-                panic!(
-                    "OS_UPSTREAM_HOST unset but OPENSHELL_TEST_REQUIRE asks for the upstream hosts"
-                );
-            }
-            eprintln!(
-                "skipped: no upstream test hosts (sudo ../shared/testenv/upstream.sh start; eval \"$(upstream.sh env)\")"
-            );
-            None
-        }
-    }
-}
+use openshell_tests::{
+    Sandbox, TempDir, need_sandbox, need_upstream, policy_file, stderr, stdout, up,
+};
 
 fn allow(host: &str) -> String {
     format!(
@@ -81,8 +66,8 @@ fn stop(ws: &Path, mut child: Child) {
 
 #[test]
 fn policy_set_get_list_on_a_running_sandbox() {
-    need_sandbox!();
-    let Some(host) = upstream_host() else { return };
+    need_upstream!();
+    let host = up("OS_UPSTREAM_HOST");
     let sb = Sandbox::new();
     let dir = TempDir::new("livepol");
     let v1 = policy_file(dir.path(), "v1.yaml", &allow(&host));
@@ -97,16 +82,11 @@ fn policy_set_get_list_on_a_running_sandbox() {
         ),
     );
     let script = script(&host);
-    let child = sb
-        .cmd()
-        .args(["run", "--keep", "--name", "pol", "--policy"])
-        .arg(&v1)
-        .args(["--", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let pol_arg = v1.to_string_lossy().into_owned();
+    let child = sb.spawn_run(
+        &["--keep", "--name", "pol", "--policy", &pol_arg],
+        &["sh", "-c", &script],
+    );
     let ws = wait_ready(&sb, "pol");
     assert_eq!(request(&ws, 1), "200", "v1 allows the host");
 
@@ -235,21 +215,16 @@ fn policy_verbs_explain_what_is_wrong() {
 
 #[test]
 fn logs_show_follow_and_filter_the_decisions() {
-    need_sandbox!();
-    let Some(host) = upstream_host() else { return };
+    need_upstream!();
+    let host = up("OS_UPSTREAM_HOST");
     let sb = Sandbox::new();
     let dir = TempDir::new("logs");
     let pol = policy_file(dir.path(), "p.yaml", &allow(&host));
-    let child = sb
-        .cmd()
-        .args(["run", "--keep", "--name", "lg", "--policy"])
-        .arg(&pol)
-        .args(["--", "sh", "-c", &script(&host)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let pol_arg = pol.to_string_lossy().into_owned();
+    let child = sb.spawn_run(
+        &["--keep", "--name", "lg", "--policy", &pol_arg],
+        &["sh", "-c", &script(&host)],
+    );
     let ws = wait_ready(&sb, "lg");
     assert_eq!(request(&ws, 1), "200");
     // Follow from here on: the deny that comes next must show up while it runs.
@@ -313,22 +288,17 @@ fn logs_show_follow_and_filter_the_decisions() {
 
 #[test]
 fn policy_update_adds_and_removes_endpoints_live() {
-    need_sandbox!();
-    let Some(host) = upstream_host() else { return };
+    need_upstream!();
+    let host = up("OS_UPSTREAM_HOST");
     let other = std::env::var("OS_UPSTREAM_OTHER_HOST").expect("OS_UPSTREAM_OTHER_HOST");
     let sb = Sandbox::new();
     let dir = TempDir::new("update");
     let pol = policy_file(dir.path(), "p.yaml", &allow(&host));
-    let child = sb
-        .cmd()
-        .args(["run", "--keep", "--name", "up", "--policy"])
-        .arg(&pol)
-        .args(["--", "sh", "-c", &script(&host)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let pol_arg = pol.to_string_lossy().into_owned();
+    let child = sb.spawn_run(
+        &["--keep", "--name", "up", "--policy", &pol_arg],
+        &["sh", "-c", &script(&host)],
+    );
     let ws = wait_ready(&sb, "up");
     let other_url = format!("http://{other}/");
     assert_eq!(request_to(&ws, 1, &other_url), "403");
@@ -412,8 +382,8 @@ fn policy_update_adds_and_removes_endpoints_live() {
 /// connection as coming from an unknown process.
 #[test]
 fn exec_processes_are_identified_by_the_proxy() {
-    need_sandbox!();
-    let Some(host) = upstream_host() else { return };
+    need_upstream!();
+    let host = up("OS_UPSTREAM_HOST");
     let sb = Sandbox::new();
     let dir = TempDir::new("execnet");
     let logs = TempDir::new("execlogs");
