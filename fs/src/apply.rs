@@ -4,14 +4,14 @@
 //! logging. Every failure names the step and the path. It must not decide anything:
 //! what to mount is the plan's job.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
+use nix::fcntl::{OFlag, ResolveFlag};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
+use crate::inroot;
 use crate::plan::{MountOp, MountPlan};
 
 /// A mount step that failed.
@@ -80,10 +80,6 @@ pub fn apply_with(plan: &MountPlan, before_pivot: impl FnOnce()) -> Result<(), F
     Ok(())
 }
 
-fn inside(root: &Path, path: &Path) -> PathBuf {
-    root.join(path.strip_prefix("/").unwrap_or(path))
-}
-
 fn create_err(path: &Path) -> impl FnOnce(std::io::Error) -> FsError + '_ {
     move |source| FsError::Create {
         path: path.to_path_buf(),
@@ -96,56 +92,94 @@ fn mount_err(what: &str, path: &Path) -> impl FnOnce(Errno) -> FsError {
     move |source| FsError::Mount { what, path, source }
 }
 
+fn in_root(path: &Path) -> impl FnOnce(inroot::InRootError) -> FsError {
+    let path = path.to_path_buf();
+    move |e| FsError::Create {
+        path,
+        source: e.into(),
+    }
+}
+
+/// The root's descriptor: every path below it is resolved inside it (the root may be
+/// an image's, whose symlinks point anywhere). Reopened per step: a step may have
+/// mounted over what an older descriptor saw.
+fn root_fd(root: &Path) -> Result<OwnedFd, FsError> {
+    inroot::open_root(root).map_err(in_root(root))
+}
+
+/// One of the sandbox's own mount points ([`crate::plan::OWN_MOUNT_POINTS`]): never
+/// through a symlink.
+fn exact(path: &Path) -> bool {
+    crate::plan::OWN_MOUNT_POINTS
+        .iter()
+        .any(|p| Path::new(p) == path)
+}
+
+/// The existing directory `path` inside the root, as an `O_PATH` descriptor.
+fn dir_in(root: &Path, path: &Path) -> Result<OwnedFd, FsError> {
+    let r = root_fd(root)?;
+    if exact(path) {
+        inroot::dir_exact(r.as_fd(), path)
+    } else {
+        inroot::dir(r.as_fd(), path)
+    }
+    .map_err(in_root(path))
+}
+
+fn mount_on(
+    src: Option<&Path>,
+    target: &OwnedFd,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+    shown: &Path,
+) -> Result<(), FsError> {
+    let what = src.map_or_else(
+        || fstype.unwrap_or("").to_string(),
+        |s| s.display().to_string(),
+    );
+    mount(src, &inroot::fd_path(target), fstype, flags, data).map_err(mount_err(&what, shown))
+}
+
 fn run(op: &MountOp, root: &Path) -> Result<(), FsError> {
     match op {
         MountOp::Mkdir { path, mode } => {
-            let at = inside(root, path);
+            let r = root_fd(root)?;
             // An existing directory (an image's /proc, /tmp, ...) is only a mount point
             // or keeps the image's mode: touching it would copy it up for nothing.
-            if at.is_dir() {
-                return Ok(());
+            if exact(path) {
+                inroot::mkdir_exact(r.as_fd(), path, *mode)
+            } else {
+                inroot::mkdir_all(r.as_fd(), path, *mode)
             }
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(*mode)
-                .create(&at)
-                .map_err(create_err(&at))?;
-            // The umask must not weaken /tmp's sticky 1777.
-            std::fs::set_permissions(&at, std::fs::Permissions::from_mode(*mode))
-                .map_err(create_err(&at))
+            .map(drop)
+            .map_err(in_root(path))
         }
         MountOp::Touch { path } => {
-            let at = inside(root, path);
-            if let Some(parent) = at.parent() {
-                std::fs::create_dir_all(parent).map_err(create_err(parent))?;
-            }
-            std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&at)
+            let r = root_fd(root)?;
+            inroot::touch(r.as_fd(), path)
                 .map(drop)
-                .map_err(create_err(&at))
+                .map_err(in_root(path))
         }
         MountOp::Symlink { target, path } => {
-            let at = inside(root, path);
-            std::os::unix::fs::symlink(target, &at).map_err(create_err(&at))
+            let r = root_fd(root)?;
+            inroot::symlink(r.as_fd(), target, path).map_err(in_root(path))
         }
         MountOp::Tmpfs { path, mode, noexec } => {
-            let at = inside(root, path);
+            let at = dir_in(root, path)?;
             let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
             if *noexec {
                 flags |= MsFlags::MS_NOEXEC;
             }
             let data = format!("mode={mode:o}");
-            mount(
-                Some("tmpfs"),
+            mount_on(
+                Some(Path::new("tmpfs")),
                 &at,
                 Some("tmpfs"),
                 flags,
-                Some(data.as_str()),
+                Some(&data),
+                path,
             )
-            .map_err(mount_err("tmpfs", &at))
         }
         MountOp::Bind {
             src,
@@ -153,20 +187,33 @@ fn run(op: &MountOp, root: &Path) -> Result<(), FsError> {
             readonly,
             device,
         } => {
-            let at = inside(root, path);
-            if !at.exists() {
-                // An /etc secret that is a broken link, or a mount point we could not
-                // make: skip rather than fail, the path is not visible either way.
-                return Ok(());
-            }
-            mount(
+            let r = root_fd(root)?;
+            let found = if exact(path) {
+                inroot::dir_exact(r.as_fd(), path).map_err(in_root(path))?;
+                inroot::open_with(
+                    r.as_fd(),
+                    path,
+                    OFlag::O_PATH,
+                    ResolveFlag::RESOLVE_NO_SYMLINKS,
+                )
+            } else {
+                inroot::open_in(r.as_fd(), path, OFlag::O_PATH)
+            };
+            let at = match found {
+                Ok(fd) => fd,
+                // An /etc secret that is a broken link, or a file the host does not
+                // have: the path is not visible either way.
+                Err(Errno::ENOENT) => return Ok(()),
+                Err(e) => return Err(mount_err(&src.display().to_string(), path)(e)),
+            };
+            mount_on(
                 Some(src),
                 &at,
-                None::<&str>,
+                None,
                 MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(mount_err(&src.display().to_string(), &at))?;
+                None,
+                path,
+            )?;
             let mut attrs = MOUNT_ATTR_NOSUID;
             if !device {
                 attrs |= MOUNT_ATTR_NODEV;
@@ -174,80 +221,101 @@ fn run(op: &MountOp, root: &Path) -> Result<(), FsError> {
             if *readonly {
                 attrs |= MOUNT_ATTR_RDONLY;
             }
-            set_attrs(&at, attrs, true)
+            // The descriptor taken after the mount is the new mount's root.
+            let r = root_fd(root)?;
+            let mounted = inroot::open_in(r.as_fd(), path, OFlag::O_PATH)
+                .map_err(mount_err(&src.display().to_string(), path))?;
+            set_attrs(&mounted, path, attrs, true)
         }
         MountOp::Proc { path } => {
-            let at = inside(root, path);
+            // Exactly here, not where an image's symlink points: the supervisor looks
+            // for the sandbox's procfs at this path.
+            let at = dir_in(root, path)?;
             let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-            mount(Some("proc"), &at, Some("proc"), flags, None::<&str>)
-                .map_err(mount_err("proc", &at))
+            mount_on(
+                Some(Path::new("proc")),
+                &at,
+                Some("proc"),
+                flags,
+                None,
+                path,
+            )
         }
         MountOp::Devpts { path } => {
-            let at = inside(root, path);
+            let at = dir_in(root, path)?;
             let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
-            mount(
-                Some("devpts"),
+            mount_on(
+                Some(Path::new("devpts")),
                 &at,
                 Some("devpts"),
                 flags,
                 Some("newinstance,ptmxmode=0666,mode=0620"),
+                path,
             )
-            .map_err(mount_err("devpts", &at))
         }
         MountOp::MaskFile { path } => {
-            if !path.exists() {
+            let r = root_fd(root)?;
+            let Ok(at) = inroot::open_in(r.as_fd(), path, OFlag::O_PATH) else {
                 return Ok(());
-            }
-            mount(
-                Some("/dev/null"),
-                path,
-                None::<&str>,
+            };
+            mount_on(
+                Some(Path::new("/dev/null")),
+                &at,
+                None,
                 MsFlags::MS_BIND,
-                None::<&str>,
+                None,
+                path,
             )
-            .map_err(mount_err("/dev/null", path))
         }
         MountOp::MaskDir { path } => {
-            if !path.is_dir() {
+            let r = root_fd(root)?;
+            let Ok(at) = inroot::dir(r.as_fd(), path) else {
                 return Ok(());
-            }
+            };
             let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-            mount(
-                Some("tmpfs"),
-                path,
+            mount_on(
+                Some(Path::new("tmpfs")),
+                &at,
                 Some("tmpfs"),
                 flags,
                 Some("size=0,mode=0555"),
+                path,
             )
-            .map_err(mount_err("tmpfs", path))
         }
         MountOp::Overlay {
             lowers,
             upper,
             work,
             path,
-        } => overlay(lowers, upper, work, &inside(root, path)),
+        } => {
+            // Only ever the root itself, a directory of ours.
+            let at = root.join(path.strip_prefix("/").unwrap_or(path));
+            std::fs::create_dir_all(&at).map_err(create_err(&at))?;
+            overlay(lowers, upper, work, &at)
+        }
         MountOp::ReadOnly { path } => {
-            if !path.exists() {
+            let r = root_fd(root)?;
+            let Ok(at) = inroot::open_in(r.as_fd(), path, OFlag::O_PATH) else {
                 return Ok(());
-            }
-            if path != Path::new("/") {
+            };
+            let whole = inroot::rel(path) == Path::new(".");
+            if !whole {
                 // Bind onto itself so the read-only flag applies to this subtree only.
+                let p = inroot::fd_path(&at);
                 mount(
-                    Some(path),
-                    path,
+                    Some(&p),
+                    &p,
                     None::<&str>,
                     MsFlags::MS_BIND | MsFlags::MS_REC,
                     None::<&str>,
                 )
                 .map_err(mount_err("bind", path))?;
             }
+            let r = root_fd(root)?;
+            let at =
+                inroot::open_in(r.as_fd(), path, OFlag::O_PATH).map_err(mount_err("bind", path))?;
             // `/` alone: the mounts on top of it (/sandbox, /tmp, ...) keep their mode.
-            set_attrs(
-                path,
-                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
-                path != Path::new("/"),
-            )
+            set_attrs(&at, path, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, !whole)
         }
     }
 }
@@ -328,27 +396,26 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-/// Set mount attributes on a mount or a whole subtree (mount_setattr, Linux 5.12); fall back to a
-/// classic bind remount of the top mount where the syscall is missing.
-fn set_attrs(path: &Path, attrs: u64, recursive: bool) -> Result<(), FsError> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| FsError::ReadOnly {
-        path: path.to_path_buf(),
-        source: Errno::EINVAL,
-    })?;
+/// Set mount attributes on a mount (the one `fd` is the root of) or its whole subtree
+/// (mount_setattr, Linux 5.12); fall back to a classic bind remount of the top mount
+/// where the syscall is missing.
+fn set_attrs(fd: &OwnedFd, path: &Path, attrs: u64, recursive: bool) -> Result<(), FsError> {
     let attr = MountAttr {
         attr_set: attrs,
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,
     };
-    // SAFETY: `c` is a valid NUL-terminated path that outlives the call, `attr` is a
-    // properly sized, initialised `struct mount_attr` and its size is passed with it.
+    let flags = libc::AT_EMPTY_PATH as libc::c_uint | if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: `fd` is an open descriptor, the path is an empty NUL-terminated string
+    // (AT_EMPTY_PATH), `attr` is a properly sized, initialised `struct mount_attr` and
+    // its size is passed with it.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            if recursive { AT_RECURSIVE } else { 0 },
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
@@ -363,7 +430,7 @@ fn set_attrs(path: &Path, attrs: u64, recursive: bool) -> Result<(), FsError> {
             source: errno,
         });
     }
-    remount_classic(path, attrs)
+    remount_classic(&inroot::fd_path(fd), attrs)
 }
 
 fn remount_classic(path: &Path, attrs: u64) -> Result<(), FsError> {

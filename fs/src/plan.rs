@@ -114,6 +114,12 @@ pub const SYSTEM_DIRS: &[&str] = &[
     "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "opt",
 ];
 
+/// The sandbox's own mount points: never reached through a symlink of an image (a
+/// `/dev -> /tmp/x` would have its tmpfs hidden by /tmp's, a `/proc -> /proc` would
+/// loop); such an image is refused.
+pub const OWN_MOUNT_POINTS: &[&str] =
+    &["/proc", "/dev", "/dev/pts", "/dev/shm", "/tmp", "/sandbox"];
+
 /// /etc files never shown, even read-only.
 pub const ETC_SECRETS: &[&str] = &["shadow", "gshadow", "shadow-", "gshadow-", "sudoers"];
 

@@ -18,6 +18,10 @@ pub use validate::Issue;
 
 /// The uid/gid the `sandbox` user has inside every sandbox.
 pub const SANDBOX_ID: u32 = 1000;
+/// The largest id a sandboxed process may run as: every sandbox maps 0..=65535, and
+/// 65535 (`(uid_t)-1` truncated to 16 bits) is the kernel's "no id" on old interfaces.
+/// Anything above is unmapped, and `u32::MAX` means "leave unchanged" to setresuid(2).
+pub const MAX_ID: u32 = 65534;
 
 /// Why a policy was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,7 +142,11 @@ impl Policy {
     /// The uid and gid sandboxed processes run as.
     pub fn identity(&self) -> (u32, u32) {
         let id = |s: &Option<IdSpec>| match s {
-            Some(IdSpec::Id(n)) => *n,
+            // Validation admits only 1..=MAX_ID; anything else never reaches a process.
+            Some(IdSpec::Id(n)) => u32::try_from(*n)
+                .ok()
+                .filter(|n| (1..=MAX_ID).contains(n))
+                .unwrap_or(SANDBOX_ID),
             _ => SANDBOX_ID,
         };
         match &self.process {

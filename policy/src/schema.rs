@@ -83,8 +83,9 @@ pub struct ProcessPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum IdSpec {
-    /// A numeric id.
-    Id(u32),
+    /// A numeric id (any integer YAML spells, so that a negative or huge one gets a
+    /// range error rather than a shape error; validation accepts 1..=[`crate::MAX_ID`]).
+    Id(i64),
     /// A name (`sandbox`, or `root` which validation rejects).
     Name(String),
 }

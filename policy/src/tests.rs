@@ -66,6 +66,44 @@ fn root_user_rejected() {
 }
 
 #[test]
+fn special_and_unmapped_ids_rejected_in_every_yaml_form() {
+    // -1 is "unchanged" to setresuid(2): a process would keep init's uid 0.
+    for v in [
+        "4294967295",
+        "-1",
+        "65535",
+        "65536",
+        "0x0",
+        "0o0",
+        "0xFFFFFFFF",
+        "4294967296",
+        "-4294967296",
+        "\"0\"",
+        "'4294967295'",
+        "1e3",
+        "0.0",
+        "[1]",
+    ] {
+        for key in ["run_as_user", "run_as_group"] {
+            let src = format!("version: 1\nprocess:\n  {key}: {v}\n");
+            match Policy::parse(&src) {
+                Ok(p) => panic!("{key}: {v} accepted: {:?}", p.process),
+                Err(e) => {
+                    let e = e.render("p.yaml");
+                    assert!(e.starts_with("p.yaml:3:"), "{v}: {e}");
+                }
+            }
+        }
+    }
+    let e = err("version: 1\nprocess:\n  run_as_user: 65536\n");
+    assert!(e.contains("out of range") && e.contains("1..=65534"), "{e}");
+    for ok in ["1", "65534", "1000"] {
+        let p = Policy::parse(&format!("version: 1\nprocess:\n  run_as_user: {ok}\n")).unwrap();
+        assert_eq!(p.identity().0, ok.parse::<u32>().unwrap());
+    }
+}
+
+#[test]
 fn dotdot_and_relative_paths_rejected() {
     let e = err("version: 1\nfilesystem_policy:\n  read_only:\n    - /usr\n    - /usr/../etc\n");
     assert!(

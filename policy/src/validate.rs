@@ -223,6 +223,10 @@ fn path_problem(path: &str, writable: bool) -> Option<String> {
 fn id_problem(spec: &IdSpec) -> Option<String> {
     match spec {
         IdSpec::Id(0) => Some("id 0 (root) is never allowed: use `sandbox` or an id > 0".into()),
+        IdSpec::Id(n) if *n < 0 || *n > i64::from(crate::MAX_ID) => Some(format!(
+            "id {n} is out of range: ids inside a sandbox are 1..={} (larger ids are unmapped, and -1 means \"unchanged\" to the kernel)",
+            crate::MAX_ID
+        )),
         IdSpec::Id(_) => None,
         IdSpec::Name(n) if n == "sandbox" => None,
         IdSpec::Name(n) if n == "root" => {

@@ -130,6 +130,7 @@ pub fn exec(dir: &Path, rec: &Record, req: &ExecRequest) -> Result<i32, String> 
         landlock.read_only.push(PathBuf::from(crate::trust::DIR));
     }
     let ids = crate::idmap::plan(&crate::idmap::facts(), rec.uid, rec.gid);
+    ids.check_identity(rec.uid, rec.gid)?;
     let conf = Confinement {
         uid: rec.uid,
         gid: rec.gid,

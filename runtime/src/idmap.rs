@@ -64,6 +64,29 @@ impl IdPlan {
         )
     }
 
+    /// Refuse ids a sandboxed process must never run as: 0, ids the kernel treats
+    /// specially (65535, `(u32)-1`), and ids this plan does not map.
+    pub fn check_identity(&self, uid: u32, gid: u32) -> Result<(), String> {
+        for (what, id, mapped) in [
+            ("uid", uid, self.outside_uid(uid).is_some()),
+            ("gid", gid, self.outside_gid(gid).is_some()),
+        ] {
+            if id == 0 || id > openshell_policy::MAX_ID {
+                return Err(format!(
+                    "{what} {id} is not allowed: sandboxed processes run as 1..={}",
+                    openshell_policy::MAX_ID
+                ));
+            }
+            if !mapped {
+                return Err(format!(
+                    "{what} {id} is not mapped in the sandbox's user namespace ({} mode): choose an id the map covers",
+                    self.mode
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The host id an inside id maps to, if mapped.
     pub fn outside_uid(&self, inside: u32) -> Option<u32> {
         lookup(&self.uid_map, inside)

@@ -35,20 +35,24 @@ impl ImageSpec {
         self.entrypoint.iter().chain(&self.cmd).cloned().collect()
     }
 
-    /// The topmost layer's copy of `rel` (ignoring whiteouts: good enough for
-    /// /etc/passwd lookups).
-    fn read(&self, rel: &str) -> Option<String> {
-        self.layers
-            .iter()
-            .rev()
-            .map(|l| l.join(rel))
-            .find(|p| p.is_file())
-            .and_then(|p| std::fs::read_to_string(p).ok())
+    /// The topmost layer's copy of `rel`, resolved inside that layer (an
+    /// `etc/passwd -> /etc/passwd` symlink never reads the host's file), regular files
+    /// of at most 4 MiB only. Whiteouts are ignored: good enough for account lookups.
+    fn read(&self, rel: &str) -> Result<String, String> {
+        for layer in self.layers.iter().rev() {
+            match openshell_fs::inroot::read_file(layer, Path::new(rel), 4 << 20) {
+                Ok(Some(bytes)) => return Ok(String::from_utf8_lossy(&bytes).into_owned()),
+                Ok(None) => continue,
+                Err(e) => return Err(format!("image user lookup: {e}")),
+            }
+        }
+        Ok(String::new())
     }
 
     /// Resolve the config's `User` (`name`, `uid`, `uid:gid`, `name:group`) against the
     /// image's /etc/passwd and /etc/group. `None` when unset or root: the sandbox user
-    /// is used then, never root.
+    /// is used then, never root. Every id, given or looked up, must be 1..=65534
+    /// (`4294967295` is "unchanged" to setresuid, and would leave the process root).
     pub fn identity(&self) -> Result<Option<(u32, u32)>, String> {
         let Some(spec) = self.user.as_deref().filter(|u| !u.is_empty()) else {
             return Ok(None);
@@ -57,7 +61,28 @@ impl ImageSpec {
             Some((u, g)) => (u, Some(g)),
             None => (spec, None),
         };
-        let passwd = self.read("etc/passwd").unwrap_or_default();
+        let num = |s: &str, what: &str| -> Result<Option<u32>, String> {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Ok(None);
+            }
+            match s.parse::<u32>() {
+                Ok(n) if n <= openshell_policy::MAX_ID => Ok(Some(n)),
+                _ => Err(format!(
+                    "image User {spec:?}: {what} {s} is out of range (1..={}): fix the image or set process.run_as_user in a policy",
+                    openshell_policy::MAX_ID
+                )),
+            }
+        };
+        let checked = |n: u32, what: &str| -> Result<u32, String> {
+            if n > openshell_policy::MAX_ID {
+                return Err(format!(
+                    "image User {spec:?}: the image's {what} {n} is out of range (1..={})",
+                    openshell_policy::MAX_ID
+                ));
+            }
+            Ok(n)
+        };
+        let passwd = self.read("/etc/passwd")?;
         let lookup = |db: &str, name: &str| -> Option<(u32, u32)> {
             db.lines().find_map(|l| {
                 let f: Vec<&str> = l.split(':').collect();
@@ -65,18 +90,19 @@ impl ImageSpec {
                     .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
             })
         };
-        let (uid, primary) = match user.parse::<u32>() {
-            Ok(n) => (n, lookup_by_uid(&passwd, n).unwrap_or(n)),
-            Err(_) => lookup(&passwd, user)
+        let (uid, primary) = match num(user, "uid")? {
+            Some(n) => (n, lookup_by_uid(&passwd, n).unwrap_or(n)),
+            None => lookup(&passwd, user)
                 .ok_or_else(|| format!("image user {user:?} is not in the image's /etc/passwd"))?,
         };
+        let uid = checked(uid, "uid")?;
         let gid = match group {
-            None => primary,
-            Some(g) => match g.parse::<u32>() {
-                Ok(n) => n,
-                Err(_) => {
-                    let groups = self.read("etc/group").unwrap_or_default();
-                    groups
+            None => checked(primary, "primary gid")?,
+            Some(g) => match num(g, "gid")? {
+                Some(n) => n,
+                None => {
+                    let groups = self.read("/etc/group")?;
+                    let found = groups
                         .lines()
                         .find_map(|l| {
                             let f: Vec<&str> = l.split(':').collect();
@@ -84,7 +110,8 @@ impl ImageSpec {
                         })
                         .ok_or_else(|| {
                             format!("image group {g:?} is not in the image's /etc/group")
-                        })?
+                        })?;
+                    checked(found, "gid")?
                 }
             },
         };
@@ -118,7 +145,7 @@ mod tests {
             user.len()
         ));
         std::fs::create_dir_all(d.join("etc")).unwrap();
-        std::fs::write(d.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nsandbox:x:1000:1000::/sandbox:/bin/sh\napp:x:1500:1600::/app:/bin/sh\n").unwrap();
+        std::fs::write(d.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nsandbox:x:1000:1000::/sandbox:/bin/sh\napp:x:1500:1600::/app:/bin/sh\nhuge:x:4294967295:1000::/:/bin/sh\n").unwrap();
         std::fs::write(
             d.join("etc/group"),
             "root:x:0:\nsandbox:x:1000:\nstaff:x:50:\n",
@@ -147,6 +174,23 @@ mod tests {
         ] {
             let (s, d) = spec_with_passwd(user);
             assert_eq!(s.identity(), want, "{user}");
+            let _ = std::fs::remove_dir_all(d);
+        }
+        for bad in [
+            "4294967295",
+            "4294967295:1000",
+            "1000:4294967295",
+            "65535",
+            "1000:65536",
+            "99999999999",
+            "huge",
+        ] {
+            let (s, d) = spec_with_passwd(bad);
+            let e = s.identity().unwrap_err();
+            assert!(
+                e.contains("out of range") || e.contains("not in"),
+                "{bad}: {e}"
+            );
             let _ = std::fs::remove_dir_all(d);
         }
         let (s, d) = spec_with_passwd("ghost");

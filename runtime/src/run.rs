@@ -289,6 +289,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         _ => policy.identity(),
     };
     let ids = idmap::plan(&idmap::facts(), uid, gid);
+    ids.check_identity(uid, gid).map_err(RunError::Invalid)?;
     let is_root = nix::unistd::geteuid().is_root();
 
     let lock = state::NameLock::acquire(&state::base_dir(), &name)?;
@@ -377,10 +378,12 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     let trust = if opts.network {
         let exists = |p: &str| match &opts.image {
             None => std::path::Path::new(p).exists(),
+            // Resolved inside each layer: an image's symlink never makes us look at
+            // (or decide on) a host path.
             Some(img) => img
                 .layers
                 .iter()
-                .any(|l| l.join(p.trim_start_matches('/')).exists()),
+                .any(|l| openshell_fs::inroot::exists(l, std::path::Path::new(p))),
         };
         let m = cleanup
             .material

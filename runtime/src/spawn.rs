@@ -109,6 +109,7 @@ fn confine(
     let (gid, uid) = (Gid::from_raw(conf.gid), Uid::from_raw(conf.uid));
     nix::unistd::setresgid(gid, gid, gid).map_err(setup("setresgid"))?;
     nix::unistd::setresuid(uid, uid, uid).map_err(setup("setresuid"))?;
+    verify_ids(conf)?;
     // The id change clears capabilities only when leaving uid 0; clear them always.
     for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
         caps::clear(None, set).map_err(|e| (EXIT_SETUP, format!("clear {set:?} caps: {e}")))?;
@@ -146,6 +147,56 @@ fn confine(
     crate::seccomp::install(&conf.seccomp)
         .map_err(|e| (EXIT_SETUP, format!("install seccomp filter: {e}")))?;
     exec_first(spec, &candidates)
+}
+
+/// After the id change, every id must be the intended one: `(uid_t)-1` means "leave
+/// unchanged" to setresuid(2), so a bad id silently keeps init's root. Checked through
+/// getresuid/getresgid/getgroups, never assumed.
+fn verify_ids(conf: &Confinement) -> Result<(), (i32, String)> {
+    if conf.uid == 0
+        || conf.gid == 0
+        || conf.uid > openshell_policy::MAX_ID
+        || conf.gid > openshell_policy::MAX_ID
+    {
+        return Err((
+            EXIT_SETUP,
+            format!(
+                "refusing to run as uid {} gid {}: sandboxed processes run as 1..={}",
+                conf.uid,
+                conf.gid,
+                openshell_policy::MAX_ID
+            ),
+        ));
+    }
+    let r = nix::unistd::getresuid().map_err(|e| (EXIT_SETUP, format!("getresuid: {e}")))?;
+    let g = nix::unistd::getresgid().map_err(|e| (EXIT_SETUP, format!("getresgid: {e}")))?;
+    let want_u = Uid::from_raw(conf.uid);
+    let want_g = Gid::from_raw(conf.gid);
+    if [r.real, r.effective, r.saved] != [want_u; 3]
+        || [g.real, g.effective, g.saved] != [want_g; 3]
+    {
+        return Err((
+            EXIT_SETUP,
+            format!(
+                "id change did not take: uids {}/{}/{} gids {}/{}/{}, wanted {} and {}",
+                r.real, r.effective, r.saved, g.real, g.effective, g.saved, conf.uid, conf.gid
+            ),
+        ));
+    }
+    if conf.setgroups {
+        let groups =
+            nix::unistd::getgroups().map_err(|e| (EXIT_SETUP, format!("getgroups: {e}")))?;
+        if groups.iter().any(|x| *x != want_g) {
+            return Err((
+                EXIT_SETUP,
+                format!(
+                    "supplementary groups {groups:?} remain after setgroups([{}])",
+                    conf.gid
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Where to look for argv[0]: itself if it has a `/`, else each PATH entry.

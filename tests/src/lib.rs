@@ -2,6 +2,8 @@
 //! give each test its own state directory, run sandboxes, and skip (with a printed
 //! reason) or fail when the kernel lacks a feature, per `OPENSHELL_TEST_REQUIRE`.
 
+pub mod archive;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
