@@ -97,12 +97,13 @@ impl Store {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(ImageError::io("create", &p))?;
         }
-        // Root's sandboxes reach layers as an unprivileged host id: let it traverse.
-        if nix::unistd::geteuid().is_root() {
+        // The store is untraversable (0700) for everyone else: layers keep the image's
+        // modes, set-id bits included, and those must never be reachable from the host
+        // by another local user (inside a sandbox nosuid and no_new_privs apply).
+        {
             use std::os::unix::fs::PermissionsExt;
-            for d in [root.clone(), root.join("layers")] {
-                let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o711));
-            }
+            fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
+                .map_err(ImageError::io("chmod 0700", &root))?;
         }
         Ok(Self { root })
     }

@@ -4,7 +4,8 @@
 //! executable (cached by file version).
 //!
 //! The processes are those of the sandbox's pid namespace, read through the sandbox's
-//! own procfs (`/proc/<init>/root/proc`): that takes in processes started by `sandbox
+//! own procfs (`proc` resolved inside `/proc/<init>/root` without symlinks, checked to
+//! be a procfs whose pid 1 shares init's pid namespace): that takes in processes started by `sandbox
 //! exec` (children of a host CLI, not of init) and gives the pids the sandbox itself
 //! sees. Runs in the supervisor, on the host; reads /proc only.
 
@@ -73,23 +74,43 @@ impl SandboxProcs {
         })
     }
 
-    /// The sandbox's procfs; only a real procfs is accepted (fail closed otherwise).
+    /// The sandbox's procfs; only a real procfs of the sandbox's own pid namespace is
+    /// accepted (fail closed otherwise). `proc` is resolved inside init's root with no
+    /// symlink allowed (an image's `/proc -> /proc` would otherwise lead to the host's
+    /// procfs, whose processes would count as the sandbox's), and its pid 1 must be in
+    /// the same pid namespace as init.
     fn procfs(&self) -> Option<&OwnedFd> {
         if let Some(fd) = self.procfs.get() {
             return Some(fd);
         }
-        let path = format!("/proc/{}/root/proc", self.init);
-        let fd: OwnedFd = nix::fcntl::open(
-            path.as_str(),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        let root: OwnedFd = nix::fcntl::open(
+            format!("/proc/{}/root", self.init).as_str(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
+        )
+        .ok()?;
+        let fd = openshell_fs::inroot::open_with(
+            std::os::fd::AsFd::as_fd(&root),
+            std::path::Path::new("/proc"),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            nix::fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS,
         )
         .ok()?;
         let fs = nix::sys::statfs::fstatfs(&fd).ok()?;
         if fs.filesystem_type().0 as i64 != PROC_SUPER_MAGIC {
             return None;
         }
+        if !Self::same_pid_ns(&fd, self.init) {
+            return None;
+        }
         Some(self.procfs.get_or_init(|| fd))
+    }
+
+    /// Is pid 1 of `procfs` in init's pid namespace (so this procfs is the sandbox's)?
+    fn same_pid_ns(procfs: &OwnedFd, init: u32) -> bool {
+        let theirs = nix::sys::stat::fstatat(procfs, "1/ns/pid", nix::fcntl::AtFlags::empty());
+        let ours = nix::sys::stat::stat(format!("/proc/{init}/ns/pid").as_str());
+        matches!((theirs, ours), (Ok(a), Ok(b)) if a.st_dev == b.st_dev && a.st_ino == b.st_ino)
     }
 
     /// The sandbox's processes (pids in its namespace), init (1) left out: init holds

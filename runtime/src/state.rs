@@ -154,9 +154,9 @@ impl SandboxDir {
     pub fn create(base: &Path, name: &str, traversable: bool) -> Result<Self, StateError> {
         check_name(name)?;
         let parent = base.join("sandboxes");
-        // Root's sandbox user is not root on the host: it must be able to traverse to
-        // its workspace, hence 0711 there; rootless keeps everything private (0700).
-        let mode = if traversable { 0o711 } else { 0o700 };
+        // Private for everyone else (0700), root's state too: the sandbox reaches its
+        // workspace through init's bind mount, never by a host path.
+        let mode = 0o700;
         fs::DirBuilder::new()
             .recursive(true)
             .mode(mode)
@@ -170,10 +170,16 @@ impl SandboxDir {
             }
             Err(e) => return Err(io_err("create", &path)(e)),
         }
-        if traversable {
-            for d in [base, parent.as_path(), path.as_path()] {
-                let _ = fs::set_permissions(d, fs::Permissions::from_mode(0o711));
-            }
+        // Root's base too (rootless: removing files of subordinate ids happens in a
+        // mapped user namespace that must still traverse the user's own base).
+        let dirs: &[&Path] = if traversable {
+            &[base, parent.as_path(), path.as_path()]
+        } else {
+            &[parent.as_path(), path.as_path()]
+        };
+        for d in dirs {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o700))
+                .map_err(io_err("chmod 0700", d))?;
         }
         let dir = Self { path };
         // The root's mount point and the generated files go in a run's scratch
@@ -253,7 +259,35 @@ impl SandboxDir {
 
     /// Remove everything of this sandbox.
     pub fn remove(&self) -> Result<(), StateError> {
+        if fs::remove_dir_all(&self.path).is_ok() {
+            return Ok(());
+        }
+        // overlayfs leaves its `work/work` at mode 0: make what we own traversable
+        // (never following a symlink), then try again.
+        open_up(&self.path);
         fs::remove_dir_all(&self.path).map_err(io_err("remove", &self.path))
+    }
+}
+
+/// chmod 0700 every directory under `dir` that we own and could not enter.
+fn open_up(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let Ok(md) = fs::symlink_metadata(dir) else {
+        return;
+    };
+    if !md.is_dir() {
+        return;
+    }
+    if md.uid() == me && md.mode() & 0o700 != 0o700 {
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                open_up(&e.path());
+            }
+        }
     }
 }
 

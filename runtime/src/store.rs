@@ -215,7 +215,7 @@ fn remove_tree(name: &str, path: &Path, record: Option<&Record>) -> Result<(), S
             let _ = idmap::run_mapped(&plan, || i32::from(d.remove().is_err()));
         }
     }
-    if path.exists() {
+    if path.exists() && dir.remove().is_err() {
         fs::remove_dir_all(path).map_err(|source| StoreError::Remove {
             name: name.to_string(),
             path: path.to_path_buf(),

@@ -412,3 +412,69 @@ fn non_regular_files_and_loops_are_refused_without_blocking() {
         );
     }
 }
+
+#[test]
+fn the_store_and_state_are_private_so_setuid_files_of_images_are_out_of_reach() {
+    need_sandbox!();
+    use std::os::unix::fs::PermissionsExt;
+    let sb = sb();
+    let dir = archive::scratch("suid");
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let img = image_with(
+        dir.path(),
+        "suid",
+        vec![("bin/suid-sh".into(), Node::File(busybox, 0o4755))],
+        json!({}),
+    );
+    let out = run_image(&sb, &img, &["--keep", "--name", "keep"], &["id"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let store = sb.state.path().join("images");
+    let sandbox = sb.state.path().join("sandboxes/keep");
+    for p in [
+        store.clone(),
+        sb.state.path().join("sandboxes"),
+        sandbox.clone(),
+    ] {
+        assert_eq!(mode(&p), 0o700, "{} is {:o}", p.display(), mode(&p));
+    }
+    // The set-id file is in the store, but nobody else can reach it.
+    let found = std::process::Command::new("find")
+        .arg(&store)
+        .args(["-perm", "-4000", "-name", "suid-sh"])
+        .output()
+        .unwrap();
+    let path = stdout(&found)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        !path.is_empty(),
+        "the test image's setuid file is in the store"
+    );
+    if nix_is_root() {
+        for who in ["nobody", "daemon"] {
+            let o = std::process::Command::new("runuser")
+                .args(["-u", who, "--", &path, "id", "-u"])
+                .output()
+                .unwrap();
+            assert!(!o.status.success(), "{who} ran {path}: {}", stdout(&o));
+            let o = std::process::Command::new("runuser")
+                .args(["-u", who, "--", "ls", &sandbox.display().to_string()])
+                .output()
+                .unwrap();
+            assert!(!o.status.success(), "{who} listed the sandbox dir");
+        }
+    }
+}
+
+fn nix_is_root() -> bool {
+    // The effective uid as the kernel reports it.
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        .unwrap_or(false)
+}
