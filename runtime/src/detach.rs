@@ -36,6 +36,11 @@ pub fn spawn_supervisor(opts: RunOptions, log: &Path) -> Result<Pid, String> {
             let _ = nix::unistd::dup2_stdout(&out);
             let _ = nix::unistd::dup2_stderr(&out);
             drop((out, null));
+            // The CLI's argv (maybe `-e SECRET=...`) must not stay visible in `ps`.
+            crate::proctitle::set(&format!(
+                "openshell: supervisor {}",
+                opts.name.as_deref().unwrap_or("")
+            ));
             let code = match run(opts) {
                 Ok(c) => c,
                 Err(e) => {

@@ -70,6 +70,8 @@ pub const FORWARDED: [Signal; 7] = [
 
 /// Run init to completion. Never returns.
 pub fn run(cfg: &InitConfig, sync: OwnedFd) -> ! {
+    // A fork of the CLI: its argv (maybe `-e SECRET=...`) would be /proc/1/cmdline.
+    crate::proctitle::set(&format!("openshell: init {}", cfg.hostname));
     let code = match setup_and_supervise(cfg, &sync) {
         Ok(code) => code,
         Err(e) => {

@@ -14,6 +14,7 @@ pub mod idmap;
 pub mod image;
 pub mod init;
 pub mod netsvc;
+pub mod proctitle;
 pub mod record;
 pub mod relay;
 pub mod run;

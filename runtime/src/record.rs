@@ -36,7 +36,16 @@ pub fn write_whole(path: &Path, body: &[u8], durable: bool) -> Result<(), String
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.{}", std::process::id()));
     let write = || -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
+        // Private (0600): records and saved options may hold what the user passed.
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?
+        };
         f.write_all(body)?;
         if durable {
             f.sync_all()?;

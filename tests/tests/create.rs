@@ -284,3 +284,73 @@ fn twenty_parallel_execs_each_get_their_own_answer() {
     }
     assert!(sb.cli(&["sandbox", "delete", "par"]).status.success());
 }
+
+#[test]
+fn secrets_given_to_create_never_show_in_a_command_line_or_a_readable_file() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let secret = "s3cr3t-value-for-ps-test";
+    let kv = format!("GITHUB_TOKEN={secret}");
+    let o = sb.cli(&["sandbox", "create", "--name", "sec", "--detach", "-e", &kv]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rec = sb.wait_phase("sec", "Ready");
+    let v: serde_json::Value = serde_json::from_str(&rec).unwrap();
+    let pid = v
+        .get("supervisor_pid")
+        .and_then(|p| p.as_i64())
+        .unwrap_or_else(|| panic!("no supervisor pid in {rec}"));
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let shown = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(!shown.contains(secret), "supervisor cmdline: {shown}");
+    assert!(shown.starts_with("openshell: supervisor sec"), "{shown}");
+    // Every process of the sandbox as another user or ps would see it.
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    assert!(!stdout(&ps).contains(secret), "ps shows the secret");
+    let o = sb.cli(&[
+        "sandbox",
+        "exec",
+        "sec",
+        "--",
+        "sh",
+        "-c",
+        "tr '\\0' ' ' < /proc/1/cmdline; echo; echo $GITHUB_TOKEN",
+    ]);
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("openshell: init sec"),
+        "{out}{}",
+        stderr(&o)
+    );
+    assert!(
+        out.contains(secret),
+        "the variable itself reaches the sandbox: {out}"
+    );
+    // Files of the state dir are private.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = sb.state.path().join("sandboxes/sec");
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let md = e.metadata().unwrap();
+        let body = if md.is_file() {
+            std::fs::read_to_string(e.path()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        if body.contains(secret) {
+            assert_eq!(
+                md.permissions().mode() & 0o077,
+                0,
+                "{} holds the secret and is {:o}",
+                e.path().display(),
+                md.permissions().mode()
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let _ = sb.cli(&["sandbox", "delete", "sec"]);
+}

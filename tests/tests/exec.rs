@@ -62,7 +62,7 @@ fn exec_joins_the_sandbox_with_the_same_confinement() {
         &["sh", "-c", "cat /proc/1/comm; ls /proc | grep -c '^[0-9]'"],
     );
     let t = stdout(&o);
-    assert!(t.starts_with("openshell\n"), "{t}");
+    assert!(t.starts_with("openshell: init\n"), "{t}");
     let procs: u32 = t.lines().nth(1).unwrap().parse().unwrap();
     assert!(procs >= 4, "init, sh, sleep, this sh, ...: {t}");
 
