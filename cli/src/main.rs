@@ -47,8 +47,21 @@ enum Command {
     },
 }
 
+/// Commands that only print: a closed pipe (`| head`) ends them quietly, as other
+/// CLIs end, instead of a panic in `println!`. Commands that run supervisors, proxies
+/// or network clients keep SIGPIPE ignored (a peer's close is an error there).
+fn quiet_on_closed_pipe(c: &Command) -> bool {
+    matches!(
+        c,
+        Command::Completions { .. } | Command::Logs(_) | Command::Status | Command::Doctor
+    )
+}
+
 fn main() {
     let cli = Cli::parse();
+    if quiet_on_closed_pipe(&cli.command) {
+        openshell_runtime::spawn::default_sigpipe();
+    }
     let code = match cli.command {
         Command::Run(args) => cmd::run::run(*args),
         Command::Policy(c) => cmd::policy::run(c, cli.output),

@@ -253,6 +253,10 @@ fn wait(child: Pid, timeout: Option<Duration>) -> i32 {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             let _ = kill(child, Signal::SIGKILL);
             let _ = waitpid(child, None);
+            eprintln!(
+                "openshell: the command ran out of its --timeout ({} s) and was killed",
+                timeout.unwrap_or_default().as_secs()
+            );
             return EXIT_TIMEOUT;
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -262,6 +262,14 @@ pub fn reset_signals() {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
+/// SIGPIPE back to its default (the process ends quietly on a closed pipe), for CLI
+/// commands that only print.
+pub fn default_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal};
+    // SAFETY: installing SIG_DFL is always sound.
+    let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 /// Write `openshell: msg` to stderr and leave with `code`, without unwinding.
 pub fn die(code: i32, msg: &str) -> ! {
     let line = format!("openshell: {msg}\n");

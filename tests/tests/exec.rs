@@ -124,6 +124,16 @@ fn exec_joins_the_sandbox_with_the_same_confinement() {
     let o = exec(&sb, "ex", &["--timeout", "1"], &["sleep", "20"]);
     assert_eq!(o.status.code(), Some(124));
     assert!(t0.elapsed() < Duration::from_secs(15));
+    assert!(stderr(&o).contains("--timeout (1 s)"), "{}", stderr(&o));
+    // 0 is no timeout (upstream's meaning), not "kill at once".
+    let o = exec(
+        &sb,
+        "ex",
+        &["--timeout", "0"],
+        &["sh", "-c", "sleep 1; echo done"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "done\n");
     assert_eq!(
         exec(&sb, "ex", &[], &["no-such-cmd"]).status.code(),
         Some(127)

@@ -671,3 +671,29 @@ fn setup_scratch_files_do_not_outlive_the_run() {
     let o = sb.cli(&["sandbox", "delete", &name]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn printing_into_a_closed_pipe_ends_quietly() {
+    // `openshell completions bash | head -1`, `logs | head`: no panic message.
+    for args in [
+        vec!["completions", "bash"],
+        vec!["completions", "zsh"],
+        vec!["doctor"],
+    ] {
+        let mut child = Sandbox::new()
+            .cmd()
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut first = [0u8; 1];
+        let _ = std::io::Read::read(&mut out, &mut first);
+        drop(out);
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(!err.contains("Broken pipe"), "{args:?}: {err}");
+    }
+}

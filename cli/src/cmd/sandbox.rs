@@ -77,7 +77,7 @@ pub enum SandboxCommand {
         /// Set an environment variable (K=V). Repeatable.
         #[arg(long, short = 'e', value_name = "K=V")]
         env: Vec<String>,
-        /// Kill the command after this many seconds (exit 124).
+        /// Kill the command after this many seconds (exit 124; 0 = no timeout).
         #[arg(long, value_name = "S", conflicts_with = "tty")]
         timeout: Option<u64>,
         /// Give the command a terminal (a pty of the sandbox, relayed to this one).
@@ -166,7 +166,10 @@ fn exec(
         argv: command,
         env,
         workdir,
-        timeout: timeout.map(std::time::Duration::from_secs),
+        // 0 means no timeout, as upstream's `exec --timeout 0`.
+        timeout: timeout
+            .filter(|t| *t > 0)
+            .map(std::time::Duration::from_secs),
         tty,
     };
     match exec_in(&entry.dir, rec, &req) {
