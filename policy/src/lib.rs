@@ -174,12 +174,37 @@ impl Policy {
             .cloned()
             .unwrap_or_default();
         let mut rw = fs.read_write.clone();
-        // Never `/`: an image whose WorkingDir is `/` must not make everything writable.
-        if fs.include_workdir && workdir != "/" && !rw.iter().any(|p| p == workdir) {
-            rw.push(workdir.to_string());
+        // Never `/` (in any spelling: `/.`, `//`, `/./`), nothing with `..` and no /proc
+        // magic link: an image's WorkingDir must not make everything writable.
+        let wd = normalize(workdir);
+        let acceptable = wd
+            .as_deref()
+            .is_some_and(|w| w != "/" && crate::validate::path_problem(w, true).is_none());
+        if fs.include_workdir
+            && acceptable
+            && let Some(w) = wd
+            && !rw.contains(&w)
+        {
+            rw.push(w);
         }
         (fs.read_only, rw)
     }
+}
+
+/// `/a/./b//c/` → `/a/b/c`; `None` for a relative path or one with `..`.
+pub fn normalize(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    let mut out = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => return None,
+            c => out.push(c),
+        }
+    }
+    Some(format!("/{}", out.join("/")))
 }
 
 impl fmt::Display for Compatibility {

@@ -169,3 +169,41 @@ fn default_policy_and_identity() {
     let p = Policy::parse("version: 1\nprocess: {run_as_user: 1234, run_as_group: 99}\n").unwrap();
     assert_eq!(p.identity(), (1234, 99));
 }
+
+#[test]
+fn root_is_never_writable_in_any_spelling() {
+    for path in [
+        "/proc/self/root",
+        "/proc/1/root",
+        "/proc/thread-self/root/etc",
+        "/proc/self/cwd",
+        "/proc/self/fd/3",
+        "/proc/1/task/1/root",
+    ] {
+        for list in ["read_write", "read_only"] {
+            let e = err(&format!(
+                "version: 1\nfilesystem_policy:\n  {list}: [{path}]\n"
+            ));
+            assert!(e.contains("magic link"), "{list} {path}: {e}");
+        }
+    }
+    let p = Policy::parse(
+        "version: 1\nfilesystem_policy:\n  include_workdir: true\n  read_write: [/tmp]\n",
+    )
+    .unwrap();
+    for wd in [
+        "/",
+        "/.",
+        "//",
+        "/./",
+        "/./.",
+        "/proc/self/root",
+        "/a/../",
+        "rel",
+    ] {
+        let (_, rw) = p.fs_paths(wd);
+        assert_eq!(rw, vec!["/tmp".to_string()], "workdir {wd:?}");
+    }
+    let (_, rw) = p.fs_paths("/app/./x/");
+    assert_eq!(rw, vec!["/tmp".to_string(), "/app/x".to_string()]);
+}

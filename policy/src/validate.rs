@@ -199,7 +199,7 @@ impl Validator<'_> {
 }
 
 /// Why a Landlock path is unacceptable, if it is.
-fn path_problem(path: &str, writable: bool) -> Option<String> {
+pub(crate) fn path_problem(path: &str, writable: bool) -> Option<String> {
     if !path.starts_with('/') {
         return Some(format!(
             "`{path}` is not absolute: write it starting with `/`"
@@ -212,6 +212,21 @@ fn path_problem(path: &str, writable: bool) -> Option<String> {
     }
     if path.contains('\0') {
         return Some("path contains a NUL byte".into());
+    }
+    // /proc/<pid|self|thread-self>/{root,cwd,exe,fd,map_files,...}: magic links that
+    // lead anywhere (`/proc/self/root` is `/`); a rule must name the real path.
+    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    if comps.first() == Some(&"proc")
+        && comps.iter().skip(2).any(|c| {
+            matches!(
+                *c,
+                "root" | "cwd" | "exe" | "fd" | "map_files" | "task" | "ns"
+            )
+        })
+    {
+        return Some(format!(
+            "`{path}` goes through a /proc magic link: name the real path instead"
+        ));
     }
     if writable && path.trim_end_matches('/').is_empty() {
         return Some("`/` can never be read_write: list the directories that need writing".into());
