@@ -25,7 +25,7 @@ pub async fn handle(ctx: Arc<Context>, sock: TcpStream, peer: SocketAddr) {
     let Some(dst) = original_dst(&sock) else {
         return;
     };
-    let (who, pinned) = ctx.who(peer, dst);
+    let (who, pinned) = ctx.who(peer, dst).await;
     let ip = dst.ip().to_string();
     let name = ctx
         .dns_names

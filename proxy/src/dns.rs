@@ -20,7 +20,8 @@ pub struct Query {
     pub id: u16,
     /// Recursion desired and the other flags of the query.
     pub flags: u16,
-    /// Lower-case name without the final dot.
+    /// Lower-case name without the final dot; empty when a label holds a byte no host
+    /// name has (a dot, a space, a NUL, non-ASCII), which is answered NXDOMAIN.
     pub name: String,
     /// QTYPE.
     pub qtype: u16,
@@ -45,6 +46,7 @@ pub fn parse(pkt: &[u8]) -> Option<Query> {
     }
     let mut i = 12;
     let mut labels = Vec::new();
+    let mut valid = true;
     loop {
         let len = *pkt.get(i)? as usize;
         i += 1;
@@ -55,6 +57,9 @@ pub fn parse(pkt: &[u8]) -> Option<Query> {
             return None;
         }
         let label = pkt.get(i..i + len)?;
+        valid &= label
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_');
         labels.push(String::from_utf8_lossy(label).to_ascii_lowercase());
         i += len;
         if i > 12 + 255 {
@@ -63,10 +68,15 @@ pub fn parse(pkt: &[u8]) -> Option<Query> {
     }
     let qtype = u16::from_be_bytes([*pkt.get(i)?, *pkt.get(i + 1)?]);
     let question = pkt.get(12..i + 4)?.to_vec();
+    let name = if valid {
+        crate::normalize_name(&labels.join(".")).unwrap_or_default()
+    } else {
+        String::new()
+    };
     Some(Query {
         id,
         flags,
-        name: labels.join("."),
+        name,
         qtype,
         question,
     })
@@ -127,17 +137,25 @@ pub async fn serve(ctx: Arc<Context>, sock: UdpSocket) {
         let Some(q) = parse(&buf[..n]) else { continue };
         let (ctx, sock) = (ctx.clone(), sock.clone());
         tokio::spawn(async move {
-            let allowed = name_allowed(&ctx.policy.current().policy, &q.name);
+            let allowed = !q.name.is_empty() && name_allowed(&ctx.policy.current().policy, &q.name);
             let reply = if !allowed || q.name.parse::<IpAddr>().is_ok() {
                 ctx.log.net(&NetEvent {
                     kind: "NET:DNS",
                     allowed: false,
                     binary: "?",
                     pid: 0,
-                    host: &q.name,
+                    host: if q.name.is_empty() {
+                        "(not a host name)"
+                    } else {
+                        &q.name
+                    },
                     port: 53,
                     policy: None,
-                    reason: Some("no policy allows this name"),
+                    reason: Some(if q.name.is_empty() {
+                        "the query's name holds bytes no host name has"
+                    } else {
+                        "no policy allows this name"
+                    }),
                 });
                 answer(&q, 3, &[])
             } else {
@@ -192,6 +210,13 @@ mod tests {
         let nx = answer(&q, 3, &[]);
         assert_eq!(nx[3] & 0x0f, 3);
         assert!(parse(&[0u8; 5]).is_none());
+        // Bytes no host name has: NXDOMAIN, never resolved.
+        let mut dotted = query("api.test.openshell", TYPE_A);
+        dotted[14] = b'.';
+        assert_eq!(parse(&dotted).unwrap().name, "");
+        let mut nul = query("api.test.openshell", TYPE_A);
+        nul[13] = 0xc3;
+        assert_eq!(parse(&nul).unwrap().name, "");
         let mut resp = query("x.com", 1);
         resp[2] |= 0x80;
         assert!(parse(&resp).is_none());

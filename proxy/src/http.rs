@@ -1,8 +1,14 @@
-//! Just enough HTTP/1.x for a proxy: read a request head with a size limit, parse the
-//! request line and headers, and write the proxy's own answers (403 with the policy
-//! JSON, 400, 431, 502). Bodies are never parsed here.
+//! Request heads, strictly: read one with a size limit, refuse any byte sequence two
+//! HTTP parsers could read differently (bare CR or LF, obs-fold, control bytes, both
+//! Content-Length and Transfer-Encoding, several lengths), and parse it with `httparse`
+//! (hyper's parser). The explicit proxy checks a head with [`check_head`] before hyper
+//! serves it; the control API parses its requests with [`parse_head`]. Also the proxy's
+//! own answers (403 with the policy JSON, 400, 431, 502).
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Most headers a request may carry.
+pub const MAX_HEADERS: usize = 128;
 
 /// A parsed request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,9 +17,7 @@ pub struct Head {
     pub method: String,
     /// Request target as sent.
     pub target: String,
-    /// `HTTP/1.1` or `HTTP/1.0`.
-    pub version: String,
-    /// Headers in order.
+    /// Headers in order (values that are not UTF-8 are refused).
     pub headers: Vec<(String, String)>,
 }
 
@@ -34,12 +38,14 @@ pub enum HeadError {
     Closed,
     /// The head is larger than allowed.
     TooLarge,
+    /// More than [`MAX_HEADERS`] headers.
+    TooManyHeaders,
     /// Not HTTP.
     Malformed(String),
 }
 
-/// Read bytes until the end of the head (`\r\n\r\n`); returns the head bytes and any
-/// bytes read past it.
+/// Read bytes until the end of the head (an empty line, `\r\n\r\n`, or `\n\n` which
+/// [`check_head`] then refuses); returns the head bytes and any bytes read past it.
 pub async fn read_head<R: AsyncRead + Unpin>(
     r: &mut R,
     limit: usize,
@@ -51,10 +57,18 @@ pub async fn read_head<R: AsyncRead + Unpin>(
         if n == 0 {
             return Err(HeadError::Closed);
         }
-        let start = buf.len().saturating_sub(3);
+        let start = buf.len().saturating_sub(2);
         buf.extend_from_slice(&chunk[..n]);
-        if let Some(pos) = buf[start..].windows(4).position(|w| w == b"\r\n\r\n") {
-            let end = start + pos + 4;
+        let end = buf[start..]
+            .windows(3)
+            .enumerate()
+            .find_map(|(i, w)| match w {
+                [b'\n', b'\r', b'\n'] => Some(start + i + 3),
+                [b'\n', b'\n', _] => Some(start + i + 2),
+                _ => None,
+            });
+        let end = end.or_else(|| buf.ends_with(b"\n\n").then_some(buf.len()));
+        if let Some(end) = end {
             if end > limit {
                 return Err(HeadError::TooLarge);
             }
@@ -67,64 +81,82 @@ pub async fn read_head<R: AsyncRead + Unpin>(
     }
 }
 
-/// Parse a request head.
+/// Refuse a head two parsers could disagree on, then parse it. The bytes must be
+/// CRLF-terminated lines without obs-fold or control bytes (HTAB in values aside); the
+/// version 1.0 or 1.1; at most [`MAX_HEADERS`] headers; one Content-Length at most,
+/// never with Transfer-Encoding, which may only be `chunked`.
 pub fn parse_head(bytes: &[u8]) -> Result<Head, HeadError> {
-    let text =
-        std::str::from_utf8(bytes).map_err(|_| HeadError::Malformed("head is not UTF-8".into()))?;
-    let mut lines = text.split("\r\n");
-    let line = lines.next().unwrap_or("");
-    let mut parts = line.split(' ');
-    let (method, target, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(m), Some(t), Some(v), None) if !m.is_empty() && !t.is_empty() => (m, t, v),
-        _ => return Err(HeadError::Malformed(format!("bad request line {line:?}"))),
+    let bad = |m: &str| Err(HeadError::Malformed(m.to_string()));
+    for (i, &b) in bytes.iter().enumerate() {
+        let prev = i.checked_sub(1).map(|j| bytes[j]);
+        let next = bytes.get(i + 1).copied();
+        match b {
+            b'\r' if next != Some(b'\n') => return bad("bare CR in the request head"),
+            b'\n' if prev != Some(b'\r') => {
+                return bad("bare LF in the request head (lines end with CRLF)");
+            }
+            b' ' | b'\t' if prev == Some(b'\n') => {
+                return bad("obsolete line folding in the request head");
+            }
+            b'\t' | b'\r' | b'\n' => {}
+            0..=0x1f | 0x7f => return bad("control byte in the request head"),
+            _ => {}
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(bytes) {
+        Ok(httparse::Status::Complete(n)) if n == bytes.len() => {}
+        Ok(_) => return bad("incomplete request head"),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(e) => {
+            return Err(HeadError::Malformed(format!(
+                "unreadable request head: {e}"
+            )));
+        }
+    }
+    if req.version != Some(1) && req.version != Some(0) {
+        return bad("unsupported HTTP version");
+    }
+    let mut out = Head {
+        method: req.method.unwrap_or_default().to_string(),
+        target: req.path.unwrap_or_default().to_string(),
+        headers: Vec::with_capacity(req.headers.len()),
     };
-    if !method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') {
-        return Err(HeadError::Malformed(format!("bad method {method:?}")));
-    }
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err(HeadError::Malformed(format!(
-            "unsupported version {version:?}"
-        )));
-    }
-    let mut headers = Vec::new();
-    for l in lines {
-        if l.is_empty() {
-            continue;
-        }
-        let (k, v) = l
-            .split_once(':')
-            .ok_or_else(|| HeadError::Malformed(format!("bad header line {l:?}")))?;
-        if k.is_empty()
-            || k.bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-        {
-            return Err(HeadError::Malformed(format!("bad header name {k:?}")));
-        }
-        headers.push((k.to_string(), v.trim().to_string()));
-    }
-    Ok(Head {
-        method: method.into(),
-        target: target.into(),
-        version: version.into(),
-        headers,
-    })
-}
-
-/// Split `host:port` (with `[v6]:port`), defaulting the port.
-pub fn split_host_port(s: &str, default: Option<u16>) -> Option<(String, u16)> {
-    if let Some(rest) = s.strip_prefix('[') {
-        let (h, after) = rest.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().ok()?,
-            None => default?,
+    for h in req.headers.iter() {
+        let Ok(v) = std::str::from_utf8(h.value) else {
+            return bad("a header value is not UTF-8");
         };
-        return Some((h.to_string(), port));
+        out.headers.push((h.name.to_string(), v.trim().to_string()));
     }
-    match s.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => Some((h.to_string(), p.parse().ok()?)),
-        _ => Some((s.to_string(), default?)),
+    let count = |n: &str| {
+        out.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(n))
+            .count()
+    };
+    let (lengths, encodings) = (count("content-length"), count("transfer-encoding"));
+    if lengths > 0 && encodings > 0 {
+        return bad("both Content-Length and Transfer-Encoding");
     }
-    .filter(|(h, _)| !h.is_empty())
+    if lengths > 1 {
+        return bad("several Content-Length headers");
+    }
+    if lengths == 1
+        && !out
+            .header("content-length")
+            .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return bad("Content-Length is not a number");
+    }
+    if encodings > 1
+        || out
+            .header("transfer-encoding")
+            .is_some_and(|v| !v.eq_ignore_ascii_case("chunked"))
+    {
+        return bad("Transfer-Encoding other than one `chunked`");
+    }
+    Ok(out)
 }
 
 /// Write a complete response with a JSON (or text) body and close semantics.
@@ -167,28 +199,42 @@ mod tests {
         );
         assert_eq!(h.header("host"), Some("api.x.com:443"));
         assert!(parse_head(b"GET / HTTP/2\r\n\r\n").is_err());
-        assert!(parse_head(b"get / HTTP/1.1\r\n\r\n").is_err());
         assert!(parse_head(b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n").is_err());
         assert!(parse_head(b"GET  HTTP/1.1\r\n\r\n").is_err());
     }
 
     #[test]
-    fn host_ports() {
-        assert_eq!(
-            split_host_port("a.com:443", None),
-            Some(("a.com".into(), 443))
+    fn ambiguous_heads_refused() {
+        let refused: [&[u8]; 11] = [
+            b"GET / HTTP/1.1\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\tfolded\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\x00b\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ];
+        for h in refused {
+            assert!(
+                matches!(parse_head(h), Err(HeadError::Malformed(_))),
+                "{:?}",
+                String::from_utf8_lossy(h)
+            );
+        }
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(parse_head(&many).unwrap_err(), HeadError::TooManyHeaders);
+        assert!(
+            parse_head(b"POST / HTTP/1.1\r\nHost: a\r\nX: a\tb\r\nContent-Length: 3\r\n\r\n")
+                .is_ok()
         );
-        assert_eq!(
-            split_host_port("a.com", Some(80)),
-            Some(("a.com".into(), 80))
-        );
-        assert_eq!(
-            split_host_port("[::1]:8080", None),
-            Some(("::1".into(), 8080))
-        );
-        assert_eq!(split_host_port("a.com", None), None);
-        assert_eq!(split_host_port(":80", None), None);
-        assert_eq!(split_host_port("a.com:99999", None), None);
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -208,5 +254,15 @@ mod tests {
             read_head(&mut &b"GET /"[..], 8192).await.unwrap_err(),
             HeadError::Closed
         );
+        // A head ended by bare LFs is read (and then refused by parse_head), not
+        // waited on until the timeout.
+        let (h, rest) = read_head(&mut &b"GET / HTTP/1.1\n\nX"[..], 8192)
+            .await
+            .unwrap();
+        assert_eq!((h.len(), rest.as_slice()), (16, &b"X"[..]));
+        let (h, _) = read_head(&mut &b"GET / HTTP/1.1\r\nA: b\n\r\n"[..], 8192)
+            .await
+            .unwrap();
+        assert_eq!(h.len(), 23);
     }
 }

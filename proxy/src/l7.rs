@@ -9,7 +9,15 @@
 //! offered only when the client chose it (so an HTTP/1.1 client's WebSocket upgrade
 //! stays possible end to end). A WebSocket upgrade is a request like any other (its
 //! method and path decide); once both sides switched protocols the frames are relayed
-//! as they are, until either side closes or the policy changes.
+//! as they are, until either side closes or the policy changes. No other upgrade is
+//! let through (an `h2c` upgrade would carry requests the rules never see).
+//!
+//! The explicit proxy's absolute-form `http://` requests come through [`forward`]: the
+//! same request path, without TLS, and with the rules applied only when the endpoint
+//! is `protocol: rest`.
+//!
+//! Every request checks that the policy which allowed the connection is still the
+//! active one; the connection is also closed the moment the policy changes.
 
 use std::sync::Arc;
 
@@ -21,13 +29,16 @@ use hyper::{Request, Response, StatusCode, Version, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use openshell_policy::l7::decide_request;
 use openshell_policy::{Endpoint, Enforcement};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, watch};
 
 use crate::Context;
 use crate::Peer;
+use crate::normalize_name;
 
-type Body = BoxBody<Bytes, hyper::Error>;
+/// A response body: the upstream's, or the proxy's own JSON.
+pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// The proxy's connection to the real upstream.
 enum Upstream {
@@ -49,9 +60,12 @@ pub struct Grant {
     pub port: u16,
     /// The process that opened it.
     pub who: Peer,
+    /// The policy version that allowed it.
+    pub version: u64,
 }
 
-fn json(status: StatusCode, v: serde_json::Value, policy: Option<&str>) -> Response<Body> {
+/// A JSON answer of the proxy's own.
+pub fn json(status: StatusCode, v: serde_json::Value, policy: Option<&str>) -> Response<Body> {
     let mut r = Response::builder()
         .status(status)
         .header("Content-Type", "application/json")
@@ -75,23 +89,35 @@ fn json(status: StatusCode, v: serde_json::Value, policy: Option<&str>) -> Respo
 
 /// Serve an inspected tunnel whose 200 has been sent; `upstream` is the dialled TCP
 /// connection to the real host.
-pub async fn inspect(
+/// `generation` was taken when the client connected: a policy change since then (during
+/// the dial or the TLS handshake included) ends the tunnel.
+pub async fn inspect<S>(
     ctx: Arc<Context>,
-    client: TcpStream,
+    client: S,
     upstream: TcpStream,
     grant: Grant,
     mut generation: watch::Receiver<u64>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (host, port) = (grant.host.clone(), grant.port);
     let Some(ca) = ctx.ca.as_ref() else { return };
     let Ok(cfg) = ca.server_config(&host) else {
         return;
     };
-    let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg).accept(client).await else {
-        return;
+    let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(client);
+    let tls = tokio::select! {
+        r = accept => match r {
+            Ok(t) => t,
+            Err(_) => return,
+        },
+        _ = generation.changed() => return,
     };
-    let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
-    if sni.as_deref().is_some_and(|s| s != host) {
+    let sni = tls.get_ref().1.server_name().map(normalize_name);
+    if sni
+        .as_ref()
+        .is_some_and(|s| s.as_deref() != Some(host.as_str()))
+    {
         ctx.log.http(
             "CONNECT",
             &format!("https://{host}:{port}"),
@@ -124,11 +150,12 @@ pub async fn inspect(
                 host,
                 port,
                 client_h2,
+                tls: true,
+                rules: true,
             };
             Ok::<_, hyper::Error>(handle(ctx, grant, who, t, sender, relays, req).await)
         }
     });
-    generation.mark_unchanged();
     let io = TokioIo::new(tls);
     if client_h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -190,14 +217,43 @@ struct Target {
     host: String,
     port: u16,
     client_h2: bool,
+    /// `https` (an inspected tunnel) or `http` (a forwarded request).
+    tls: bool,
+    /// Apply the endpoint's rules (and log each request).
+    rules: bool,
 }
 
 impl Target {
+    fn default_port(&self) -> u16 {
+        if self.tls { 443 } else { 80 }
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
+    /// Does `authority` (a Host header or a URI's) name this target's host and port?
+    fn names(&self, authority: &str) -> bool {
+        authority
+            .parse::<hyper::http::uri::Authority>()
+            .ok()
+            .filter(|a| !a.as_str().contains('@'))
+            .is_some_and(|a| {
+                normalize_name(a.host()).as_deref() == Some(self.host.as_str())
+                    && a.port_u16().unwrap_or(self.default_port()) == self.port
+            })
+    }
+
     fn authority(&self) -> String {
-        if self.port == 443 {
-            self.host.clone()
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
         } else {
-            format!("{}:{}", self.host, self.port)
+            self.host.clone()
+        };
+        if self.port == self.default_port() {
+            host
+        } else {
+            format!("{host}:{}", self.port)
         }
     }
 }
@@ -237,6 +293,10 @@ fn for_upstream(mut req: Request<Incoming>, h2: bool, t: &Target) -> Request<Inc
             *req.uri_mut() = u;
         }
         *req.version_mut() = Version::HTTP_11;
+        // The proxy's own headers never travel on.
+        for k in ["proxy-connection", "proxy-authorization", "keep-alive"] {
+            req.headers_mut().remove(k);
+        }
         if !req.headers().contains_key(header::HOST)
             && let Ok(v) = header::HeaderValue::from_str(&authority)
         {
@@ -274,38 +334,60 @@ async fn handle(
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let url = format!("https://{host}{path}");
-    let strip_port = |h: &str| {
-        h.rsplit_once(':')
-            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(h, |(n, _)| n)
-            .to_ascii_lowercase()
-    };
+    let url = format!("{}://{}{path}", t.scheme(), t.authority());
     let host_header = req
         .headers()
-        .get(hyper::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(strip_port);
+        .get_all(header::HOST)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("\u{0}").to_string())
+        .collect::<Vec<_>>();
     // HTTP/2's :authority (and an absolute-form HTTP/1.1 target) name a host too.
-    let authority = req.uri().authority().map(|a| a.host().to_ascii_lowercase());
+    let authority = req.uri().authority().map(|a| a.as_str().to_string());
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .map(|v| v.to_str().unwrap_or("").to_string());
     // A request with both Content-Length and Transfer-Encoding is framed by chunked
     // (hyper drops the length) and its connection is closed after the response, so no
     // tail can be smuggled to the upstream as a request the rules never saw.
-    let verdict = if host_header.as_deref().is_some_and(|h| h != host) {
+    let verdict = if ctx.policy.current().version != grant.version {
+        Err((
+            "policy".to_string(),
+            "the policy changed since this connection was allowed; reconnect".to_string(),
+        ))
+    } else if host_header.len() > 1 || host_header.iter().any(|h| !t.names(h)) {
         Err((
             "host".to_string(),
             "the Host header does not name the CONNECT host (domain fronting)".to_string(),
         ))
-    } else if authority.as_deref().is_some_and(|h| h != host) {
+    } else if authority.as_deref().is_some_and(|a| !t.names(a)) {
         Err((
             "host".to_string(),
             "the request's authority does not name the CONNECT host (domain fronting)".to_string(),
         ))
+    } else if !t.rules {
+        Ok(())
+    } else if upgrade
+        .as_deref()
+        .is_some_and(|u| !u.eq_ignore_ascii_case("websocket"))
+    {
+        Err((
+            "upgrade".to_string(),
+            format!(
+                "only WebSocket upgrades are relayed (Upgrade: {}); other protocols would carry requests the rules never see",
+                upgrade.as_deref().unwrap_or_default()
+            ),
+        ))
     } else {
-        decide_request(&grant.endpoint, &method, &path, &query)
+        decide_request(&grant.endpoint, &method, &path, &query).map(|_| ())
     };
-    let audit = grant.endpoint.enforcement == Some(Enforcement::Audit);
+    // Audit mode logs what the rules would deny and lets it through; a stale policy or
+    // a request naming another host is refused in every mode.
+    let audit = t.rules
+        && grant.endpoint.enforcement == Some(Enforcement::Audit)
+        && !matches!(&verdict, Err((rule, _)) if rule == "policy" || rule == "host");
     match &verdict {
+        Ok(_) if !t.rules => {}
         Ok(_) => ctx
             .log
             .http(&method, &url, "ALLOWED", &who, Some(&grant.name), None),
@@ -388,4 +470,33 @@ async fn handle(
             for_client(resp, t.client_h2)
         }
     }
+}
+
+/// Forward one absolute-form `http://` request of the explicit proxy over `upstream`
+/// (already dialled and allowed): the same request path as an inspected tunnel's,
+/// without TLS; `rules` applies the endpoint's rules (a `protocol: rest` endpoint).
+pub async fn forward(
+    ctx: Arc<Context>,
+    grant: Grant,
+    req: Request<Incoming>,
+    upstream: TcpStream,
+    relays: watch::Receiver<u64>,
+    rules: bool,
+) -> Response<Body> {
+    let t = Target {
+        host: grant.host.clone(),
+        port: grant.port,
+        client_h2: false,
+        tls: false,
+        rules,
+    };
+    let sender: Sender = match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
+        Ok((s, conn)) => {
+            tokio::spawn(conn.with_upgrades());
+            Ok(Arc::new(Upstream::H1(Mutex::new(s))))
+        }
+        Err(e) => Err(format!("HTTP/1.1 to {}: {e}", t.host)),
+    };
+    let who = Arc::new(grant.who.clone());
+    handle(ctx, Arc::new(grant), who, t, sender, relays, req).await
 }

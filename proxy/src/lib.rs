@@ -15,6 +15,7 @@ pub mod dns;
 pub mod http;
 pub mod l7;
 pub mod log;
+pub mod prefixed;
 pub mod splice;
 pub mod state;
 pub mod tls;
@@ -34,7 +35,7 @@ pub use log::Logger;
 pub use state::PolicyState;
 
 /// The process that owns a sandbox connection.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     /// Pid as seen from the host.
     pub pid: u32,
@@ -42,8 +43,8 @@ pub struct Peer {
     pub exe: String,
     /// `exe`, then the executables of its ancestors (up to, not including, init).
     pub chain: Vec<String>,
-    /// SHA-256 of the executable's content.
-    pub sha256: Option<String>,
+    /// SHA-256 of the executable's content, or why it could not be computed.
+    pub sha256: Result<String, String>,
     /// Other programs holding the same socket (inherited or passed): not empty means
     /// the connection cannot be attributed to one program, and it is refused.
     pub shared_with: Vec<String>,
@@ -129,14 +130,23 @@ impl Context {
     }
 
     /// Who owns the connection, and whether its binary still is the one first seen at
-    /// that path (SHA-256 pinning). Unknown owners get an empty chain (matching only
-    /// `/**`-free policies: i.e. nothing).
-    pub fn who(&self, agent: SocketAddr, remote: SocketAddr) -> (Peer, Result<(), String>) {
-        let Some(peer) = self.identify.identify(agent, remote) else {
+    /// that path (SHA-256 pinning). Unknown owners get an empty chain (matching no
+    /// policy). The lookup reads /proc and may hash a new executable: it runs on the
+    /// blocking pool, never on the threads serving other connections.
+    pub async fn who(&self, agent: SocketAddr, remote: SocketAddr) -> (Peer, Result<(), String>) {
+        let identify = self.identify.clone();
+        let found = tokio::task::spawn_blocking(move || identify.identify(agent, remote))
+            .await
+            .ok()
+            .flatten();
+        let Some(peer) = found else {
             return (
                 Peer {
+                    pid: 0,
                     exe: "?".into(),
-                    ..Default::default()
+                    chain: Vec::new(),
+                    sha256: Err("unknown process".into()),
+                    shared_with: Vec::new(),
                 },
                 Err("the connection's process could not be identified".into()),
             );
@@ -149,7 +159,7 @@ impl Context {
             return (peer, Err(err));
         }
         let pinned = match &peer.sha256 {
-            Some(h) => {
+            Ok(h) => {
                 let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
                 let first = pins.entry(peer.exe.clone()).or_insert_with(|| h.clone());
                 if first == h {
@@ -161,10 +171,35 @@ impl Context {
                     ))
                 }
             }
-            None => Err(format!("could not read {} to check its sha256", peer.exe)),
+            Err(e) => Err(e.clone()),
         };
         (peer, pinned)
     }
+}
+
+/// A host name as the policy and the resolver see it: ASCII lower-case, one trailing
+/// dot dropped, at most 253 bytes in labels of 1 to 63 letters, digits, `-` or `_`; or
+/// an IP literal (brackets of `[v6]` removed). `None` for anything else, which is
+/// refused before any policy lookup or resolution (a name the host's resolver would
+/// treat differently from the policy, e.g. `api.test.openshell.` with its dot or
+/// `%`-escapes, never reaches it).
+pub fn normalize_name(raw: &str) -> Option<String> {
+    let unbracketed = raw
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(raw);
+    if let Ok(ip) = unbracketed.parse::<IpAddr>() {
+        return Some(ip.to_string());
+    }
+    let name = raw.strip_suffix('.').unwrap_or(raw).to_ascii_lowercase();
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            (1..=63).contains(&l.len())
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        });
+    ok.then_some(name)
 }
 
 /// Why a dial failed: a policy refusal (403) or an unreachable upstream (502).
@@ -242,12 +277,14 @@ pub async fn dial(
 }
 
 /// Relay both ways until either side closes, or until the policy changes.
+///
+/// `generation` was taken when the connection was accepted: a change since then (even
+/// one during the TLS handshake or the upstream dial) ends the relay at once.
 pub async fn relay<A, B>(a: &mut A, b: &mut B, mut generation: watch::Receiver<u64>, bulk: bool)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    generation.mark_unchanged();
     // Tunnels carry bulk transfers: large buffers. A forwarded request/response pair is
     // small and short-lived: allocating (and zeroing) large buffers would dominate it.
     let size = if bulk { 256 * 1024 } else { 16 * 1024 };
@@ -304,4 +341,37 @@ pub async fn serve(
     explicit.abort();
     redirected.abort();
     resolver.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_name;
+
+    #[test]
+    fn names_are_normalised_or_refused() {
+        let n = |s: &str| normalize_name(s);
+        assert_eq!(
+            n("API.Test.OpenShell.").as_deref(),
+            Some("api.test.openshell")
+        );
+        assert_eq!(n("_acme-x.a1.com").as_deref(), Some("_acme-x.a1.com"));
+        assert_eq!(n("[::1]").as_deref(), Some("::1"));
+        assert_eq!(n("10.0.0.1").as_deref(), Some("10.0.0.1"));
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "a.b..",
+            "api%2etest",
+            "a b",
+            "a\0b",
+            "ünï.com",
+            "a/b",
+            "*.com",
+        ] {
+            assert_eq!(n(bad), None, "{bad:?}");
+        }
+        assert_eq!(n(&"a".repeat(64)), None);
+        assert_eq!(n(&["a"; 130].join(".")), None);
+    }
 }

@@ -80,9 +80,8 @@ async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
 }
 
 /// Relay both ways with splice until both sides are done (or one fails), or until the
-/// policy changes.
+/// policy changes (since `generation` was taken, when the connection was accepted).
 pub async fn relay(a: &TcpStream, b: &TcpStream, mut generation: watch::Receiver<u64>) {
-    generation.mark_unchanged();
     tokio::select! {
         _ = async { tokio::join!(one_way(a, b), one_way(b, a)) } => {}
         _ = generation.changed() => {}

@@ -21,6 +21,9 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use openshell_proxy::{Identify, Peer};
 
+/// Largest executable whose SHA-256 is computed (larger ones are refused, not hashed).
+const MAX_HASHED: u64 = 1 << 30;
+
 /// dev, inode, mtime (s, ns), size: one version of a file.
 type FileVersion = (u64, u64, i64, i64, u64);
 
@@ -163,8 +166,10 @@ impl SandboxProcs {
         after.split_whitespace().nth(1)?.parse().ok()
     }
 
-    fn sha256(&self, procfs: &OwnedFd, pid: u32) -> Option<String> {
+    fn sha256(&self, procfs: &OwnedFd, pid: u32) -> Result<String, String> {
         let exe = format!("{pid}/exe");
+        let unreadable =
+            || format!("could not read the executable of pid {pid} to check its sha256");
         // Rewritten in place within the same second keeps dev/ino/mtime: nanoseconds and
         // size tell the versions apart.
         let key = |st: &nix::sys::stat::FileStat| -> FileVersion {
@@ -184,10 +189,10 @@ impl SandboxProcs {
                 .cloned()
         };
         // Known version: one stat through the link, no open.
-        let st =
-            nix::sys::stat::fstatat(procfs, exe.as_str(), nix::fcntl::AtFlags::empty()).ok()?;
+        let st = nix::sys::stat::fstatat(procfs, exe.as_str(), nix::fcntl::AtFlags::empty())
+            .map_err(|_| unreadable())?;
         if let Some(h) = cached(&key(&st)) {
-            return Some(h);
+            return Ok(h);
         }
         // New: hash what is opened, filed under that file's own version.
         let fd = nix::fcntl::openat(
@@ -196,15 +201,33 @@ impl SandboxProcs {
             OFlag::O_RDONLY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .ok()?;
-        let k = key(&nix::sys::stat::fstat(&fd).ok()?);
-        let mut f = std::fs::File::from(fd);
+        .map_err(|_| unreadable())?;
+        let st = nix::sys::stat::fstat(&fd).map_err(|_| unreadable())?;
+        // A sandboxed program controls its executable: a huge (or sparse) file must not
+        // keep the proxy hashing. Checked before reading and again while reading (the
+        // file may grow).
+        let too_big = || {
+            format!(
+                "the executable of pid {pid} is larger than {} MiB and is not hashed",
+                MAX_HASHED >> 20
+            )
+        };
+        if st.st_size as u64 > MAX_HASHED {
+            return Err(too_big());
+        }
+        let k = key(&st);
+        let mut f = std::io::Read::take(std::fs::File::from(fd), MAX_HASHED + 1);
         let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
         let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
         loop {
-            let n = std::io::Read::read(&mut f, &mut buf).ok()?;
+            let n = std::io::Read::read(&mut f, &mut buf).map_err(|_| unreadable())?;
             if n == 0 {
                 break;
+            }
+            total += n as u64;
+            if total > MAX_HASHED {
+                return Err(too_big());
             }
             sha2::Digest::update(&mut hasher, &buf[..n]);
         }
@@ -216,7 +239,7 @@ impl SandboxProcs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(k, h.clone());
-        Some(h)
+        Ok(h)
     }
 }
 
