@@ -293,15 +293,23 @@ fn domain_fronting_smuggling_and_oversized_heads_are_refused() {
     );
     let big =
         format!("b'GET /x HTTP/1.1\\r\\nHost: {host}\\r\\nX: ' + b'a' * 20000 + b'\\r\\n\\r\\n'");
+    // An h2c upgrade would carry HTTP/2 requests the rules never see; a Host naming
+    // another port of the same name is another site.
+    let h2c = format!(
+        "b'GET /x HTTP/1.1\\r\\nHost: {host}\\r\\nConnection: Upgrade, HTTP2-Settings\\r\\nUpgrade: h2c\\r\\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\\r\\n\\r\\n'"
+    );
+    let port = format!("b'GET /x HTTP/1.1\\r\\nHost: {host}:8443\\r\\n\\r\\n'");
     let script = format!(
         "python3 /sandbox/probe.py {host} {other} \"{get}\"
          python3 /sandbox/probe.py {host} {host} \"{smuggle}\"
          python3 /sandbox/probe.py {host} {host} \"{big}\"
-         curl --http1.1 -sS -o /dev/null -w '%{{http_code}}\\n' -H 'Host: {other}' https://{host}/x"
+         curl --http1.1 -sS -o /dev/null -w '%{{http_code}}\\n' -H 'Host: {other}' https://{host}/x
+         python3 /sandbox/probe.py {host} {host} \"{h2c}\"
+         python3 /sandbox/probe.py {host} {host} \"{port}\""
     );
     let out = t.run_with(&p, &["--mount", &probe], &script);
     let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
-    assert_eq!(lines.len(), 4, "{lines:?} {}", stderr(&out));
+    assert_eq!(lines.len(), 6, "{lines:?} {}", stderr(&out));
     assert!(
         lines[0].starts_with("closed"),
         "SNI fronting was answered: {lines:?}"
@@ -315,6 +323,11 @@ fn domain_fronting_smuggling_and_oversized_heads_are_refused() {
         "{lines:?}"
     );
     assert_eq!(lines[3], "403", "Host header fronting: {lines:?}");
+    assert_eq!(lines[4], "HTTP/1.1 403 Forbidden", "h2c upgrade: {lines:?}");
+    assert_eq!(
+        lines[5], "HTTP/1.1 403 Forbidden",
+        "Host with another port: {lines:?}"
+    );
     let log = t.log();
     assert!(
         log.contains("TLS SNI does not name the CONNECT host (domain fronting)"),
@@ -322,6 +335,10 @@ fn domain_fronting_smuggling_and_oversized_heads_are_refused() {
     );
     assert!(
         log.contains("the Host header does not name the CONNECT host (domain fronting)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("only WebSocket upgrades are relayed (Upgrade: h2c)"),
         "{log}"
     );
     // The smuggled request never reached the upstream: hyper closes a connection whose

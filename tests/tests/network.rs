@@ -291,6 +291,123 @@ fn forward_proxy_and_malformed_requests() {
     assert_eq!(lines[6], "502");
 }
 
+/// Requests two HTTP parsers could read differently, a Host naming another host than
+/// the URI, pipelined tails: refused (or never forwarded) by the explicit proxy, on a
+/// plain endpoint and on a `protocol: rest` one (whose rules then decide each request).
+#[test]
+fn forward_proxy_refuses_ambiguous_requests_and_fronting() {
+    need_upstream!();
+    let n = Net::new();
+    let host = up("OS_UPSTREAM_HOST");
+    let other = up("OS_UPSTREAM_OTHER_HOST");
+    let rest = format!(
+        "      - {{ host: \"{other}\", port: 80, protocol: rest, rules: [{{ allow: {{ method: GET, path: /x }} }}] }}\n"
+    );
+    let p = policy(&[ep(&host, 80), rest].concat(), &bin("/**"));
+    // Prints every status line the proxy (or the upstream) answered, then "end".
+    let raw = |req: &str| {
+        format!(
+            "python3 -c 'import socket,sys\ns=socket.create_connection((\"10.200.0.1\",3128)); s.settimeout(10); s.sendall(sys.argv[1].encode().decode(\"unicode_escape\").encode())\nd=b\"\"\nwhile True:\n  c=s.recv(65536)\n  if not c: break\n  d+=c\nprint(\" | \".join(l.decode() for l in d.split(b\"\\r\\n\") if l.startswith(b\"HTTP/1.\")) or \"closed\")' '{req}'"
+        )
+    };
+    let u = format!("http://{host}");
+    let cases = [
+        // Bare LF: a parser splitting on LF sees a second header (or request).
+        format!("GET {u}/a HTTP/1.1\\r\\nHost: {host}\\nX-Smuggled: 1\\r\\n\\r\\n"),
+        // Bare CR.
+        format!("GET {u}/a HTTP/1.1\\r\\nHost: {host}\\rX: 1\\r\\n\\r\\n"),
+        // obs-fold.
+        format!("GET {u}/a HTTP/1.1\\r\\nHost: {host}\\r\\n X: 1\\r\\n\\r\\n"),
+        // CL.TE and TE.CL.
+        format!(
+            "POST {u}/a HTTP/1.1\\r\\nHost: {host}\\r\\nContent-Length: 4\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\n"
+        ),
+        format!(
+            "POST {u}/a HTTP/1.1\\r\\nHost: {host}\\r\\nTransfer-Encoding: chunked\\r\\nTransfer-Encoding: identity\\r\\n\\r\\n0\\r\\n\\r\\n"
+        ),
+        format!(
+            "POST {u}/a HTTP/1.1\\r\\nHost: {host}\\r\\nContent-Length: 1\\r\\nContent-Length: 40\\r\\n\\r\\nx"
+        ),
+        // Host fronting: another name, another port.
+        format!("GET {u}/a HTTP/1.1\\r\\nHost: {other}\\r\\n\\r\\n"),
+        format!("GET {u}/a HTTP/1.1\\r\\nHost: {host}:81\\r\\n\\r\\n"),
+        // Userinfo, an escaped name.
+        format!("GET http://x@{host}/a HTTP/1.1\\r\\nHost: {host}\\r\\n\\r\\n"),
+        "GET http://api%2etest.openshell/a HTTP/1.1\\r\\n\\r\\n".to_string(),
+        // A pipelined tail is never forwarded: one request per connection.
+        format!(
+            "GET {u}/first HTTP/1.1\\r\\nHost: {host}\\r\\n\\r\\nGET {u}/second HTTP/1.1\\r\\nHost: {host}\\r\\n\\r\\n"
+        ),
+    ];
+    let mut script: Vec<String> = cases.iter().map(|c| raw(c)).collect();
+    let code = "curl -sS -m 10 -o /dev/null -w '%{http_code}\\n'";
+    // A name in another spelling (case, final dot) is the same name: allowed, and
+    // resolved as the policy's name (never the dotted one by the host's resolver).
+    let upper = host.to_ascii_uppercase();
+    script.push(format!("{code} http://{upper}./"));
+    // protocol: rest on a forwarded request: rules decide; h2c upgrades are refused.
+    script.push(format!("{code} http://{other}/x"));
+    script.push(format!("{code} http://{other}/y"));
+    script.push(format!("{code} --http2 http://{other}/x"));
+    let out = n.run(Some(&p), &script.join("; "));
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    let want = [
+        "HTTP/1.1 400 Bad Request",
+        "HTTP/1.1 400 Bad Request",
+        "HTTP/1.1 400 Bad Request",
+        "HTTP/1.1 400 Bad Request",
+        "HTTP/1.1 400 Bad Request",
+        "HTTP/1.1 400 Bad Request",
+        "HTTP/1.1 403 Forbidden",
+        "HTTP/1.1 403 Forbidden",
+        "HTTP/1.1 400 Bad Request",
+        "HTTP/1.1 400 Bad Request",
+        "HTTP/1.1 200 OK",
+        "200",
+        "200",
+        "403",
+        "403",
+    ];
+    assert_eq!(lines, want, "{}", stderr(&out));
+    let log = n.log();
+    assert!(
+        log.contains("NET:OPEN ALLOWED") && log.contains(&format!("-> {host}:80")),
+        "{log}"
+    );
+    assert!(!log.contains(&upper), "the name was not normalised: {log}");
+    assert!(log.contains("only WebSocket upgrades are relayed"), "{log}");
+    assert!(
+        log.contains(&format!("DENIED GET http://{other}/y")),
+        "{log}"
+    );
+}
+
+/// A program whose executable is too large to hash (here a sparse 1.1 GiB copy of
+/// curl) is refused with the reason, and the proxy keeps serving everyone else.
+#[test]
+fn a_huge_executable_is_refused_without_stalling_the_proxy() {
+    need_upstream!();
+    let n = Net::new();
+    let host = up("OS_UPSTREAM_HOST");
+    let p = policy(&ep(&host, 80), &bin("/**"));
+    let code = "-sS -m 20 -o /dev/null -w";
+    let script = format!(
+        "cp /usr/bin/curl /sandbox/big && truncate -s 1100M /sandbox/big && \
+         /sandbox/big {code} 'big=%{{http_code}}\\n' http://{host}/ & \
+         curl {code} 'curl=%{{http_code}}\\n' http://{host}/; wait"
+    );
+    let out = n.run(Some(&p), &script);
+    let text = stdout(&out);
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["big=403", "curl=200"], "{}", stderr(&out));
+    assert!(
+        n.log().contains("larger than 1024 MiB and is not hashed"),
+        "{}",
+        n.log()
+    );
+}
+
 #[test]
 fn bypass_is_refused_and_logged_transparent_tcp_is_relayed() {
     need_upstream!();
@@ -437,8 +554,16 @@ fn hot_reload_changes_decisions_closes_old_tunnels_and_keeps_a_good_policy() {
     let n = Net::new();
     let host = up("OS_UPSTREAM_HOST");
     let tcp_host = up("OS_UPSTREAM_TCP").split(':').next().unwrap().to_string();
+    // An inspected endpoint too: a tunnel to it whose TLS handshake starts after the
+    // reload must be closed as well (the change is not forgotten by the handshake).
+    let inspected =
+        format!("      - {{ host: \"{host}\", port: 443, protocol: rest, access: full }}\n");
     let v1 = policy(
-        &format!("      - {{ host: \"{tcp_host}\", port: 7777 }}\n"),
+        &[
+            format!("      - {{ host: \"{tcp_host}\", port: 7777 }}\n"),
+            inspected.clone(),
+        ]
+        .concat(),
         &bin("/**"),
     );
     // A long-lived tunnel opened under v1, and requests to a host v1 does not allow.
@@ -451,6 +576,22 @@ print('tunnel:', s.recv(100).split(b'\\r\\n')[0].decode(), flush=True)
 s.sendall(b'one\\n'); print('echo:', s.recv(100).decode().strip(), flush=True)
 s.settimeout(20)
 print('after reload:', s.recv(100) == b'' and 'closed' or 'open', flush=True)
+EOF
+python3 - <<'EOF' &
+import os, socket, ssl, time
+s = socket.create_connection(('10.200.0.1', 3128))
+s.sendall(b'CONNECT {host}:443 HTTP/1.1\\r\\nHost: {host}:443\\r\\n\\r\\n')
+print('inspected:', s.recv(100).split(b'\\r\\n')[0].decode(), flush=True)
+for i in range(200):
+    if os.path.exists('/sandbox/reloaded'): break
+    time.sleep(0.1)
+c = ssl.create_default_context(); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE
+try:
+    t = c.wrap_socket(s, server_hostname='{host}')
+    t.sendall(b'GET / HTTP/1.1\\r\\nHost: {host}\\r\\n\\r\\n')
+    print('inspected after reload:', t.recv(100) and 'answered' or 'closed', flush=True)
+except Exception as e:
+    print('inspected after reload: closed', type(e).__name__, flush=True)
 EOF
 sleep 1; touch /sandbox/ready
 for i in $(seq 1 60); do [ -e /sandbox/reloaded ] && break; sleep 0.2; done
@@ -498,6 +639,7 @@ wait"
         &[
             ep(&host, 80),
             format!("      - {{ host: \"{tcp_host}\", port: 7777 }}\n"),
+            inspected,
         ]
         .concat(),
         &bin("/**"),
@@ -527,6 +669,11 @@ wait"
     );
     assert!(text.contains("echo: one"), "{text}");
     assert!(text.contains("after reload: closed"), "{text}");
+    assert!(
+        text.contains("inspected: HTTP/1.1 200 Connection Established"),
+        "{text}"
+    );
+    assert!(text.contains("inspected after reload: closed"), "{text}");
     assert!(text.contains("after=200"), "{text}");
     let log = std::fs::read_to_string(dir.join("logs/openshell.log")).unwrap_or_default();
     assert!(log.contains("CONFIG:LOADED policy v2 sha256:"), "{log}");
