@@ -165,13 +165,18 @@ fn run(op: &MountOp, root: &Path) -> Result<(), FsError> {
             let r = root_fd(root)?;
             inroot::symlink(r.as_fd(), target, path).map_err(in_root(path))
         }
-        MountOp::Tmpfs { path, mode, noexec } => {
+        MountOp::Tmpfs {
+            path,
+            mode,
+            noexec,
+            size,
+        } => {
             let at = dir_in(root, path)?;
             let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
             if *noexec {
                 flags |= MsFlags::MS_NOEXEC;
             }
-            let data = format!("mode={mode:o}");
+            let data = format!("mode={mode:o},size={size}");
             mount_on(
                 Some(Path::new("tmpfs")),
                 &at,

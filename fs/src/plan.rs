@@ -21,6 +21,9 @@ pub enum MountOp {
         path: PathBuf,
         mode: u32,
         noexec: bool,
+        /// Largest content in bytes (`size=`); every tmpfs of a sandbox has one, so
+        /// files written there cannot take the host's memory.
+        size: u64,
     },
     /// A recursive bind of a host path.
     Bind {
@@ -96,7 +99,15 @@ pub struct RootSpec {
     /// Files of ours created wherever they go (the sandbox CA under /run/openshell):
     /// (sandbox path, host file), bound read-only.
     pub own_files: Vec<(PathBuf, PathBuf)>,
+    /// Size of the `/tmp` tmpfs in bytes.
+    pub tmp_size: u64,
+    /// Size of the `/dev/shm` tmpfs in bytes.
+    pub shm_size: u64,
 }
+
+/// Size of the tmpfs that only hold mount points, links and device nodes (the host
+/// view's `/`, `/dev`).
+pub const SCAFFOLD_SIZE: u64 = 4 << 20;
 
 /// The two halves of a plan: before and after pivot_root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +163,7 @@ pub fn host_view(facts: &HostFacts, spec: &RootSpec) -> MountPlan {
         path: p("/"),
         mode: 0o755,
         noexec: false,
+        size: SCAFFOLD_SIZE,
     }];
     for (name, link) in &facts.system {
         let path = Path::new("/").join(name);
@@ -219,6 +231,7 @@ fn common_tail(ops: &mut Vec<MountOp>, facts: &HostFacts, spec: &RootSpec, touch
         path: p("/dev"),
         mode: 0o755,
         noexec: true,
+        size: SCAFFOLD_SIZE,
     });
     for dev in DEVICES {
         let path = Path::new("/dev").join(dev);
@@ -249,6 +262,7 @@ fn common_tail(ops: &mut Vec<MountOp>, facts: &HostFacts, spec: &RootSpec, touch
         path: p("/dev/shm"),
         mode: 0o1777,
         noexec: true,
+        size: spec.shm_size,
     });
     for (name, target) in [
         ("fd", "/proc/self/fd"),
@@ -269,6 +283,7 @@ fn common_tail(ops: &mut Vec<MountOp>, facts: &HostFacts, spec: &RootSpec, touch
         path: p("/tmp"),
         mode: 0o1777,
         noexec: false,
+        size: spec.tmp_size,
     });
     ops.push(MountOp::Mkdir {
         path: p("/sandbox"),
@@ -399,6 +414,8 @@ mod tests {
             workspace: p("/state/ws"),
             etc_files: vec![(p("/etc/passwd"), p("/state/passwd"))],
             own_files: vec![],
+            tmp_size: 1 << 30,
+            shm_size: 1 << 29,
             mounts: vec![UserMount {
                 src: p("/home/u/proj"),
                 dest: p("/work"),
@@ -421,7 +438,8 @@ mod tests {
             MountOp::Tmpfs {
                 path: p("/"),
                 mode: 0o755,
-                noexec: false
+                noexec: false,
+                size: SCAFFOLD_SIZE
             }
         );
         assert_eq!(

@@ -137,6 +137,12 @@ pub fn exec(dir: &Path, rec: &Record, req: &ExecRequest) -> Result<i32, String> 
         setgroups: ids.setgroups_allowed(),
         landlock,
         seccomp: crate::seccomp::compile(&crate::seccomp::rules()),
+        // The sandbox's limits: its cgroup (joined below) or the same rlimits.
+        rlimits: (rec.enforced.limits.cgroups.is_empty() && rec.enforced.limits.pids > 0)
+            .then_some(crate::spawn::ProcessLimits {
+                nproc: rec.enforced.limits.pids,
+                data: rec.enforced.limits.memory,
+            }),
     };
     let mut env = load_env(dir)?;
     if req.tty {
@@ -173,6 +179,9 @@ pub fn exec(dir: &Path, rec: &Record, req: &ExecRequest) -> Result<i32, String> 
     if ppid(init) != Some(sup.pid) {
         return Err(format!("sandbox {name}: its init (pid {init}) is gone"));
     }
+    // Into the sandbox's cgroup while host paths still resolve: what we fork follows.
+    crate::limits::join(&rec.enforced.limits.cgroups, std::process::id() as i32)
+        .map_err(|e| format!("sandbox {name}: {e}"))?;
     for (fd, flag, kind) in &fds {
         setns(fd.as_fd(), *flag)
             .map_err(|e| format!("sandbox {name}: join its {kind} namespace: {e}"))?;

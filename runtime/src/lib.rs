@@ -13,6 +13,7 @@ pub mod identity;
 pub mod idmap;
 pub mod image;
 pub mod init;
+pub mod limits;
 pub mod netsvc;
 pub mod proctitle;
 pub mod record;

@@ -193,6 +193,9 @@ pub struct Enforced {
     pub id_mode: String,
     /// Working directory inside.
     pub workdir: String,
+    /// Resource limits and how they were applied.
+    #[serde(default)]
+    pub limits: crate::limits::Applied,
 }
 
 /// Seconds since the epoch.

@@ -63,6 +63,8 @@ pub struct RunOptions {
     pub reuse: bool,
     /// User labels, recorded for `sandbox list --selector`.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// `--memory`, `--cpus`, `--pids` (defaults when absent).
+    pub limits: crate::limits::LimitRequest,
 }
 
 /// `run` failed before the command could start.
@@ -314,6 +316,15 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         material,
     };
     let ident = cleanup.ident;
+    // Limits: a cgroup of the sandbox's own where this host gives one, rlimits else.
+    let mut limits = crate::limits::resolve(&opts.limits);
+    let cgroup = crate::limits::Cgroup::create(&name, &mut limits);
+    if cgroup.is_none() && limits.cpus_milli.is_some() {
+        limits.cpus_milli = None;
+        let note = "--cpus not applied: it needs a cgroup of the sandbox's own, which this host does not give (see `openshell sandbox explain`)";
+        eprintln!("openshell: warning: {note}");
+        limits.notes.push(note.into());
+    }
     let mut record = Record {
         name: name.clone(),
         image: opts
@@ -338,6 +349,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             landlock_dropped: missing.iter().map(|m| m.to_string()).collect(),
             id_mode: ids.mode.to_string(),
             workdir: workdir.clone(),
+            limits: limits.clone(),
         },
     };
     // Only a kept sandbox's files must survive a crash of the host (fsync).
@@ -408,6 +420,8 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             .as_ref()
             .map(|t| t.own_files.clone())
             .unwrap_or_default(),
+        tmp_size: limits.tmp,
+        shm_size: limits.shm,
     };
     let mounts = match &opts.image {
         None => openshell_fs::plan::host_view(&openshell_fs::host_facts(), &spec),
@@ -435,6 +449,10 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             l
         },
         seccomp: crate::seccomp::compile(&crate::seccomp::rules()),
+        rlimits: cgroup.is_none().then_some(crate::spawn::ProcessLimits {
+            nproc: limits.pids,
+            data: limits.memory,
+        }),
     };
     let tty = opts.tty.unwrap_or_else(|| {
         nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
@@ -525,7 +543,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             let _ = r.save_as(&dir.path, durable);
         }
     };
-    let result = start_and_wait(&cfg, &ids, net_setup, &mut |init| {
+    let result = start_and_wait(&cfg, &ids, cgroup.as_ref(), net_setup, &mut |init| {
         ready(&mut record.clone(), init)
     })
     .map_err(|e| {

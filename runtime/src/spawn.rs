@@ -47,6 +47,24 @@ pub struct Confinement {
     pub landlock: LandlockPlan,
     /// Compiled seccomp program.
     pub seccomp: Vec<sock_filter>,
+    /// Limits set as rlimits (where the sandbox has no cgroup of its own).
+    pub rlimits: Option<ProcessLimits>,
+}
+
+/// The rlimits standing in for a cgroup (docs/security.md, "Resources").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessLimits {
+    /// `RLIMIT_NPROC`: processes of the sandbox user in its user namespace.
+    pub nproc: u64,
+    /// `RLIMIT_DATA`: memory of each process.
+    pub data: u64,
+}
+
+/// Lower `res` to `v` (soft and hard); an rlimit can only be lowered here.
+fn lower(res: nix::sys::resource::Resource, v: u64) -> Result<(), Errno> {
+    let (_, hard) = nix::sys::resource::getrlimit(res)?;
+    let v = v.min(hard);
+    nix::sys::resource::setrlimit(res, v, v)
 }
 
 /// Confine this process and exec. Never returns.
@@ -121,6 +139,11 @@ fn confine(
     }
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)
         .map_err(setup("RLIMIT_CORE"))?;
+    if let Some(l) = conf.rlimits {
+        lower(nix::sys::resource::Resource::RLIMIT_NPROC, l.nproc)
+            .map_err(setup("RLIMIT_NPROC"))?;
+        lower(nix::sys::resource::Resource::RLIMIT_DATA, l.data).map_err(setup("RLIMIT_DATA"))?;
+    }
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     nix::unistd::chdir(&spec.cwd).map_err(|e| {

@@ -32,6 +32,7 @@ pub(crate) struct NetSetup {
 pub(crate) fn start_and_wait(
     cfg: &InitConfig,
     ids: &idmap::IdPlan,
+    cgroup: Option<&crate::limits::Cgroup>,
     net: Option<NetSetup>,
     on_ready: &mut dyn FnMut(i32),
 ) -> Result<i32, RunError> {
@@ -88,6 +89,14 @@ pub(crate) fn start_and_wait(
         let _ = nix::sys::signal::kill(init_pid, Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(init_pid, None);
         return Err(e.into());
+    }
+    // Into the sandbox's cgroup before init starts anything: all it forks follows.
+    if let Some(cg) = cgroup
+        && let Err(e) = cg.add(init_pid.as_raw())
+    {
+        let _ = nix::sys::signal::kill(init_pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(init_pid, None);
+        return Err(RunError::Invalid(e));
     }
     nix::unistd::write(&ours, &[msg::GO]).map_err(sys("release init"))?;
     let mut master = None;

@@ -1,6 +1,7 @@
 //! `openshell sandbox explain NAME`: the effective policy of a sandbox and what this
 //! kernel actually enforces of it — the Landlock ABI and what `best_effort` dropped,
-//! the paths granted, seccomp, identity and id mapping, the network mode.
+//! the paths granted, seccomp, identity and id mapping, resource limits and how they
+//! were applied (cgroup or rlimits), the network mode.
 //!
 //! Read from the sandbox's record (what was decided when it started) and its stored
 //! policy, so it answers for stopped sandboxes too.
@@ -22,6 +23,7 @@ struct Explained {
     landlock: Landlock,
     seccomp: Seccomp,
     process: Vec<&'static str>,
+    limits: openshell_runtime::limits::Applied,
     network: Network,
 }
 
@@ -95,6 +97,7 @@ fn explain(e: &Entry, r: &Record, policy: &Policy) -> Explained {
             "core dumps off (RLIMIT_CORE 0)",
             "own pid, mount, ipc, uts, cgroup and user namespaces",
         ],
+        limits: en.limits.clone(),
         network: Network {
             mode: match r.network.as_str() {
                 "proxy" => {
@@ -154,6 +157,27 @@ pub fn run(name: &str, format: Format) -> i32 {
         x.seccomp.refused_syscall_rules
     );
     println!("Process:   {}", x.process.join("; "));
+    let lim = &x.limits;
+    if lim.pids == 0 {
+        println!("Limits:    none recorded (the sandbox was made by an older openshell)");
+    } else {
+        use openshell_runtime::limits::human;
+        let cpus = lim.cpus_milli.map_or_else(
+            || "all".to_string(),
+            |m| format!("{}", f64::from(m) / 1000.0),
+        );
+        println!(
+            "Limits:    memory {}, cpus {cpus}, pids {}; /tmp {}, /dev/shm {} (by {})",
+            human(lim.memory),
+            lim.pids,
+            human(lim.tmp),
+            human(lim.shm),
+            lim.how
+        );
+        for n in &lim.notes {
+            println!("  {n}");
+        }
+    }
     println!("Network:   {}", x.network.mode);
     if !x.network.policies.is_empty() {
         println!("  policies: {}", x.network.policies.join(", "));

@@ -90,6 +90,16 @@ pub struct RunArgs {
     /// (`protocol: rest`) endpoints, besides the host's store. Repeatable.
     #[arg(long, value_name = "FILE")]
     pub upstream_ca: Vec<PathBuf>,
+    /// Memory limit of the whole sandbox: 512m, 4g, 4Gi (default: half the host's
+    /// memory, at most 8 GiB). /tmp gets half of it, /dev/shm a quarter.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// CPU limit: 2, 1.5, 500m (default: none). Needs a cgroup of the sandbox's own.
+    #[arg(long, visible_alias = "cpu", value_name = "CPUS")]
+    pub cpus: Option<String>,
+    /// Most processes and threads at once (default 4096).
+    #[arg(long, value_name = "N")]
+    pub pids: Option<String>,
     /// Allocate a pty even when not on a terminal (-t) ...
     #[arg(long, short = 't', conflicts_with = "no_tty")]
     pub tty: bool,
@@ -161,7 +171,25 @@ pub fn options(args: RunArgs) -> Result<RunOptions, String> {
         .as_deref()
         .map(|f| resolve_image(f, args.pull, &args.registry))
         .transpose()?;
+    let limits = openshell_runtime::limits::LimitRequest {
+        memory: args
+            .memory
+            .as_deref()
+            .map(openshell_runtime::limits::parse_memory)
+            .transpose()?,
+        cpus_milli: args
+            .cpus
+            .as_deref()
+            .map(openshell_runtime::limits::parse_cpus)
+            .transpose()?,
+        pids: args
+            .pids
+            .as_deref()
+            .map(openshell_runtime::limits::parse_pids)
+            .transpose()?,
+    };
     Ok(RunOptions {
+        limits,
         network: args.network == NetworkArg::Proxy,
         verbose: args.verbose,
         log_dir: args.log_dir,
