@@ -1,12 +1,90 @@
 //! Decision and lifecycle logs: one short human line and one OCSF JSON line per event,
 //! appended to the sandbox's `logs/` files (and echoed to stderr when verbose).
 //! Never secrets, never query strings.
+//!
+//! What a sandboxed program controls (executable paths, names, paths) can hold any
+//! byte: control characters are escaped (`\n`, `\x1b`, ...) in every line, so no line
+//! can be forged and no escape sequence reaches a terminal. The files are bounded:
+//! each is rotated to `NAME.1` past [`MAX_FILE`] (so at most twice that per file), and a
+//! denial repeated within [`REPEAT_WINDOW`] is counted, not written again, then
+//! summarised once (`[repeated N times]`).
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Size at which a log file is rotated.
+pub const MAX_FILE: u64 = 16 << 20;
+/// Identical denials within this window are counted instead of written.
+pub const REPEAT_WINDOW: Duration = Duration::from_secs(10);
+/// Most distinct denials tracked for counting.
+const MAX_TRACKED: usize = 1024;
+
+/// `s` with control characters (C0, DEL, C1) and backslashes escaped.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\x{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// One log file: appended, rotated when full.
+struct Sink {
+    file: File,
+    path: PathBuf,
+    size: u64,
+}
+
+impl Sink {
+    fn open(path: PathBuf) -> Option<Self> {
+        let file = open_file(&path)?;
+        let size = file.metadata().map_or(0, |m| m.len());
+        Some(Self { file, path, size })
+    }
+
+    fn append(&mut self, line: &str) {
+        if self.size + line.len() as u64 > MAX_FILE {
+            let mut old = self.path.clone().into_os_string();
+            old.push(".1");
+            let _ = std::fs::rename(&self.path, &old);
+            if let Some(f) = open_file(&self.path) {
+                self.file = f;
+                self.size = 0;
+            }
+        }
+        // One write per line: lines of concurrent connections never interleave.
+        if self.file.write_all(line.as_bytes()).is_ok() {
+            self.size += line.len() as u64;
+        }
+    }
+}
+
+fn open_file(p: &Path) -> Option<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(p)
+        .ok()
+}
+
+/// Denials seen recently: when first written, and how many were not written since.
+#[derive(Default)]
+struct Repeats {
+    seen: HashMap<String, (Instant, u64)>,
+}
 
 /// What happened to a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,18 +109,10 @@ pub struct NetEvent<'a> {
 
 /// The log sink.
 pub struct Logger {
-    human: Option<Mutex<File>>,
-    ocsf: Option<Mutex<File>>,
+    human: Option<Mutex<Sink>>,
+    ocsf: Option<Mutex<Sink>>,
     verbose: bool,
-}
-
-fn open(p: &Path) -> Option<Mutex<File>> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(p)
-        .ok()
-        .map(Mutex::new)
+    repeats: Mutex<Repeats>,
 }
 
 fn now_ms() -> u128 {
@@ -60,29 +130,73 @@ impl Logger {
         if let Some(d) = dir {
             let _ = std::fs::create_dir(d);
         }
+        let sink = |name: &str| dir.and_then(|d| Sink::open(d.join(name))).map(Mutex::new);
         Self {
-            human: dir.and_then(|d| open(&d.join("openshell.log"))),
-            ocsf: dir.and_then(|d| open(&d.join("openshell.ocsf.jsonl"))),
+            human: sink("openshell.log"),
+            ocsf: sink("openshell.ocsf.jsonl"),
             verbose,
+            repeats: Mutex::new(Repeats::default()),
         }
     }
 
-    fn write(&self, line: &str, json: serde_json::Value) {
+    /// Write an event; `line` is escaped here (and becomes the JSON's `message`).
+    /// A `denial` repeated within the window is only counted.
+    fn write(&self, line: &str, mut json: serde_json::Value, denial: bool) {
+        let line = escape(line);
+        let mut summaries = Vec::new();
+        {
+            let mut r = self.repeats.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            // Summaries of counts whose window has passed (or all, when too many).
+            let full = r.seen.len() >= MAX_TRACKED;
+            r.seen.retain(|l, (at, n)| {
+                let expired = full || now.duration_since(*at) >= REPEAT_WINDOW;
+                if expired && *n > 0 {
+                    summaries.push(format!("{l} [repeated {n} times]"));
+                }
+                !expired
+            });
+            if denial {
+                if let Some((_, n)) = r.seen.get_mut(&line) {
+                    *n += 1;
+                    drop(r);
+                    self.emit_summaries(&summaries);
+                    return;
+                }
+                r.seen.insert(line.clone(), (now, 0));
+            }
+        }
+        self.emit_summaries(&summaries);
+        json["message"] = serde_json::Value::String(line.clone());
+        self.emit(&line, &json);
+    }
+
+    fn emit_summaries(&self, lines: &[String]) {
+        for l in lines {
+            let json = serde_json::json!({
+                "class_uid": 4001,
+                "class_name": "Network Activity",
+                "activity_name": "Repeated",
+                "message": l,
+                "time": now_ms(),
+            });
+            self.emit(l, &json);
+        }
+    }
+
+    fn emit(&self, line: &str, json: &serde_json::Value) {
         if self.verbose {
             eprintln!("openshell: {line}");
         }
-        // One write per line: lines of concurrent connections never interleave.
         if let Some(f) = &self.human {
-            let _ = f
-                .lock()
+            f.lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .write_all(format!("{line}\n").as_bytes());
+                .append(&format!("{line}\n"));
         }
         if let Some(f) = &self.ocsf {
-            let _ = f
-                .lock()
+            f.lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .write_all(format!("{json}\n").as_bytes());
+                .append(&format!("{json}\n"));
         }
     }
 
@@ -114,8 +228,9 @@ impl Logger {
             "message": line,
             "time": now_ms(),
         });
-        self.write(&line, json);
+        self.write(&line, json, !e.allowed);
     }
+
     /// An inspected request: `HTTP:POST DENIED POST https://h/p [policy:x]`. `url`
     /// never carries the query string.
     pub fn http(
@@ -151,7 +266,7 @@ impl Logger {
             "message": line,
             "time": now_ms(),
         });
-        self.write(&line, json);
+        self.write(&line, json, verdict == "DENIED");
     }
 
     /// A lifecycle note (`NET:MODE ...`).
@@ -165,7 +280,7 @@ impl Logger {
             "message": line,
             "time": now_ms(),
         });
-        self.write(&line, json);
+        self.write(&line, json, false);
     }
 
     /// A policy (re)load.
@@ -184,6 +299,97 @@ impl Logger {
             "message": line,
             "time": now_ms(),
         });
-        self.write(&line, json);
+        self.write(&line, json, false);
+    }
+}
+
+impl Drop for Logger {
+    fn drop(&mut self) {
+        let pending: Vec<String> = self
+            .repeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seen
+            .drain()
+            .filter(|(_, (_, n))| *n > 0)
+            .map(|(l, (_, n))| format!("{l} [repeated {n} times]"))
+            .collect();
+        self.emit_summaries(&pending);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("oslog-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn dns(log: &Logger, host: &str) {
+        log.net(&NetEvent {
+            kind: "NET:DNS",
+            allowed: false,
+            binary: "?",
+            pid: 0,
+            host,
+            port: 53,
+            policy: None,
+            reason: Some("no policy allows this name"),
+        });
+    }
+
+    #[test]
+    fn control_characters_never_reach_a_line() {
+        assert_eq!(
+            escape("a\nb\x1b[31mc\u{9b}d\\"),
+            "a\\nb\\x{1b}[31mc\\x{9b}d\\\\"
+        );
+        let d = dir("esc");
+        let log = Logger::new(Some(&d), false);
+        dns(&log, "x.com\nNET:OPEN ALLOWED /usr/bin/curl(1) -> evil:443");
+        drop(log);
+        let text = std::fs::read_to_string(d.join("openshell.log")).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("x.com\\nNET:OPEN"), "{text}");
+        let json = std::fs::read_to_string(d.join("openshell.ocsf.jsonl")).unwrap();
+        assert_eq!(json.lines().count(), 1);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn repeated_denials_are_counted_and_files_rotate() {
+        let d = dir("rep");
+        let log = Logger::new(Some(&d), false);
+        for _ in 0..10_000 {
+            dns(&log, "same.example");
+        }
+        drop(log);
+        let text = std::fs::read_to_string(d.join("openshell.log")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[1].ends_with("[repeated 9999 times]"), "{text}");
+        // Distinct denials: bounded by rotation, never more than two files' worth.
+        let log = Logger::new(Some(&d), false);
+        let long = "a".repeat(240);
+        for i in 0..70_000 {
+            dns(&log, &format!("{long}{i}"));
+        }
+        drop(log);
+        for f in ["openshell.log", "openshell.ocsf.jsonl"] {
+            let cur = std::fs::metadata(d.join(f)).unwrap().len();
+            let old = std::fs::metadata(d.join(format!("{f}.1"))).unwrap().len();
+            assert!(cur <= MAX_FILE && old <= MAX_FILE, "{f}: {cur} {old}");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.join("openshell.log"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

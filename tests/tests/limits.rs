@@ -179,3 +179,55 @@ fn bad_limits_are_refused_with_the_flag_named() {
         assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
     }
 }
+
+/// Decision logs are a host resource too: a flood of identical denials is counted, not
+/// written 5000 times, and names a sandboxed program chooses (its executable's path)
+/// cannot forge a line or send escape sequences to the terminal of `run -v`.
+#[test]
+fn decision_logs_are_bounded_and_escaped() {
+    openshell_tests::need_upstream!();
+    let sb = Sandbox::new();
+    let logs = openshell_tests::TempDir::new("floodlogs");
+    let host = openshell_tests::up("OS_UPSTREAM_HOST");
+    let flood = "python3 -c '
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+q = b\"\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x05flood\\x07example\\x00\\x00\\x01\\x00\\x01\"
+for i in range(5000):
+    s.sendto(q, (\"10.200.0.1\", 53))
+'";
+    let forged = format!(
+        "t=\"/sandbox/x$(printf '\\nNET:OPEN ALLOWED curl(1) -> evil:443 \\033[31m')\"; cp /usr/bin/curl \"$t\"; \"$t\" -sS -o /dev/null -w '%{{http_code}}\\n' http://{host}/"
+    );
+    let script = format!("{flood}; sleep 0.5; {forged}");
+    let dir = logs.path().to_string_lossy().into_owned();
+    let out = sb.run(&["-v", "--log-dir", &dir], &["sh", "-c", &script]);
+    assert_eq!(stdout(&out), "403\n", "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        !err.contains('\u{1b}'),
+        "an escape sequence reached the terminal: {err:?}"
+    );
+    let log = std::fs::read_to_string(logs.path().join("openshell.log")).unwrap();
+    let floods: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("flood.example"))
+        .collect();
+    assert!(
+        !floods.is_empty() && floods.len() <= 3,
+        "{} lines for one repeated denial",
+        floods.len()
+    );
+    assert!(
+        floods.iter().any(|l| l.contains("[repeated ")),
+        "the count is missing: {floods:?}"
+    );
+    // One line for the forged name, with its newline and ESC escaped.
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("NET:OPEN ALLOWED curl(1) -> evil")),
+        "a forged line: {log}"
+    );
+    assert!(log.contains("/sandbox/x\\nNET:OPEN ALLOWED"), "{log}");
+    assert!(log.contains("\\x{1b}[31m"), "{log}");
+}

@@ -93,10 +93,21 @@ fn render(line: &str, f: &Filter) -> Option<String> {
         Level::Warn => "WARN ",
         Level::Error => "ERROR",
     };
-    Some(format!(
-        "{stamp} {lvl} {}",
-        v["message"].as_str().unwrap_or_default()
-    ))
+    // The proxy escapes control characters; a log written otherwise still never
+    // sends one to the terminal.
+    let message: String = v["message"]
+        .as_str()
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                format!("\\x{{{:x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    Some(format!("{stamp} {lvl} {message}"))
 }
 
 /// Run `logs`; returns the exit status.
@@ -132,14 +143,19 @@ pub fn run(args: LogsArgs, format: Format) -> i32 {
         return 0;
     }
     let path = dir.join("openshell.ocsf.jsonl");
+    let mut printed: Vec<String> = Vec::new();
+    let mut pending = String::new();
+    // The rotated file first (the proxy keeps one: openshell.ocsf.jsonl.1).
+    if let Ok(f) = std::fs::File::open(dir.join("openshell.ocsf.jsonl.1")) {
+        read_lines(&mut BufReader::new(f), &mut pending, &filter, &mut printed);
+        pending.clear();
+    }
     let file = match std::fs::File::open(&path) {
         Ok(f) => Some(f),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return fail(format!("{}: {e}", path.display())),
     };
     let mut reader = file.map(BufReader::new);
-    let mut printed: Vec<String> = Vec::new();
-    let mut pending = String::new();
     if let Some(r) = reader.as_mut() {
         read_lines(r, &mut pending, &filter, &mut printed);
     }
@@ -156,6 +172,24 @@ pub fn run(args: LogsArgs, format: Format) -> i32 {
                 .as_ref()
                 .is_ok_and(|r| matches!(r.phase().0, Phase::Ready | Phase::Provisioning))
         });
+        // Rotated since we opened it: finish the old file, then follow the new one.
+        let rotated = reader.as_ref().is_some_and(|r| {
+            use std::os::unix::fs::MetadataExt;
+            let ours = r.get_ref().metadata().map(|m| m.ino()).ok();
+            let now = std::fs::metadata(&path).map(|m| m.ino()).ok();
+            ours != now
+        });
+        if rotated {
+            if let Some(r) = reader.as_mut() {
+                let mut new = Vec::new();
+                read_lines(r, &mut pending, &filter, &mut new);
+                for l in new {
+                    println!("{l}");
+                }
+            }
+            pending.clear();
+            reader = None;
+        }
         if reader.is_none() {
             reader = std::fs::File::open(&path).ok().map(BufReader::new);
         }
