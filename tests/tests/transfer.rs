@@ -235,3 +235,292 @@ fn planted_symlinks_never_redirect_a_copy() {
     assert!(sb.cli(&["sandbox", "delete", "trap"]).status.success());
     child.wait().unwrap();
 }
+
+/// `cli` with a deadline: a transfer that blocks on a FIFO fails the test instead of
+/// hanging it.
+fn cli_within(sb: &Sandbox, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut c = sb
+        .cmd()
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(data) = stdin {
+        let mut w = c.stdin.take().unwrap();
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = w.write_all(&data);
+        });
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    while c.try_wait().unwrap().is_none() {
+        if Instant::now() > until {
+            let _ = c.kill();
+            panic!("openshell {args:?} blocked for 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.wait_with_output().unwrap()
+}
+
+fn blocks(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+#[test]
+fn holes_stay_holes_both_ways() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let o = sb.run(
+        &["--keep", "--name", "sp", "--network", "none"],
+        &[
+            "sh",
+            "-c",
+            "truncate -s 2G /sandbox/sparse && printf end >> /sandbox/sparse",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let local = TempDir::new("sparse");
+    let got = local.path().join("got");
+    let o = cli_within(
+        &sb,
+        &[
+            "sandbox",
+            "download",
+            "sp",
+            "/sandbox/sparse",
+            got.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::metadata(&got).unwrap().len(), (2 << 30) + 3);
+    assert!(
+        blocks(&got) < 1 << 20,
+        "{} bytes written for a sparse file",
+        blocks(&got)
+    );
+    let tail = std::fs::read(&got)
+        .map(|d| d[d.len() - 3..].to_vec())
+        .unwrap();
+    assert_eq!(tail, b"end");
+    // And in: a sparse host file stays sparse in the workspace.
+    let o = cli_within(
+        &sb,
+        &[
+            "sandbox",
+            "upload",
+            "sp",
+            got.to_str().unwrap(),
+            "/sandbox/back",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let back = sb.state.path().join("sandboxes/sp/workspace/back");
+    assert_eq!(std::fs::metadata(&back).unwrap().len(), (2 << 30) + 3);
+    assert!(blocks(&back) < 1 << 20, "{} bytes", blocks(&back));
+    // Through a tar stream (which carries the zeros) it lands sparse too.
+    let o = cli_within(
+        &sb,
+        &["sandbox", "download", "sp", "/sandbox/sparse", "-"],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cli_within(
+        &sb,
+        &["sandbox", "upload", "sp", "-", "/sandbox/t"],
+        Some(&o.stdout),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = sb.state.path().join("sandboxes/sp/workspace/t/sparse");
+    assert_eq!(std::fs::metadata(&t).unwrap().len(), (2 << 30) + 3);
+    assert!(blocks(&t) < 1 << 20, "{} bytes", blocks(&t));
+    assert!(sb.cli(&["sandbox", "delete", "sp"]).status.success());
+}
+
+#[test]
+fn special_files_are_refused_on_both_sides_without_blocking() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let o = sb.run(
+        &["--keep", "--name", "ff", "--network", "none"],
+        &[
+            "sh",
+            "-c",
+            "echo data > /sandbox/f; mkfifo /sandbox/fifo /sandbox/infifo",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let local = TempDir::new("special");
+    // DEST a symlink (to a file of the user's), a FIFO, a device: refused, left as is.
+    let victim = local.path().join("victim");
+    std::fs::write(&victim, "mine").unwrap();
+    let link = local.path().join("link");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let fifo = local.path().join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for (dest, kind) in [
+        (link.to_str().unwrap(), "a symlink"),
+        (fifo.to_str().unwrap(), "a FIFO"),
+        ("/dev/null", "a device"),
+    ] {
+        let o = cli_within(
+            &sb,
+            &["sandbox", "download", "ff", "/sandbox/f", dest],
+            None,
+        );
+        assert!(!o.status.success(), "{dest}: {}", stdout(&o));
+        assert!(
+            stderr(&o).contains(&format!("refused: it is {kind}")),
+            "{dest}: {}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "mine");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::symlink_metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    // A FIFO in the workspace: skipped on download, refused as an upload target.
+    let o = cli_within(
+        &sb,
+        &[
+            "sandbox",
+            "download",
+            "ff",
+            "/sandbox/fifo",
+            local.path().join("x").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
+    let o = cli_within(
+        &sb,
+        &[
+            "sandbox",
+            "upload",
+            "ff",
+            victim.to_str().unwrap(),
+            "/sandbox/infifo",
+        ],
+        None,
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
+    // And a FIFO as the upload's source.
+    let o = cli_within(
+        &sb,
+        &[
+            "sandbox",
+            "upload",
+            "ff",
+            fifo.to_str().unwrap(),
+            "/sandbox/z",
+        ],
+        None,
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("not a file or directory"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(sb.cli(&["sandbox", "delete", "ff"]).status.success());
+}
+
+#[test]
+fn dash_streams_a_tar_out_and_in() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let o = sb.run(
+        &["--keep", "--name", "ts", "--network", "none"],
+        &["sh", "-c", "mkdir -p /sandbox/d/sub; echo one > /sandbox/d/a; echo two > /sandbox/d/sub/b; ln -s a /sandbox/d/l"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cli_within(&sb, &["sandbox", "download", "ts", "/sandbox/d", "-"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("downloaded 2 files"), "{}", stderr(&o));
+    let tarball = o.stdout.clone();
+    // A real tar reads it.
+    let local = TempDir::new("tarx");
+    let mut t = std::process::Command::new("tar")
+        .args(["-x", "-C"])
+        .arg(local.path())
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(t.stdin.as_mut().unwrap(), &tarball).unwrap();
+    drop(t.stdin.take());
+    assert!(t.wait().unwrap().success());
+    assert_eq!(
+        std::fs::read_to_string(local.path().join("d/sub/b")).unwrap(),
+        "two\n"
+    );
+    assert_eq!(
+        std::fs::read_link(local.path().join("d/l")).unwrap(),
+        Path::new("a")
+    );
+    // Back in from stdin, under another name.
+    let o = cli_within(
+        &sb,
+        &["sandbox", "upload", "ts", "-", "/sandbox/copy"],
+        Some(&tarball),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ws = sb.state.path().join("sandboxes/ts/workspace");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("copy/d/a")).unwrap(),
+        "one\n"
+    );
+    // A hostile archive: `..` and absolute names are refused, nothing lands outside.
+    for bad in ["../escape", "/abs"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        let mut raw = Vec::new();
+        {
+            let name = h.as_old_mut().name.as_mut();
+            name[..bad.len()].copy_from_slice(bad.as_bytes());
+        }
+        h.set_cksum();
+        raw.extend_from_slice(h.as_bytes());
+        raw.push(b'x');
+        raw.resize(raw.len() + 511, 0);
+        raw.resize(raw.len() + 1024, 0);
+        let o = cli_within(
+            &sb,
+            &["sandbox", "upload", "ts", "-", "/sandbox/in"],
+            Some(&raw),
+        );
+        assert!(!o.status.success(), "{bad} accepted");
+        assert!(stderr(&o).contains("refused"), "{bad}: {}", stderr(&o));
+    }
+    assert!(!ws.join("escape").exists() && !ws.parent().unwrap().join("escape").exists());
+    assert!(sb.cli(&["sandbox", "delete", "ts"]).status.success());
+}

@@ -9,10 +9,15 @@ use openshell_runtime::{idmap, state, store};
 use crate::output::fail;
 
 fn finish(name: &str, verb: &str, r: &Report) -> i32 {
+    report(name, verb, r, false)
+}
+
+/// The summary goes to stderr when stdout carries a tar stream.
+fn report(name: &str, verb: &str, r: &Report, to_stderr: bool) -> i32 {
     for why in &r.refused {
         eprintln!("openshell: {why}");
     }
-    println!(
+    let line = format!(
         "{verb} {} files ({} bytes){}",
         r.files,
         r.bytes,
@@ -22,15 +27,37 @@ fn finish(name: &str, verb: &str, r: &Report) -> i32 {
             format!(" {name}")
         }
     );
+    if to_stderr {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
     i32::from(!r.refused.is_empty())
 }
 
-/// `sandbox upload NAME LOCAL [DEST]` (DEST default: /sandbox/<basename of LOCAL>).
+/// `sandbox upload NAME LOCAL [DEST]` (DEST default: /sandbox/<basename of LOCAL>);
+/// LOCAL `-`: a tar stream on stdin, unpacked into DEST (default /sandbox).
 pub fn upload(name: &str, local: &Path, dest: Option<&str>, all: bool) -> i32 {
     let e = match store::find(&state::base_dir(), name) {
         Ok(e) => e,
         Err(err) => return fail(err),
     };
+    if local == Path::new("-") {
+        let rel = match transfer::workspace_rel(dest.unwrap_or("/sandbox")) {
+            Ok(r) => r,
+            Err(err) => return fail(err),
+        };
+        let owner = owner_of(&e);
+        return match transfer::upload_tar(
+            std::io::stdin().lock(),
+            &e.dir.join("workspace"),
+            &rel,
+            owner,
+        ) {
+            Ok(r) => finish(&format!("to /sandbox/{}", rel.display()), "uploaded", &r),
+            Err(err) => fail(format!("sandbox {name}: {err}")),
+        };
+    }
     let base = local
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -46,20 +73,25 @@ pub fn upload(name: &str, local: &Path, dest: Option<&str>, all: bool) -> i32 {
             local.display()
         ));
     }
-    // Root's sandbox user is an unprivileged host id: it must own what arrives.
-    let owner = e.record.as_ref().ok().and_then(|r| {
-        nix::unistd::geteuid().is_root().then(|| {
-            let plan = idmap::plan(&idmap::facts(), r.uid, r.gid);
-            Some((plan.outside_uid(r.uid)?, plan.outside_gid(r.gid)?))
-        })?
-    });
+    let owner = owner_of(&e);
     match transfer::upload(local, &e.dir.join("workspace"), &rel, all, owner) {
         Ok(r) => finish(&format!("to /sandbox/{}", rel.display()), "uploaded", &r),
         Err(err) => fail(format!("sandbox {name}: {err}")),
     }
 }
 
-/// `sandbox download NAME PATH [DEST]` (DEST default: ./<basename of PATH>).
+/// Root's sandbox user is an unprivileged host id: it must own what arrives.
+fn owner_of(e: &store::Entry) -> Option<(u32, u32)> {
+    e.record.as_ref().ok().and_then(|r| {
+        nix::unistd::geteuid().is_root().then(|| {
+            let plan = idmap::plan(&idmap::facts(), r.uid, r.gid);
+            Some((plan.outside_uid(r.uid)?, plan.outside_gid(r.gid)?))
+        })?
+    })
+}
+
+/// `sandbox download NAME PATH [DEST]` (DEST default: ./<basename of PATH>; `-`: a tar
+/// stream on stdout).
 pub fn download(name: &str, path: &str, dest: Option<&Path>) -> i32 {
     let e = match store::find(&state::base_dir(), name) {
         Ok(e) => e,
@@ -69,6 +101,13 @@ pub fn download(name: &str, path: &str, dest: Option<&Path>) -> i32 {
         Ok(r) => r,
         Err(err) => return fail(err),
     };
+    if dest == Some(Path::new("-")) {
+        let out = std::io::stdout().lock();
+        return match transfer::download_tar(&e.dir.join("workspace"), &rel, out) {
+            Ok(r) => report("to stdout", "downloaded", &r, true),
+            Err(err) => fail(format!("sandbox {name}: {err}")),
+        };
+    }
     let base = rel
         .file_name()
         .map_or_else(|| PathBuf::from("sandbox"), PathBuf::from);
