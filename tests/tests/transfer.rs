@@ -260,15 +260,21 @@ fn cli_within(sb: &Sandbox, args: &[&str], stdin: Option<&[u8]>) -> std::process
             let _ = w.write_all(&data);
         });
     }
-    let until = Instant::now() + Duration::from_secs(30);
-    while c.try_wait().unwrap().is_none() {
-        if Instant::now() > until {
-            let _ = c.kill();
-            panic!("openshell {args:?} blocked for 30 s");
+    // Read its output while waiting (a tar stream fills any pipe).
+    let pid = c.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(c.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(o) => o.unwrap(),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+            panic!("openshell {args:?} blocked for 60 s");
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    c.wait_with_output().unwrap()
 }
 
 fn blocks(p: &Path) -> u64 {
