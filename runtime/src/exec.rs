@@ -124,8 +124,12 @@ pub fn exec(dir: &Path, rec: &Record, req: &ExecRequest) -> Result<i32, String> 
     if !workdir.starts_with('/') {
         return Err(format!("--workdir {workdir}: must be absolute"));
     }
-    let mut landlock =
-        crate::run::landlock_plan(&policy, &sandbox_workdir, rec.enforced.landlock_abi);
+    let mut landlock = crate::run::landlock_plan(
+        &policy,
+        &sandbox_workdir,
+        &rec.enforced.mounts,
+        rec.enforced.landlock_abi,
+    );
     if rec.network == "proxy" {
         landlock.read_only.push(PathBuf::from(crate::trust::DIR));
     }

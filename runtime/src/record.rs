@@ -196,6 +196,18 @@ pub struct Enforced {
     /// Resource limits and how they were applied.
     #[serde(default)]
     pub limits: crate::limits::Applied,
+    /// `--mount` destinations (Landlock grants them; `exec` too).
+    #[serde(default)]
+    pub mounts: Vec<MountGrant>,
+}
+
+/// A `--mount` destination and its mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountGrant {
+    /// Path inside.
+    pub dest: std::path::PathBuf,
+    /// `:ro`.
+    pub readonly: bool,
 }
 
 /// Seconds since the epoch.

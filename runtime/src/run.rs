@@ -316,6 +316,14 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         material,
     };
     let ident = cleanup.ident;
+    let mount_grants: Vec<record::MountGrant> = opts
+        .mounts
+        .iter()
+        .map(|m| record::MountGrant {
+            dest: m.dest.clone(),
+            readonly: m.readonly,
+        })
+        .collect();
     // Limits: a cgroup of the sandbox's own where this host gives one, rlimits else.
     let mut limits = crate::limits::resolve(&opts.limits);
     let cgroup = crate::limits::Cgroup::create(&name, &mut limits);
@@ -350,6 +358,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             id_mode: ids.mode.to_string(),
             workdir: workdir.clone(),
             limits: limits.clone(),
+            mounts: mount_grants.clone(),
         },
     };
     // Only a kept sandbox's files must survive a crash of the host (fsync).
@@ -442,7 +451,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         gid,
         setgroups: ids.setgroups_allowed(),
         landlock: {
-            let mut l = landlock_plan(&policy, &workdir, abi);
+            let mut l = landlock_plan(&policy, &workdir, &mount_grants, abi);
             if trust.is_some() {
                 l.read_only.push(PathBuf::from(crate::trust::DIR));
             }
@@ -575,11 +584,31 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
 }
 
 /// The Landlock rules a policy asks for, at the ABI this host offers.
-pub fn landlock_plan(policy: &Policy, workdir: &str, abi: i32) -> LandlockPlan {
+///
+/// Every `--mount` destination gets the rights of its mode (`ro`: read, else read and
+/// write): a mount the user asked for is usable whatever the policy's paths.
+pub fn landlock_plan(
+    policy: &Policy,
+    workdir: &str,
+    mounts: &[record::MountGrant],
+    abi: i32,
+) -> LandlockPlan {
     let (ro, rw) = policy.fs_paths(workdir);
+    let mut read_only: Vec<PathBuf> = ro.into_iter().map(PathBuf::from).collect();
+    let mut read_write: Vec<PathBuf> = rw.into_iter().map(PathBuf::from).collect();
+    for m in mounts {
+        let list = if m.readonly {
+            &mut read_only
+        } else {
+            &mut read_write
+        };
+        if !list.contains(&m.dest) {
+            list.push(m.dest.clone());
+        }
+    }
     LandlockPlan {
-        read_only: ro.into_iter().map(PathBuf::from).collect(),
-        read_write: rw.into_iter().map(PathBuf::from).collect(),
+        read_only,
+        read_write,
         list_only: vec![PathBuf::from("/")],
         hard: policy.compatibility() == Compatibility::HardRequirement,
         abi,
@@ -620,7 +649,7 @@ mod tests {
             "version: 1\nfilesystem_policy:\n  include_workdir: true\n  read_only: [/usr]\n  read_write: [/tmp]\nlandlock:\n  compatibility: hard_requirement\n",
         )
         .unwrap();
-        let plan = landlock_plan(&p, "/work", 7);
+        let plan = landlock_plan(&p, "/work", &[], 7);
         assert_eq!(
             plan,
             LandlockPlan {
@@ -631,7 +660,7 @@ mod tests {
                 abi: 7,
             }
         );
-        let d = landlock_plan(&Policy::restrictive_default(), "/sandbox", 6);
+        let d = landlock_plan(&Policy::restrictive_default(), "/sandbox", &[], 6);
         assert!(!d.hard);
         assert!(d.read_write.contains(&PathBuf::from("/sandbox")));
         assert!(!d.read_write.iter().any(|p| p == std::path::Path::new("/")));

@@ -181,6 +181,50 @@ fn live_mount_and_upload_with_gitignore() {
     assert!(stderr(&out).contains("DEST must be under /sandbox"));
 }
 
+/// A mount's destination gets the Landlock rights of its mode, wherever it is (the
+/// default policy grants neither /data nor /ro); `exec` builds its rules from the same
+/// recorded grants.
+#[test]
+fn mount_destinations_get_the_rights_of_their_mode() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let rw = TempDir::new("mrw");
+    let ro = TempDir::new("mro");
+    std::fs::write(ro.path().join("f"), "ro-data\n").unwrap();
+    // The sandbox user writes into the rw mount: let it (root runs it as another id).
+    let _ = std::process::Command::new("chmod")
+        .arg("0777")
+        .arg(rw.path())
+        .status();
+    let m1 = format!("{}:/data", rw.path().display());
+    let m2 = format!("{}:/ro:ro", ro.path().display());
+    let out = sb.run(
+        &["--mount", &m1, "--mount", &m2, "--keep", "--name", "mnt"],
+        &[
+            "sh",
+            "-c",
+            "echo hi > /data/w && cat /data/w && cat /ro/f; echo x > /ro/g 2>/dev/null || echo ro-refused",
+        ],
+    );
+    assert_eq!(
+        stdout(&out),
+        "hi\nro-data\nro-refused\n",
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(rw.path().join("w")).unwrap(),
+        "hi\n"
+    );
+    let o = sb.cli(&["sandbox", "explain", "mnt"]);
+    assert!(
+        stdout(&o).contains("/ro") && stdout(&o).contains("/data"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(sb.cli(&["sandbox", "delete", "mnt"]).status.success());
+}
+
 #[test]
 fn bad_arguments_fail_clearly() {
     need_sandbox!();

@@ -64,7 +64,7 @@ fn explain(e: &Entry, r: &Record, policy: &Policy) -> Explained {
     } else {
         &en.workdir
     };
-    let plan = runtime_run::landlock_plan(policy, workdir, en.landlock_abi);
+    let plan = runtime_run::landlock_plan(policy, workdir, &en.mounts, en.landlock_abi);
     let paths = |v: &[std::path::PathBuf]| v.iter().map(|p| p.display().to_string()).collect();
     Explained {
         sandbox: e.name.clone(),
