@@ -141,12 +141,28 @@ pub fn rules() -> Vec<Rule> {
     .into_iter()
     .map(deny)
     .collect();
+    // modify_ldt: 16-bit segments (old exploits' favourite, only Wine and DOS emulators
+    // use it); refused as docker's profile does.
     #[cfg(target_arch = "x86_64")]
     r.extend(
-        [SYS_iopl, SYS_ioperm, SYS_uselib, SYS__sysctl]
-            .into_iter()
-            .map(deny),
+        [
+            SYS_iopl,
+            SYS_ioperm,
+            SYS_uselib,
+            SYS__sysctl,
+            SYS_modify_ldt,
+        ]
+        .into_iter()
+        .map(deny),
     );
+    // personality: only the default persona (0) and the query (0xffffffff); anything
+    // else (ADDR_NO_RANDOMIZE, READ_IMPLIES_EXEC, ...) would weaken what the process
+    // execs next.
+    r.push(Rule {
+        nr: SYS_personality,
+        when: vec![Arg::Ne(0, 0), Arg::Ne(0, 0xffff_ffff)],
+        errno: EPERM,
+    });
     // clone3 hides its flags in memory we cannot inspect: say it does not exist, so
     // glibc falls back to clone, whose flags we can check.
     r.push(Rule {

@@ -361,6 +361,43 @@ fn terminal_injection_is_refused() {
     assert!(t.contains("EPERM"), "{t}");
 }
 
+/// modify_ldt refused; personality only for the default persona and the query (ASLR
+/// cannot be switched off for what the sandbox execs); memfd_create stays allowed
+/// (docs/security.md says why).
+#[test]
+fn modify_ldt_and_personality_are_refused_memfd_is_not() {
+    need_sandbox!();
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(
+            escapes_on_host("modify-ldt", &[]),
+            "modify_ldt fails on the host too"
+        );
+        assert!(blocked("modify-ldt", &[]).contains("EPERM"));
+    }
+    assert!(
+        escapes_on_host("personality", &[]),
+        "personality fails on the host too"
+    );
+    for v in ["0x0040000", "0x0400000", "0x0008"] {
+        assert!(blocked("personality", &[v]).contains("EPERM"), "{v}");
+    }
+    let sb = Sandbox::new();
+    for (name, arg) in [
+        ("personality", "0xffffffff"),
+        ("personality", "0"),
+        ("memfd", ""),
+    ] {
+        let out = sb.probe(&[], &["attack", name, arg]);
+        assert!(
+            stdout(&out).starts_with("ESCAPED"),
+            "{name} {arg} should work inside: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+}
+
 #[test]
 fn clone3_reports_enosys_so_libc_falls_back() {
     need_sandbox!();

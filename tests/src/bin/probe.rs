@@ -240,6 +240,28 @@ fn attack(name: &str, args: &[String]) -> i32 {
                 )
             }
             "userfaultfd" => verdict(libc::syscall(libc::SYS_userfaultfd, 0), "userfaultfd"),
+            // Read the LDT (func 0): harmless itself, refused as a whole.
+            #[cfg(target_arch = "x86_64")]
+            "modify-ldt" => {
+                let mut buf = [0u8; 16];
+                verdict(
+                    libc::syscall(libc::SYS_modify_ldt, 0, buf.as_mut_ptr(), buf.len()),
+                    "modify_ldt",
+                )
+            }
+            // ADDR_NO_RANDOMIZE (ASLR off for what this process execs), or the value given.
+            "personality" => {
+                let v: u64 = args
+                    .first()
+                    .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+                    .unwrap_or(0x0040000);
+                verdict(libc::syscall(libc::SYS_personality, v), "personality")
+            }
+            // memfd_create is allowed (docs/security.md): prints ESCAPED when it works.
+            "memfd" => verdict(
+                libc::syscall(libc::SYS_memfd_create, cstr("x").as_ptr(), 0),
+                "memfd_create",
+            ),
             "open-by-handle" => {
                 let mut h = [0u8; 136];
                 h[0..4].copy_from_slice(&128u32.to_ne_bytes());
