@@ -38,6 +38,9 @@ enum Command {
     Doctor,
     /// Sandboxes (how many, which run), store paths, kernel features in use.
     Status,
+    /// Space used by images and sandboxes; remove everything of this user.
+    #[command(subcommand)]
+    System(cmd::system::SystemCommand),
     /// Show a sandbox's log: policy loads and every network decision.
     Logs(cmd::logs::LogsArgs),
     /// Print a shell completion script.
@@ -69,6 +72,7 @@ fn main() {
         Command::Sandbox(c) => cmd::sandbox::run(c, cli.output),
         Command::Doctor => cmd::doctor::run(cli.output),
         Command::Status => cmd::status::run(cli.output),
+        Command::System(c) => cmd::system::run(c, cli.output),
         Command::Logs(args) => cmd::logs::run(args, cli.output),
         Command::Completions { shell } => {
             let mut c = <Cli as clap::CommandFactory>::command();

@@ -42,7 +42,7 @@ pub enum ImageError {
     #[error("{reference}: {detail}")]
     Document { reference: String, detail: String },
     /// A file operation in the store failed.
-    #[error("{what} {}: {source}", path.display())]
+    #[error("{what} {}: {source}{}", path.display(), access_hint(source))]
     Io {
         what: &'static str,
         path: PathBuf,
@@ -70,6 +70,18 @@ impl ImageError {
             }
             ImageError::Io { what, path, source }
         }
+    }
+}
+
+/// What to do when the image store cannot be written.
+fn access_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied
+        | std::io::ErrorKind::ReadOnlyFilesystem
+        | std::io::ErrorKind::NotADirectory => {
+            " (the image store must be writable by you: fix its owner or mode, or set OPENSHELL_IMAGE_DIR to a directory of yours)"
+        }
+        _ => "",
     }
 }
 

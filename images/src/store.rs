@@ -299,23 +299,68 @@ impl Store {
         Ok(out)
     }
 
-    /// Remove an image's record and names; layers stay until `prune`.
-    pub fn remove(&self, rec: &ImageRecord) -> Result<()> {
+    /// Remove one name of an image that has others (`image rm NAME` of a tagged image):
+    /// the image and its other names stay. Returns false when `name` is not one of
+    /// several names (the caller then removes the image).
+    pub fn untag(&self, name: &str) -> Result<bool> {
+        let _l = self.lock("store")?;
+        let mut refs = self.refs()?;
+        let Some(digest) = refs.get(name).cloned() else {
+            return Ok(false);
+        };
+        let mut rec = self.record(&digest)?;
+        if rec.names.iter().filter(|n| *n != name).count() == 0 {
+            return Ok(false);
+        }
+        rec.names.retain(|n| n != name);
+        refs.remove(name);
+        self.write_record(&rec)?;
+        self.write_refs(&refs)?;
+        Ok(true)
+    }
+
+    /// Remove an image, all its names, and the layers and blobs no other image uses.
+    /// Returns (layers removed, bytes of blobs removed).
+    pub fn remove(&self, rec: &ImageRecord) -> Result<(usize, u64)> {
         let _l = self.lock("store")?;
         let mut refs = self.refs()?;
         refs.retain(|_, d| *d != rec.digest);
         self.write_refs(&refs)?;
         let p = self.record_path(&rec.digest);
-        fs::remove_file(&p).map_err(ImageError::io("remove", &p))
+        fs::remove_file(&p).map_err(ImageError::io("remove", &p))?;
+        let keep = self.in_use()?;
+        let mut layers = 0;
+        for l in &rec.layers {
+            let name = hex(&l.diff_id).to_string();
+            let dir = self.layer_dir(&l.diff_id);
+            if !keep.contains(&name) && dir.exists() {
+                let _busy = self.lock(&format!("layer-{name}"))?;
+                force_remove(&dir)?;
+                layers += 1;
+            }
+        }
+        let mut bytes = 0;
+        let blobs = [&rec.digest, &rec.config]
+            .into_iter()
+            .chain(rec.index_digest.as_ref())
+            .chain(rec.layers.iter().map(|l| &l.digest));
+        for d in blobs {
+            if !keep.contains(&hex(d).to_string()) {
+                let p = self.blob_path(d);
+                if let Ok(m) = fs::symlink_metadata(&p) {
+                    bytes += m.len();
+                    let _ = fs::remove_file(&p);
+                }
+            }
+        }
+        Ok((layers, bytes))
     }
 
-    /// Delete layers and blobs no image uses, and leftovers of interrupted pulls.
-    /// Returns (layers removed, bytes of blobs removed).
-    pub fn prune(&self) -> Result<(usize, u64)> {
-        let _l = self.lock("store")?;
-        let images = self.list()?;
+    /// The hex names of what a recorded image needs: its manifest, index and config
+    /// blobs and its unpacked layers (compressed layer blobs are not kept).
+    fn in_use(&self) -> Result<Vec<String>> {
         let mut keep: Vec<String> = Vec::new();
-        for r in &images {
+        for r in &self.list()? {
             keep.push(hex(&r.digest).to_string());
             keep.push(hex(&r.config).to_string());
             if let Some(i) = &r.index_digest {
@@ -323,6 +368,14 @@ impl Store {
             }
             keep.extend(r.layers.iter().map(|l| hex(&l.diff_id).to_string()));
         }
+        Ok(keep)
+    }
+
+    /// Delete layers and blobs no image uses, and leftovers of interrupted pulls.
+    /// Returns (layers removed, bytes of blobs removed).
+    pub fn prune(&self) -> Result<(usize, u64)> {
+        let _l = self.lock("store")?;
+        let keep = self.in_use()?;
         let mut layers = 0;
         let ldir = self.root.join("layers");
         for e in fs::read_dir(&ldir)

@@ -6,6 +6,7 @@
 //! stops reading never blocks its own output.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -33,14 +34,53 @@ fn reap(init: Pid) -> Option<i32> {
     }
 }
 
-/// Handle one signal read from the signalfd; returns init's exit code once it is gone.
-fn on_signal(sfd: &SignalFd, init: Pid, master: Option<BorrowedFd<'_>>) -> Option<i32> {
+/// How long a command may take to end after openshell was asked to stop (SIGTERM,
+/// SIGHUP) before it is killed: as `docker stop` does. An interactive shell ignores
+/// SIGTERM; without this a `kill` of openshell would be ignored too.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Set once a stop was asked: when the command gets killed.
+#[derive(Default)]
+struct Stop(Option<Instant>);
+
+impl Stop {
+    /// How long poll may sleep: until the kill, else `idle`.
+    fn timeout(&self, idle: Option<Duration>) -> PollTimeout {
+        let left = self
+            .0
+            .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_millis(1));
+        let t = match (left, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        t.map_or(PollTimeout::NONE, |t| {
+            PollTimeout::try_from(t.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX)
+        })
+    }
+
+    /// Past the grace time: kill the command (init: the whole sandbox goes).
+    fn enforce(&mut self, child: Pid) {
+        if self.0.is_some_and(|d| Instant::now() >= d) {
+            let _ = kill(child, Signal::SIGKILL);
+            self.0 = None;
+        }
+    }
+}
+
+/// Handle one signal read from the signalfd; returns the child's exit code once it is
+/// gone.
+fn on_signal(
+    sfd: &SignalFd,
+    child: Pid,
+    master: Option<BorrowedFd<'_>>,
+    stop: &mut Stop,
+) -> Option<i32> {
     let Ok(Some(info)) = sfd.read_signal() else {
         return None;
     };
     let sig = Signal::try_from(info.ssi_signo as i32).ok()?;
     match sig {
-        Signal::SIGCHLD => reap(init),
+        Signal::SIGCHLD => reap(child),
         Signal::SIGWINCH => {
             if let Some(m) = master {
                 copy_winsize(m);
@@ -49,20 +89,37 @@ fn on_signal(sfd: &SignalFd, init: Pid, master: Option<BorrowedFd<'_>>) -> Optio
         }
         other => {
             // With a pty, ^C arrives as a byte and the pty's line discipline signals the
-            // foreground job; a signal sent to openshell itself is passed on to init,
-            // which forwards it to the command.
-            let _ = kill(init, other);
+            // foreground job; a signal sent to openshell itself is passed on (init
+            // forwards it to the command).
+            let _ = kill(child, other);
+            if matches!(other, Signal::SIGTERM | Signal::SIGHUP) {
+                // The terminal of a pty session is going away: hang it up, as a
+                // terminal does (an interactive shell ignores SIGTERM, not SIGHUP).
+                if master.is_some() && other != Signal::SIGHUP {
+                    let _ = kill(child, Signal::SIGHUP);
+                }
+                stop.0.get_or_insert_with(|| Instant::now() + STOP_GRACE);
+            }
             None
         }
     }
 }
 
 /// No terminal: the command has our stdio already; just wait and forward signals.
-pub fn wait_plain(init: Pid, sfd: &SignalFd) -> i32 {
+pub fn wait_plain(child: Pid, sfd: &SignalFd) -> i32 {
+    let mut stop = Stop::default();
     loop {
-        if let Some(code) = on_signal(sfd, init, None) {
-            return code;
+        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, stop.timeout(None)) {
+            Ok(n) if n > 0 => {
+                if let Some(code) = on_signal(sfd, child, None, &mut stop) {
+                    return code;
+                }
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return crate::spawn::EXIT_SETUP,
         }
+        stop.enforce(child);
     }
 }
 
@@ -125,6 +182,9 @@ pub fn relay_pty(init: Pid, sfd: &SignalFd, master: OwnedFd) -> i32 {
     let mut stdin_open = true;
     let stdin_tty = nix::unistd::isatty(&stdin).unwrap_or(false);
     let mut buf = vec![0u8; 64 * 1024];
+    let mut stop = Stop::default();
+    // After piped input ends: the terminal mode the last end-of-file went into.
+    let mut eof_sent_in: Option<bool> = None;
     let code = loop {
         let mut master_ev = PollFlags::POLLIN;
         if !pending.is_empty() {
@@ -140,7 +200,8 @@ pub fn relay_pty(init: Pid, sfd: &SignalFd, master: OwnedFd) -> i32 {
             PollFd::new(master.as_fd(), master_ev),
             PollFd::new(stdin.as_fd(), stdin_ev),
         ];
-        match poll(&mut fds, PollTimeout::NONE) {
+        let idle = eof_sent_in.map(|_| Duration::from_millis(100));
+        match poll(&mut fds, stop.timeout(idle)) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => break crate::spawn::EXIT_SETUP,
         }
@@ -176,18 +237,36 @@ pub fn relay_pty(init: Pid, sfd: &SignalFd, master: OwnedFd) -> i32 {
                     } else {
                         // End of piped input: the pty's end-of-file character.
                         pending.push(0x04);
+                        eof_sent_in = Some(canonical(master.as_fd()));
                     }
                 }
             }
         }
+        // A program that switched its terminal's mode since (readline, at start-up)
+        // may have lost that end-of-file in the switch: give it another.
+        if let Some(was) = eof_sent_in
+            && pending.is_empty()
+            && canonical(master.as_fd()) != was
+        {
+            pending.push(0x04);
+            eof_sent_in = Some(!was);
+        }
         if sig_ev.contains(PollFlags::POLLIN)
-            && let Some(code) = on_signal(sfd, init, Some(master.as_fd()))
+            && let Some(code) = on_signal(sfd, init, Some(master.as_fd()), &mut stop)
         {
             break code;
         }
+        stop.enforce(init);
     };
     drain(&master, &mut buf);
     code
+}
+
+/// Is the pty's line discipline in canonical (line) mode?
+fn canonical(master: BorrowedFd<'_>) -> bool {
+    termios::tcgetattr(master)
+        .map(|t| t.local_flags.contains(termios::LocalFlags::ICANON))
+        .unwrap_or(true)
 }
 
 /// After the command ended: copy what is left in the pty to stdout.

@@ -104,6 +104,9 @@ pub(crate) fn sys(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> RunEr
 struct Cleanup {
     dir: SandboxDir,
     keep: bool,
+    /// A `sandbox create`'s supervisor: keeping is its job, nothing to say (a create
+    /// that fails is deleted by the CLI).
+    quiet: bool,
     /// Rootless with subordinate ids: the upper dir holds files of other ids, which
     /// only a user namespace mapped like the sandbox can remove.
     mapped: Option<idmap::IdPlan>,
@@ -123,6 +126,9 @@ impl Drop for Cleanup {
             return; // deleted (and maybe replaced) while running
         }
         if self.keep {
+            if self.quiet {
+                return;
+            }
             eprintln!(
                 "openshell: kept sandbox state in {}",
                 self.dir.path.display()
@@ -311,6 +317,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     let mut cleanup = Cleanup {
         dir: dir.clone(),
         keep: opts.keep,
+        quiet: opts.keepalive,
         mapped: (ids.mode == "subids").then(|| ids.clone()),
         ident: state::identity(&dir.path),
         material,

@@ -22,7 +22,7 @@ pub enum StateError {
     )]
     BadName(String),
     /// A file operation failed.
-    #[error("{what} {}: {source}", path.display())]
+    #[error("{what} {}: {source}{}", path.display(), access_hint(source))]
     Io {
         what: &'static str,
         path: PathBuf,
@@ -32,6 +32,18 @@ pub enum StateError {
     /// An upload was refused.
     #[error("--upload {0}")]
     Upload(String),
+}
+
+/// What to do when openshell's own state cannot be written.
+fn access_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::PermissionDenied
+        | io::ErrorKind::ReadOnlyFilesystem
+        | io::ErrorKind::NotADirectory => {
+            " (openshell keeps sandboxes there and cannot write it: fix its owner or mode, or set OPENSHELL_STATE_DIR to a directory of yours)"
+        }
+        _ => "",
+    }
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {

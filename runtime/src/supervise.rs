@@ -98,10 +98,21 @@ pub(crate) fn start_and_wait(
         let _ = nix::sys::wait::waitpid(init_pid, None);
         return Err(RunError::Invalid(e));
     }
-    nix::unistd::write(&ours, &[msg::GO]).map_err(sys("release init"))?;
+    // OPENSHELL_DEBUG_HOLD_INIT=1 leaves init waiting before its setup (its namespaces
+    // exist and can be entered with nsenter); the wait below then ends by the setup
+    // timeout or a signal, as it would for a setup that hangs.
+    if std::env::var_os("OPENSHELL_DEBUG_HOLD_INIT").is_none() {
+        nix::unistd::write(&ours, &[msg::GO]).map_err(sys("release init"))?;
+    }
+    let deadline = std::time::Instant::now() + setup_timeout()?;
     let mut master = None;
     let mut listeners: Option<([OwnedFd; 3], Option<OwnedFd>, bool)> = None;
     loop {
+        if let Err(e) = wait_for_init(&ours, &sfd, deadline) {
+            let _ = nix::sys::signal::kill(init_pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(init_pid, None);
+            return Err(e);
+        }
         let mut buf = [0u8; 4096];
         let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 3]);
         let mut iov = [IoSliceMut::new(&mut buf)];
@@ -109,7 +120,7 @@ pub(crate) fn start_and_wait(
             ours.as_raw_fd(),
             &mut iov,
             Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
         );
         let (n, fds) = match r {
             Ok(m) => {
@@ -126,7 +137,7 @@ pub(crate) fn start_and_wait(
                     .unwrap_or_default();
                 (m.bytes, fds)
             }
-            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
             Err(e) => return Err(sys("read from init")(e)),
         };
         let data = &buf[..n];
@@ -188,4 +199,74 @@ pub(crate) fn start_and_wait(
         s.stop();
     }
     Ok(code)
+}
+
+/// How long init's setup may take: `OPENSHELL_SETUP_TIMEOUT` seconds (fractions allowed,
+/// 0 < t <= 86400), default 60 — a setup that hangs ends with a message instead of
+/// holding the terminal (or a `create`) forever.
+fn setup_timeout() -> Result<std::time::Duration, RunError> {
+    const DEFAULT: f64 = 60.0;
+    let secs = match std::env::var("OPENSHELL_SETUP_TIMEOUT") {
+        Err(_) => DEFAULT,
+        Ok(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86400.0)
+            .ok_or_else(|| {
+                RunError::Invalid(format!(
+                    "OPENSHELL_SETUP_TIMEOUT={v}: give seconds, more than 0 and at most 86400 (e.g. 60 or 0.5)"
+                ))
+            })?,
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// Wait until init has something to say, while the signals we block are still
+/// answered: SIGINT/SIGTERM/SIGHUP/SIGQUIT end the setup (the caller kills init), the
+/// death of init is reported, and the deadline ends a setup that hangs.
+fn wait_for_init(
+    sync: &OwnedFd,
+    sfd: &SignalFd,
+    deadline: std::time::Instant,
+) -> Result<(), RunError> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(RunError::Setup(format!(
+                "the sandbox's setup did not finish within {:?} (OPENSHELL_SETUP_TIMEOUT); it was stopped",
+                setup_timeout().unwrap_or_default()
+            )));
+        }
+        let ms = PollTimeout::try_from(left.as_millis().clamp(1, 60_000) as i32)
+            .unwrap_or(PollTimeout::MAX);
+        let mut fds = [
+            PollFd::new(sync.as_fd(), PollFlags::POLLIN),
+            PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, ms) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(sys("wait for init's setup")(e)),
+        }
+        let ev = |i: usize| fds[i].revents().unwrap_or(PollFlags::empty());
+        if ev(0).intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            return Ok(());
+        }
+        if ev(1).contains(PollFlags::POLLIN)
+            && let Ok(Some(info)) = sfd.read_signal()
+            && let Ok(sig) = Signal::try_from(info.ssi_signo as i32)
+        {
+            match sig {
+                Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP | Signal::SIGQUIT => {
+                    return Err(RunError::Setup(format!(
+                        "{sig} during the sandbox's setup: stopped"
+                    )));
+                }
+                // init's death shows as EOF on the socket; anything else waits.
+                _ => {}
+            }
+        }
+    }
 }

@@ -17,6 +17,7 @@ use openshell_runtime::spawn::EXIT_SETUP;
 use openshell_runtime::{state, store};
 
 use super::run::RunArgs;
+use crate::output::Format;
 
 /// Where a created sandbox keeps the options it was created with.
 const ARGS_FILE: &str = "create.args";
@@ -63,6 +64,10 @@ pub fn start(name: &str) -> i32 {
     struct Saved {
         #[command(flatten)]
         create: CreateArgs,
+        /// A global option older versions saved with the rest (`create -o json`):
+        /// accepted and ignored.
+        #[arg(short = 'o', long)]
+        output: Option<String>,
     }
     let base = state::base_dir();
     let e = match store::find(&base, name) {
@@ -131,13 +136,36 @@ fn fail(e: impl std::fmt::Display) -> i32 {
     EXIT_SETUP
 }
 
+/// The arguments after `create` up to `--`, without the global `-o/--output`.
+fn saved_options(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for a in args.take_while(|a| a != "--") {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        match a.as_str() {
+            "-o" | "--output" => skip_value = true,
+            _ if a.starts_with("--output=") || (a.starts_with("-o") && !a.starts_with("--")) => {}
+            _ => out.push(a),
+        }
+    }
+    out
+}
+
 /// Create the sandbox; returns the exit status.
-pub fn run(mut args: CreateArgs) -> i32 {
+pub fn run(mut args: CreateArgs, format: Format) -> i32 {
     let name = args.run.name.clone().unwrap_or_else(state::generate_name);
     if let Err(e) = state::check_name(&name) {
         return fail(e);
     }
     args.run.name = Some(name.clone());
+    // Bad uploads are named before anything starts.
+    for up in &args.run.upload {
+        if let Err(e) = state::parse_upload(up) {
+            return fail(e);
+        }
+    }
     let command = std::mem::take(&mut args.run.command);
     let tty_flag = (args.run.tty, args.run.no_tty);
     let (detach, no_keep) = (args.detach, args.no_keep);
@@ -151,7 +179,10 @@ pub fn run(mut args: CreateArgs) -> i32 {
     let base = state::base_dir();
     let logs = base.join("supervisors");
     if let Err(e) = std::fs::create_dir_all(&logs) {
-        return fail(format!("create {}: {e}", logs.display()));
+        return fail(format!(
+            "create {}: {e} (set OPENSHELL_STATE_DIR to a directory of yours)",
+            logs.display()
+        ));
     }
     let log = logs.join(format!("{name}.log"));
     let before = std::fs::metadata(&log).map_or(0, |m| m.len());
@@ -160,14 +191,22 @@ pub fn run(mut args: CreateArgs) -> i32 {
         Err(e) => return fail(e),
     };
     if let Err(code) = wait_ready(&base, &name, sup, &log, before) {
+        // A create that failed leaves nothing behind: the name stays free (the reason
+        // was printed from the supervisor's log, which goes with it).
+        if let Ok(e) = store::find(&base, &name)
+            && e.record.as_ref().is_ok_and(|r| {
+                r.supervisor
+                    .is_none_or(|s| s.pid == sup.as_raw() || !s.alive())
+            })
+        {
+            let _ = store::delete(&base, &name);
+        }
+        let _ = std::fs::remove_file(&log);
         return code;
     }
-    // What `sandbox start` needs to bring it back: the options it was created with.
-    let saved: Vec<String> = std::env::args()
-        .skip_while(|a| a != "create")
-        .skip(1)
-        .take_while(|a| a != "--")
-        .collect();
+    // What `sandbox start` needs to bring it back: the options it was created with,
+    // without the global ones (`-o json` is how this call prints, not the sandbox).
+    let saved = saved_options(std::env::args().skip_while(|a| a != "create").skip(1));
     if let Ok(e) = store::find(&base, &name) {
         let _ = openshell_runtime::record::write_atomic(
             &e.dir.join(ARGS_FILE),
@@ -175,7 +214,11 @@ pub fn run(mut args: CreateArgs) -> i32 {
         );
     }
     if detach {
-        println!("{name}");
+        match format {
+            Format::Json => println!("{}", serde_json::json!({ "name": name })),
+            Format::Yaml => println!("name: {name}"),
+            Format::Table => println!("{name}"),
+        }
         return 0;
     }
     let tty = match tty_flag {

@@ -189,7 +189,7 @@ fn age(secs: u64) -> String {
     }
 }
 
-fn human(bytes: u64) -> String {
+pub fn human(bytes: u64) -> String {
     let mut v = bytes as f64;
     for unit in ["B", "kB", "MB", "GB"] {
         if v < 1000.0 {
@@ -212,6 +212,54 @@ fn users_of(digest: &str) -> Vec<String> {
         })
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
+}
+
+/// `image rm`: a name of an image with other names is only untagged; otherwise the
+/// image goes with every name, and its layers and blobs that no other image uses.
+fn remove(images: &[String], force: bool) -> i32 {
+    let s = match store() {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let mut code = 0;
+    for name in images {
+        match s.untag(name) {
+            Ok(true) => {
+                println!("untagged {name}");
+                continue;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                code = fail(e);
+                continue;
+            }
+        }
+        let rec = match s.find(name) {
+            Ok(r) => r,
+            Err(e) => {
+                code = fail(e);
+                continue;
+            }
+        };
+        if let Some(sb) = users_of(&rec.digest).first()
+            && !force
+        {
+            code = fail(ImageError::InUse {
+                image: name.clone(),
+                sandbox: sb.clone(),
+            });
+            continue;
+        }
+        match s.remove(&rec) {
+            Ok((layers, bytes)) => println!(
+                "removed {name} {} ({layers} layers, {} of blobs)",
+                rec.digest,
+                human(bytes)
+            ),
+            Err(e) => code = fail(e),
+        }
+    }
+    code
 }
 
 /// Run an image command.
@@ -244,16 +292,24 @@ pub fn run(cmd: ImageCommand, format: Format) -> i32 {
             if quiet {
                 list.iter().for_each(|r| println!("{}", r.digest));
             } else if !structured(format, &list) {
+                // One row per name, as `docker images` does.
                 let rows: Vec<Vec<String>> = list
                     .iter()
-                    .map(|r| {
-                        vec![
-                            r.names.first().cloned().unwrap_or_else(|| "<none>".into()),
-                            r.digest[7..19].to_string(),
-                            human(r.size()),
-                            r.layers.len().to_string(),
-                            age(r.pulled),
-                        ]
+                    .flat_map(|r| {
+                        let names = if r.names.is_empty() {
+                            vec!["<none>".to_string()]
+                        } else {
+                            r.names.clone()
+                        };
+                        names.into_iter().map(move |n| {
+                            vec![
+                                n,
+                                r.digest.get(7..19).unwrap_or(&r.digest).to_string(),
+                                human(r.size()),
+                                r.layers.len().to_string(),
+                                age(r.pulled),
+                            ]
+                        })
                     })
                     .collect();
                 table(&["NAME", "DIGEST", "SIZE", "LAYERS", "PULLED"], &rows);
@@ -283,36 +339,7 @@ pub fn run(cmd: ImageCommand, format: Format) -> i32 {
                 Err(e) => fail(e),
             }
         }
-        ImageCommand::Rm { images, force } => {
-            let s = match store() {
-                Ok(s) => s,
-                Err(e) => return fail(e),
-            };
-            let mut code = 0;
-            for name in images {
-                let rec = match s.find(&name) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        code = fail(e);
-                        continue;
-                    }
-                };
-                if let Some(sb) = users_of(&rec.digest).first()
-                    && !force
-                {
-                    code = fail(ImageError::InUse {
-                        image: name,
-                        sandbox: sb.clone(),
-                    });
-                    continue;
-                }
-                match s.remove(&rec) {
-                    Ok(()) => println!("removed {} {}", name, rec.digest),
-                    Err(e) => code = fail(e),
-                }
-            }
-            code
-        }
+        ImageCommand::Rm { images, force } => in_store_userns(|_| remove(&images, force)),
         ImageCommand::Prune => in_store_userns(|_| match store().and_then(|s| s.prune()) {
             Ok((layers, bytes)) => {
                 println!("removed {layers} layers and {} of blobs", human(bytes));

@@ -11,4 +11,5 @@ pub mod policy_edit;
 pub mod run;
 pub mod sandbox;
 pub mod status;
+pub mod system;
 pub mod transfer;

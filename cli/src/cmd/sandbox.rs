@@ -384,7 +384,7 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
             code
         }
         SandboxCommand::Explain { name } => super::explain::run(&name, format),
-        SandboxCommand::Create(args) => super::create::run(*args),
+        SandboxCommand::Create(args) => super::create::run(*args, format),
         SandboxCommand::Start { name } => super::create::start(&name),
         SandboxCommand::Exec {
             name,

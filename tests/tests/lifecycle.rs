@@ -1,0 +1,356 @@
+//! A sandbox's life at its edges: a setup that hangs ends (timeout, SIGTERM), pty
+//! sessions end when their input is /dev/null or openshell is told to stop, `create`
+//! failures leave nothing behind, `create -o json` can still be started, `image rm`
+//! removes one reference, `system df`/`reset`, and state that cannot be written says
+//! what to do. As root and (in CI) as an unprivileged user.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use openshell_tests::{Sandbox, need_sandbox, stderr, stdout};
+
+/// Wait for `child` up to `limit` (a watchdog against hangs, not a timing claim);
+/// kill it and fail when it does not end.
+fn ends_within(mut child: Child, limit: Duration, what: &str) -> std::process::Output {
+    let until = Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("{what}: still running after {limit:?}: {}", stderr(&out));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Pids whose command line (process title) is exactly `title`.
+fn pids_titled(title: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).trim_end_matches('\0') == title)
+        })
+        .collect()
+}
+
+fn held_run(sb: &Sandbox, name: &str, timeout: &str) -> Child {
+    sb.cmd()
+        .args(["run", "--name", name, "--", "true"])
+        .env("OPENSHELL_DEBUG_HOLD_INIT", "1")
+        .env("OPENSHELL_SETUP_TIMEOUT", timeout)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A setup that never finishes (init held before it) ends by the setup timeout with a
+/// message, and nothing of the sandbox is left: no init, no state, the name free.
+#[test]
+fn a_setup_that_hangs_ends_by_its_timeout() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let name = format!("hang{}", std::process::id());
+    let out = ends_within(
+        held_run(&sb, &name, "1"),
+        Duration::from_secs(30),
+        "timeout",
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("did not finish within 1s (OPENSHELL_SETUP_TIMEOUT)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(pids_titled(&format!("openshell: init {name}")).is_empty());
+    assert!(!sb.state.path().join("sandboxes").join(&name).exists());
+    // Bad values name the variable.
+    for bad in ["0", "-1", "abc", "1e9", "NaN"] {
+        let o = sb
+            .cmd()
+            .args(["run", "--", "true"])
+            .env("OPENSHELL_SETUP_TIMEOUT", bad)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(125), "{bad}");
+        assert!(
+            stderr(&o).contains(&format!("OPENSHELL_SETUP_TIMEOUT={bad}: give seconds")),
+            "{bad}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP to openshell while setup hangs end it at once (they are
+/// blocked for the relay, so before the fix they were never seen).
+#[test]
+fn signals_end_a_setup_that_hangs() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    for (i, sig) in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("sig{i}-{}", std::process::id());
+        let child = held_run(&sb, &name, "600");
+        let title = format!("openshell: init {name}");
+        let until = Instant::now() + Duration::from_secs(20);
+        while pids_titled(&title).is_empty() {
+            assert!(Instant::now() < until, "init of {name} never appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: kill with a pid we spawned and a signal number.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let out = ends_within(child, Duration::from_secs(30), "signal during setup");
+        assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("during the sandbox's setup: stopped"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(pids_titled(&title).is_empty(), "init outlived {sig}");
+    }
+}
+
+/// With stdin /dev/null, `run -t`, `exec -t` and `connect` end (an interactive bash
+/// and python3 read end-of-file), and a pty command that ignores SIGTERM and SIGHUP is
+/// killed after the grace time when openshell is told to stop.
+#[test]
+fn pty_sessions_end_with_dev_null_input_and_on_sigterm() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let null = |args: &[&str]| {
+        sb.cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    for argv in [&["bash"][..], &["bash", "-l"], &["python3"], &["sh"]] {
+        let mut args = vec!["run", "-t", "--"];
+        args.extend_from_slice(argv);
+        let out = ends_within(null(&args), Duration::from_secs(30), &args.join(" "));
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    let name = format!("pty{}", std::process::id());
+    let o = sb.cli(&["sandbox", "create", "--detach", "--name", &name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = ends_within(
+        null(&["sandbox", "connect", &name]),
+        Duration::from_secs(30),
+        "connect </dev/null",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ends_within(
+        null(&["sandbox", "exec", "-t", &name, "--", "bash"]),
+        Duration::from_secs(30),
+        "exec -t bash </dev/null",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Input that never ends, a command that ignores TERM and HUP: SIGTERM to openshell
+    // ends it (after the grace time) in a run and in an exec.
+    let stubborn = "trap '' TERM HUP; echo ready; sleep 120";
+    for args in [
+        vec!["run", "-t", "--", "bash", "-c", stubborn],
+        vec!["sandbox", "exec", "-t", &name, "--", "bash", "-c", stubborn],
+        vec!["sandbox", "connect", &name],
+    ] {
+        let mut child = sb
+            .cmd()
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = child.stdin.take().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        // SAFETY: kill with a pid we spawned.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let out = ends_within(child, Duration::from_secs(40), &args.join(" "));
+        drop(input);
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+    }
+    let o = sb.cli(&["sandbox", "delete", &name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// `create --detach -o json` prints JSON and keeps `-o` out of the saved options, so
+/// `start` works; a failed create (bad upload, a setup that fails in the supervisor)
+/// leaves no sandbox and the name free, with or without --no-keep.
+#[test]
+fn create_saves_only_its_own_options_and_failures_leave_nothing() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let name = format!("cj{}", std::process::id());
+    let o = sb.cli(&[
+        "sandbox", "create", "--detach", "-o", "json", "--name", &name, "-e", "A=1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(v["name"], name.as_str());
+    for cmd in ["stop", "start"] {
+        let o = sb.cli(&["sandbox", cmd, &name]);
+        assert!(o.status.success(), "{cmd}: {}", stderr(&o));
+    }
+    let o = sb.cli(&["sandbox", "exec", &name, "--", "sh", "-c", "echo $A"]);
+    assert_eq!(stdout(&o), "1\n", "{}", stderr(&o));
+    let o = sb.cli(&["sandbox", "delete", &name]);
+    assert!(o.status.success());
+
+    let bad = format!("cb{}", std::process::id());
+    for extra in [&[][..], &["--no-keep"]] {
+        let mut args = vec![
+            "sandbox",
+            "create",
+            "--name",
+            &bad,
+            "--upload",
+            "/nonexistent/x",
+        ];
+        args.extend_from_slice(extra);
+        args.extend(["--", "true"]);
+        let o = sb.cli(&args);
+        assert_eq!(o.status.code(), Some(125));
+        assert!(stderr(&o).contains("/nonexistent/x"), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("kept sandbox state"), "{}", stderr(&o));
+        assert!(!sb.state.path().join("sandboxes").join(&bad).exists());
+    }
+    // A failure in the detached supervisor itself (setup timeout).
+    let o = sb
+        .cmd()
+        .args(["sandbox", "create", "--detach", "--name", &bad])
+        .env("OPENSHELL_SETUP_TIMEOUT", "0.000001")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("OPENSHELL_SETUP_TIMEOUT"),
+        "{}",
+        stderr(&o)
+    );
+    let o = sb.cli(&["sandbox", "list"]);
+    assert!(!stdout(&o).contains(&bad), "{}", stdout(&o));
+    // The name is free.
+    let o = sb.cli(&[
+        "sandbox",
+        "create",
+        "--name",
+        &bad,
+        "--no-keep",
+        "--",
+        "true",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// A state or image directory that cannot be written names the path and what to do.
+#[test]
+fn unwritable_state_says_which_path_and_what_to_do() {
+    let sb = Sandbox::new();
+    // A regular file as a parent fails for root too (no permission bypass).
+    let file = sb.state.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let o = sb
+        .cmd()
+        .args(["run", "--", "true"])
+        .env("OPENSHELL_STATE_DIR", file.join("state"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125));
+    let e = stderr(&o);
+    assert!(e.contains(&file.display().to_string()), "{e}");
+    assert!(e.contains("OPENSHELL_STATE_DIR"), "{e}");
+    let o = sb
+        .cmd()
+        .args(["image", "list"])
+        .env("OPENSHELL_IMAGE_DIR", file.join("images"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("OPENSHELL_IMAGE_DIR"), "{}", stderr(&o));
+}
+
+/// `image rm NAME` of an image with several names removes that name only; removing
+/// the last name removes the image and the layers no other image uses (not shared
+/// ones); `system df` counts, `system reset` refuses without a terminal or --force,
+/// then removes everything (rootless: files of subordinate ids too).
+#[test]
+fn image_rm_per_reference_and_system_reset() {
+    let e = need_registry!();
+    need_sandbox!();
+    let sb = sb();
+    let tls = var("OS_TEST_REGISTRY_TLS");
+    let ca = var("OS_TEST_REGISTRY_CA");
+    let a = format!("{}/busybox:latest", e.plain);
+    let b = format!("{tls}/busybox:latest");
+    let multi = format!("{}/busybox:multilayer", e.plain);
+    ok(&os(&sb, &["image", "pull", "-q", &a]));
+    ok(&os(&sb, &["image", "pull", "-q", "--registry-ca", &ca, &b]));
+    ok(&os(&sb, &["image", "pull", "-q", &multi]));
+    let layers = || {
+        std::fs::read_dir(sb.state.path().join("images/layers"))
+            .unwrap()
+            .count()
+    };
+    let list = ok(&os(&sb, &["image", "list"]));
+    assert!(list.contains(&a) && list.contains(&b), "{list}");
+    let before = layers();
+    assert!(ok(&os(&sb, &["image", "rm", &a])).contains("untagged"));
+    let list = ok(&os(&sb, &["image", "list"]));
+    assert!(!list.contains(&a) && list.contains(&b), "{list}");
+    let o = os(&sb, &["run", "--from", &b, "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The last name: the image goes; its layer is shared with multilayer and stays.
+    assert!(ok(&os(&sb, &["image", "rm", &b])).contains("removed"));
+    assert_eq!(layers(), before, "a shared layer was removed");
+    let o = os(&sb, &["run", "--from", &multi, "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A kept sandbox with files of the sandbox user (subordinate ids, rootless).
+    let o = os(
+        &sb,
+        &[
+            "run",
+            "--keep",
+            "--name",
+            "keepme",
+            "--from",
+            &multi,
+            "--",
+            "sh",
+            "-c",
+            "echo x > /sandbox/f; mkdir -p /home/sandbox/d 2>/dev/null; true",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let df = ok(&os(&sb, &["system", "df", "-o", "json"]));
+    let v: serde_json::Value = serde_json::from_str(&df).unwrap();
+    assert_eq!(v[0]["kind"], "images");
+    assert_eq!(v[0]["total"], 1);
+    assert_eq!(v[1]["total"], 1);
+    assert!(v[0]["bytes"].as_u64().unwrap() > 100_000, "{df}");
+    let o = os(&sb, &["system", "reset"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
+    assert!(ok(&os(&sb, &["image", "list"])).contains(&multi));
+    let out = ok(&os(&sb, &["system", "reset", "--force"]));
+    assert!(out.contains("deleted sandbox keepme"), "{out}");
+    assert!(!sb.state.path().join("images").exists(), "image store left");
+    assert!(
+        !sb.state.path().join("sandboxes").exists(),
+        "sandboxes left"
+    );
+}
