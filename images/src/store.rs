@@ -319,6 +319,19 @@ impl Store {
         Ok(true)
     }
 
+    /// Drop every name of an image but keep it (and its layers): what `image rm
+    /// --force` does to an image a sandbox still runs on. `image prune` removes it once
+    /// no sandbox uses it.
+    pub fn drop_names(&self, rec: &ImageRecord) -> Result<()> {
+        let _l = self.lock("store")?;
+        let mut refs = self.refs()?;
+        refs.retain(|_, d| *d != rec.digest);
+        let mut rec = self.record(&rec.digest)?;
+        rec.names.clear();
+        self.write_record(&rec)?;
+        self.write_refs(&refs)
+    }
+
     /// Remove an image, all its names, and the layers and blobs no other image uses.
     /// Returns (layers removed, bytes of blobs removed).
     pub fn remove(&self, rec: &ImageRecord) -> Result<(usize, u64)> {

@@ -33,7 +33,7 @@ const TYPE_A: u16 = 1;
 const TYPE_AAAA: u16 = 28;
 
 /// Parse a query; `None` for anything we do not answer (responses, several questions,
-/// compression in the question, non-QUERY opcodes).
+/// compression in the question, non-QUERY opcodes, classes other than IN).
 pub fn parse(pkt: &[u8]) -> Option<Query> {
     if pkt.len() < 12 {
         return None;
@@ -67,6 +67,12 @@ pub fn parse(pkt: &[u8]) -> Option<Query> {
         }
     }
     let qtype = u16::from_be_bytes([*pkt.get(i)?, *pkt.get(i + 1)?]);
+    // Class IN (or ANY): a sandbox has no use for CHAOS or Hesiod, and an answer that
+    // echoes an unknown class is one resolvers refuse.
+    let qclass = u16::from_be_bytes([*pkt.get(i + 2)?, *pkt.get(i + 3)?]);
+    if qclass != 1 && qclass != 255 {
+        return None;
+    }
     let question = pkt.get(12..i + 4)?.to_vec();
     let name = if valid {
         crate::normalize_name(&labels.join(".")).unwrap_or_default()
@@ -82,10 +88,13 @@ pub fn parse(pkt: &[u8]) -> Option<Query> {
     })
 }
 
-/// Build an answer: `rcode` 0 with `addrs` (those matching the query type), or 3.
+/// Build an answer: `rcode` 0 with `addrs` (those matching the query type), or an
+/// error code (3: NXDOMAIN) without records.
 pub fn answer(q: &Query, rcode: u8, addrs: &[IpAddr]) -> Vec<u8> {
+    // An error answer carries no records, whatever the caller passed.
     let records: Vec<&IpAddr> = addrs
         .iter()
+        .filter(|_| rcode == 0)
         .filter(|a| {
             matches!(
                 (a, q.qtype),

@@ -142,6 +142,10 @@ pub fn parse_head(bytes: &[u8]) -> Result<Head, HeadError> {
     if lengths > 1 {
         return bad("several Content-Length headers");
     }
+    // Upstreams disagree on which of several Host headers counts (RFC 9112 says 400).
+    if count("host") > 1 {
+        return bad("several Host headers");
+    }
     if lengths == 1
         && !out
             .header("content-length")
@@ -205,7 +209,9 @@ mod tests {
 
     #[test]
     fn ambiguous_heads_refused() {
-        let refused: [&[u8]; 11] = [
+        let refused: [&[u8]; 13] = [
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nhOST: a\r\n\r\n",
             b"GET / HTTP/1.1\nHost: a\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n",

@@ -241,13 +241,21 @@ fn remove(images: &[String], force: bool) -> i32 {
                 continue;
             }
         };
-        if let Some(sb) = users_of(&rec.digest).first()
-            && !force
-        {
-            code = fail(ImageError::InUse {
-                image: name.clone(),
-                sandbox: sb.clone(),
-            });
+        if let Some(sb) = users_of(&rec.digest).first() {
+            if !force {
+                code = fail(ImageError::InUse {
+                    image: name.clone(),
+                    sandbox: sb.clone(),
+                });
+                continue;
+            }
+            // Its layers are mounted by the sandbox: only the names go now.
+            match s.drop_names(&rec) {
+                Ok(()) => println!(
+                    "untagged {name}: its layers stay while sandbox {sb} uses them (`image prune` removes them after)"
+                ),
+                Err(e) => code = fail(e),
+            }
             continue;
         }
         match s.remove(&rec) {
@@ -340,12 +348,26 @@ pub fn run(cmd: ImageCommand, format: Format) -> i32 {
             }
         }
         ImageCommand::Rm { images, force } => in_store_userns(|_| remove(&images, force)),
-        ImageCommand::Prune => in_store_userns(|_| match store().and_then(|s| s.prune()) {
-            Ok((layers, bytes)) => {
-                println!("removed {layers} layers and {} of blobs", human(bytes));
-                0
+        ImageCommand::Prune => in_store_userns(|_| {
+            match store().and_then(|s| {
+                // Images without a name that no sandbox uses any more go first.
+                let (mut layers, mut bytes) = (0, 0);
+                for r in s.list()? {
+                    if r.names.is_empty() && users_of(&r.digest).is_empty() {
+                        let (l, b) = s.remove(&r)?;
+                        layers += l;
+                        bytes += b;
+                    }
+                }
+                let (l, b) = s.prune()?;
+                Ok((layers + l, bytes + b))
+            }) {
+                Ok((layers, bytes)) => {
+                    println!("removed {layers} layers and {} of blobs", human(bytes));
+                    0
+                }
+                Err(e) => fail(e),
             }
-            Err(e) => fail(e),
         }),
         ImageCommand::Login {
             registry,
