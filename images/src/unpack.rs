@@ -358,16 +358,12 @@ pub fn unpack<R: Read>(
                         }
                     }
                 }
-                drop(f);
                 layer.chown(&parent, &name, uid, gid)?;
-                // After chown: it clears setuid bits.
-                nix::sys::stat::fchmodat(
-                    parent.as_fd(),
-                    name.as_os_str(),
-                    Mode::from_bits_truncate(mode),
-                    nix::sys::stat::FchmodatFlags::FollowSymlink,
-                )
-                .map_err(|e| format!("chmod {}: {e}", rel.display()))?;
+                // After chown (it clears setuid bits), on the descriptor of the file we
+                // created: never through a name another entry could have replaced.
+                nix::sys::stat::fchmod(&f, Mode::from_bits_truncate(mode))
+                    .map_err(|e| format!("chmod {}: {e}", rel.display()))?;
+                drop(f);
                 set_mtime(&parent, &name, mtime);
             }
             T::Symlink => {
@@ -434,13 +430,18 @@ pub fn unpack<R: Read>(
     for (rel, mode, mtime, _, _) in &dirs {
         let parent = layer.dir(rel.parent().unwrap_or(Path::new("")))?;
         let name = rel.file_name().unwrap_or_default();
-        nix::sys::stat::fchmodat(
+        // Opened without following anything: a later entry may have replaced the
+        // directory by a symlink (`d/` then `d -> /etc`), whose target is not ours to
+        // chmod; a directory that is gone or replaced keeps no mode of this entry.
+        let Ok(fd) = openat2(
             parent.as_fd(),
             name,
-            Mode::from_bits_truncate(*mode),
-            nix::sys::stat::FchmodatFlags::FollowSymlink,
-        )
-        .map_err(|e| format!("chmod {}: {e}", rel.display()))?;
+            beneath(OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW),
+        ) else {
+            continue;
+        };
+        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(*mode))
+            .map_err(|e| format!("chmod {}: {e}", rel.display()))?;
         set_mtime(&parent, name, *mtime);
     }
     stats.implicit_dirs = layer.implicit.into_iter().collect();
@@ -450,6 +451,7 @@ pub fn unpack<R: Read>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn tar_of(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -472,6 +474,31 @@ mod tests {
             b.append(&h, *data).unwrap();
         }
         b.into_inner().unwrap()
+    }
+
+    /// A directory entry later replaced by a symlink to a host path: its mode (set
+    /// last) must not land on the symlink's target. Found by images/tests/prop.rs: it
+    /// made /tmp setuid.
+    #[test]
+    fn directory_modes_never_follow_a_later_symlink() {
+        let case = tmp("dirmode");
+        let victim = case.join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let dest = case.join("layer");
+        std::fs::create_dir(&dest).unwrap();
+        let target = victim.display().to_string();
+        for link in [target.as_str(), "../victim", "../../"] {
+            let t = tar_of(&[
+                ("d", tar::EntryType::Directory, b"", None),
+                ("d", tar::EntryType::Symlink, b"", Some(link)),
+            ]);
+            let _ = unpack(&t[..], &dest, Ownership::Flatten, &mut || Ok(()));
+            let m = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(m, 0o700, "{link}");
+            let _ = std::fs::remove_file(dest.join("d"));
+        }
+        let _ = crate::store::force_remove(&case);
     }
 
     fn tmp(tag: &str) -> PathBuf {

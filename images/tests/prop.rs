@@ -146,15 +146,27 @@ proptest! {
         std::fs::create_dir(&dest).unwrap();
         std::fs::create_dir(&outside).unwrap();
         std::fs::write(outside.join("planted"), b"host").unwrap();
+        let modes = || {
+            [case.as_path(), case.parent().unwrap()].map(|d| {
+                let m = std::fs::symlink_metadata(d).unwrap();
+                (m.mode(), m.uid(), m.mtime())
+            })
+        };
+        let before_modes = modes();
         let before_case = snapshot(&case);
         let before_out = snapshot(&outside);
         let _ = unpack(&tarball[..], &dest, Ownership::Flatten, &mut || Ok(()));
+        let after_modes = modes();
+        prop_assert_eq!(before_modes[1], after_modes[1], "the directory above the layer's parent changed");
+        prop_assert_eq!(before_modes[0].0, after_modes[0].0, "the layer's parent changed mode");
         let after_case: Vec<_> = snapshot(&case);
         prop_assert_eq!(before_case.len(), after_case.len(), "something was created next to the layer");
         prop_assert_eq!(&before_out, &snapshot(&outside), "the outside directory changed");
         prop_assert_eq!(std::fs::read(outside.join("planted")).unwrap(), b"host".to_vec());
         prop_assert_eq!(std::fs::metadata(outside.join("planted")).unwrap().nlink(), 1, "hard-linked from the layer");
         remove(&case);
+        let m = std::fs::symlink_metadata(std::env::temp_dir()).unwrap();
+        prop_assert_eq!(m.mode(), before_modes[1].0, "cleaning up changed the temp dir");
     }
 }
 

@@ -11,6 +11,10 @@ pub mod l7;
 pub mod schema;
 pub mod validate;
 
+/// Network policy entries openshell adds for a sandbox's providers are named
+/// `_provider_<provider name>`; user policies may not use the prefix.
+pub const PROVIDER_PREFIX: &str = "_provider_";
+
 use std::fmt;
 
 pub use schema::*;
@@ -61,8 +65,19 @@ impl PolicyError {
 }
 
 impl Policy {
-    /// Parse and fully validate a policy document.
+    /// Parse and fully validate a policy document a user wrote (no `_provider_`
+    /// entries).
     pub fn parse(source: &str) -> Result<Self, PolicyError> {
+        Self::parse_with(source, false)
+    }
+
+    /// Parse a sandbox's own policy, which may hold the `_provider_` entries openshell
+    /// added for its providers.
+    pub fn parse_stored(source: &str) -> Result<Self, PolicyError> {
+        Self::parse_with(source, true)
+    }
+
+    fn parse_with(source: &str, provider_entries: bool) -> Result<Self, PolicyError> {
         let policy: Policy = serde_yaml_ng::from_str(source).map_err(|e| {
             let location = e.location().map(|l| (l.line(), l.column()));
             let full = e.to_string();
@@ -72,7 +87,7 @@ impl Policy {
             };
             PolicyError::Parse { message, location }
         })?;
-        let issues = validate::validate(&policy, source);
+        let issues = validate::validate_with(&policy, source, provider_entries);
         if issues.is_empty() {
             Ok(policy)
         } else {

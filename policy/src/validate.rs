@@ -32,10 +32,31 @@ impl fmt::Display for Issue {
 
 /// Check everything serde cannot. Returns every issue, not just the first.
 pub fn validate(policy: &Policy, source: &str) -> Vec<Issue> {
+    validate_with(policy, source, false)
+}
+
+/// [`validate`], optionally allowing the `_provider_` entries openshell itself adds
+/// (a sandbox's stored or active policy).
+pub fn validate_with(policy: &Policy, source: &str, provider_entries: bool) -> Vec<Issue> {
     let mut v = Validator {
         source,
         issues: Vec::new(),
     };
+    if !provider_entries {
+        for key in policy.network_policies.keys() {
+            if key.starts_with(crate::PROVIDER_PREFIX) {
+                v.push(
+                    &["network_policies", key],
+                    None,
+                    format!("network_policies.{key}"),
+                    format!(
+                        "the `{}` prefix is reserved for the entries openshell adds for providers (`--provider`); rename this entry",
+                        crate::PROVIDER_PREFIX
+                    ),
+                );
+            }
+        }
+    }
     v.run(policy);
     // Report in file order, so the first line is the first problem in the file.
     v.issues

@@ -328,7 +328,7 @@ async fn handle(
     t: Target,
     sender: Sender,
     relays: watch::Receiver<u64>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<Body> {
     let (host, port) = (t.host.as_str(), t.port);
     let method = req.method().as_str().to_string();
@@ -425,6 +425,36 @@ async fn handle(
         });
         return json(StatusCode::FORBIDDEN, v, Some(&grant.name));
     }
+    // Placeholders become credentials here, after the policy allowed the request,
+    // and only where the credential is bound (docs/credentials.md).
+    let vault = ctx.credentials.get();
+    let (mut parts, body) = req.into_parts();
+    let dest = crate::secrets::Destination {
+        host,
+        port,
+        chain: &who.chain,
+    };
+    let used = match crate::secrets::rewrite(&mut parts, &dest, &vault) {
+        Ok(u) => u,
+        Err(refusal) => {
+            let (status, code, message) = refusal.answer();
+            ctx.log.http(
+                &method,
+                &url,
+                "DENIED",
+                &who,
+                Some(&grant.name),
+                Some(&format!("{code}: {message}")),
+            );
+            let v = serde_json::json!({"error": code, "message": message});
+            return json(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+                v,
+                None,
+            );
+        }
+    };
+    let mut req = Request::from_parts(parts, body);
     let unreachable = |detail: String| {
         json(
             StatusCode::BAD_GATEWAY,
@@ -440,7 +470,10 @@ async fn handle(
         Upstream::H2(s) => {
             let req = for_upstream(req, true, &t);
             match s.clone().send_request(req).await {
-                Ok(resp) => for_client(resp, t.client_h2),
+                Ok(mut resp) => {
+                    crate::secrets::redact_response(resp.headers_mut(), &used, &vault);
+                    for_client(resp, t.client_h2)
+                }
                 Err(e) => unreachable(e.to_string()),
             }
         }
@@ -456,6 +489,7 @@ async fn handle(
                 Err(e) => return unreachable(e.to_string()),
             };
             drop(s);
+            crate::secrets::redact_response(resp.headers_mut(), &used, &vault);
             if let Some(client) = upgrade
                 && resp.status() == StatusCode::SWITCHING_PROTOCOLS
             {

@@ -16,6 +16,7 @@ pub mod http;
 pub mod l7;
 pub mod log;
 pub mod prefixed;
+pub mod secrets;
 pub mod splice;
 pub mod state;
 pub mod tls;
@@ -83,6 +84,8 @@ pub struct Context {
     upstream_tls: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
     /// The same offering HTTP/2 first.
     upstream_tls_h2: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
+    /// Provider credentials swapped for their placeholders (`secrets`).
+    pub credentials: secrets::Vault,
 }
 
 impl Context {
@@ -106,6 +109,7 @@ impl Context {
             upstream_ca,
             upstream_tls: std::sync::OnceLock::new(),
             upstream_tls_h2: std::sync::OnceLock::new(),
+            credentials: secrets::Vault::default(),
         })
     }
 

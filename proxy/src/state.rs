@@ -120,10 +120,19 @@ impl PolicyState {
     /// Validate `yaml` completely and make it active, or reject it and keep the old one.
     /// Static sections (filesystem, landlock, process) cannot change on a live sandbox.
     pub fn replace(&self, yaml: &str) -> Result<Loaded, String> {
-        let result = Policy::parse(yaml)
+        // The provider entries stay the sandbox's own: whatever the new document says
+        // about `_provider_*` is replaced by the active ones (providers change them).
+        let result = Policy::parse_stored(yaml)
             .map_err(|e| e.render("policy"))
-            .and_then(|p| {
+            .and_then(|mut p| {
                 let cur = self.current();
+                p.network_policies
+                    .retain(|k, _| !k.starts_with(openshell_policy::PROVIDER_PREFIX));
+                for (k, v) in &cur.policy.network_policies {
+                    if k.starts_with(openshell_policy::PROVIDER_PREFIX) {
+                        p.network_policies.insert(k.clone(), v.clone());
+                    }
+                }
                 if p.filesystem_policy != cur.policy.filesystem_policy
                     || p.landlock != cur.policy.landlock
                     || p.process != cur.policy.process

@@ -110,7 +110,7 @@ pub fn exec(dir: &Path, rec: &Record, req: &ExecRequest) -> Result<i32, String> 
     let policy = fs::read_to_string(&policy_path)
         .map_err(|e| format!("{}: {e}", policy_path.display()))
         .and_then(|t| {
-            Policy::parse(&t).map_err(|e| e.render(&policy_path.display().to_string()))
+            Policy::parse_stored(&t).map_err(|e| e.render(&policy_path.display().to_string()))
         })?;
     let sandbox_workdir = if rec.enforced.workdir.is_empty() {
         "/sandbox".to_string()

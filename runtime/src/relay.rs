@@ -58,10 +58,17 @@ impl Stop {
         })
     }
 
-    /// Past the grace time: kill the command (init: the whole sandbox goes).
+    /// Start the grace time (once).
+    fn begin(&mut self) {
+        self.0.get_or_insert_with(|| Instant::now() + STOP_GRACE);
+    }
+
+    /// Past the grace time: kill the command and its process group (`exec`'s child
+    /// leads one; init's death ends its whole pid namespace).
     fn enforce(&mut self, child: Pid) {
         if self.0.is_some_and(|d| Instant::now() >= d) {
             let _ = kill(child, Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(-child.as_raw()), Signal::SIGKILL);
             self.0 = None;
         }
     }
@@ -92,13 +99,15 @@ fn on_signal(
             // foreground job; a signal sent to openshell itself is passed on (init
             // forwards it to the command).
             let _ = kill(child, other);
-            if matches!(other, Signal::SIGTERM | Signal::SIGHUP) {
-                // The terminal of a pty session is going away: hang it up, as a
-                // terminal does (an interactive shell ignores SIGTERM, not SIGHUP).
+            // SIGTERM asks the command to end: it is killed if it has not after the
+            // grace time. SIGHUP does too for a pty session (its terminal is going
+            // away); without a pty it is only passed on (a program may reload on it).
+            if other == Signal::SIGTERM || (other == Signal::SIGHUP && master.is_some()) {
+                // An interactive shell ignores SIGTERM, not a hang-up.
                 if master.is_some() && other != Signal::SIGHUP {
                     let _ = kill(child, Signal::SIGHUP);
                 }
-                stop.0.get_or_insert_with(|| Instant::now() + STOP_GRACE);
+                stop.begin();
             }
             None
         }
@@ -172,6 +181,10 @@ fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) {
 }
 
 /// With a terminal: raw mode, relay both ways, follow the window size.
+///
+/// An input or a pty that is done (end of file, hang-up, EIO) leaves the poll set:
+/// a pipe with no writer, or a pty whose every slave is closed, reports POLLHUP for
+/// ever, and polling it again would spin.
 pub fn relay_pty(init: Pid, sfd: &SignalFd, master: OwnedFd) -> i32 {
     let _raw = RawMode::enter();
     copy_winsize(master.as_fd());
@@ -180,42 +193,52 @@ pub fn relay_pty(init: Pid, sfd: &SignalFd, master: OwnedFd) -> i32 {
     let stdout = std::io::stdout();
     let mut pending: Vec<u8> = Vec::new();
     let mut stdin_open = true;
+    let mut master_open = true;
     let stdin_tty = nix::unistd::isatty(&stdin).unwrap_or(false);
     let mut buf = vec![0u8; 64 * 1024];
     let mut stop = Stop::default();
     // After piped input ends: the terminal mode the last end-of-file went into.
     let mut eof_sent_in: Option<bool> = None;
     let code = loop {
-        let mut master_ev = PollFlags::POLLIN;
-        if !pending.is_empty() {
-            master_ev |= PollFlags::POLLOUT;
-        }
-        let stdin_ev = if stdin_open && pending.len() < 1 << 20 {
-            PollFlags::POLLIN
-        } else {
-            PollFlags::empty()
-        };
-        let mut fds = [
-            PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
-            PollFd::new(master.as_fd(), master_ev),
-            PollFd::new(stdin.as_fd(), stdin_ev),
-        ];
-        let idle = eof_sent_in.map(|_| Duration::from_millis(100));
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        let m_at = master_open.then(|| {
+            let mut ev = PollFlags::POLLIN;
+            if !pending.is_empty() {
+                ev |= PollFlags::POLLOUT;
+            }
+            fds.push(PollFd::new(master.as_fd(), ev));
+            fds.len() - 1
+        });
+        let in_at = (stdin_open && pending.len() < 1 << 20).then(|| {
+            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
+        let idle = eof_sent_in
+            .filter(|_| master_open)
+            .map(|_| Duration::from_millis(100));
         match poll(&mut fds, stop.timeout(idle)) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => break crate::spawn::EXIT_SETUP,
         }
-        let ev = |i: usize| fds[i].revents().unwrap_or(PollFlags::empty());
-        let (sig_ev, m_ev, in_ev) = (ev(0), ev(1), ev(2));
+        let ev = |i: Option<usize>| {
+            i.and_then(|i| fds[i].revents())
+                .unwrap_or(PollFlags::empty())
+        };
+        let (sig_ev, m_ev, in_ev) = (ev(Some(0)), ev(m_at), ev(in_at));
+        drop(fds);
         if m_ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
             match nix::unistd::read(&master, &mut buf) {
                 Ok(n) if n > 0 => write_all(stdout.as_fd(), &buf[..n]),
                 Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
-                // EIO: every slave end is closed; the command is gone.
-                _ => {}
+                // EOF/EIO: every slave end is closed. The command may live on without
+                // a terminal; we wait for it (or a signal) without polling the pty.
+                _ => {
+                    master_open = false;
+                    pending.clear();
+                }
             }
         }
-        if m_ev.contains(PollFlags::POLLOUT) && !pending.is_empty() {
+        if master_open && m_ev.contains(PollFlags::POLLOUT) && !pending.is_empty() {
             match nix::unistd::write(&master, &pending) {
                 Ok(n) => {
                     pending.drain(..n);
@@ -224,7 +247,7 @@ pub fn relay_pty(init: Pid, sfd: &SignalFd, master: OwnedFd) -> i32 {
                 Err(_) => pending.clear(),
             }
         }
-        if in_ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
+        if in_ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
             match nix::unistd::read(&stdin, &mut buf) {
                 Ok(n) if n > 0 => pending.extend_from_slice(&buf[..n]),
                 Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
@@ -232,9 +255,11 @@ pub fn relay_pty(init: Pid, sfd: &SignalFd, master: OwnedFd) -> i32 {
                     stdin_open = false;
                     if stdin_tty {
                         // Our terminal hung up: so does the sandbox's (as a terminal
-                        // would), or an interactive shell inside would wait forever.
+                        // would), or an interactive shell inside would wait forever;
+                        // what ignores the hang-up is killed after the grace time.
                         let _ = kill(init, Signal::SIGHUP);
-                    } else {
+                        stop.begin();
+                    } else if master_open {
                         // End of piped input: the pty's end-of-file character.
                         pending.push(0x04);
                         eof_sent_in = Some(canonical(master.as_fd()));
@@ -245,6 +270,7 @@ pub fn relay_pty(init: Pid, sfd: &SignalFd, master: OwnedFd) -> i32 {
         // A program that switched its terminal's mode since (readline, at start-up)
         // may have lost that end-of-file in the switch: give it another.
         if let Some(was) = eof_sent_in
+            && master_open
             && pending.is_empty()
             && canonical(master.as_fd()) != was
         {
@@ -258,7 +284,9 @@ pub fn relay_pty(init: Pid, sfd: &SignalFd, master: OwnedFd) -> i32 {
         }
         stop.enforce(init);
     };
-    drain(&master, &mut buf);
+    if master_open {
+        drain(&master, &mut buf);
+    }
     code
 }
 
@@ -269,10 +297,12 @@ fn canonical(master: BorrowedFd<'_>) -> bool {
         .unwrap_or(true)
 }
 
-/// After the command ended: copy what is left in the pty to stdout.
+/// After the command ended: copy what is left in the pty to stdout — for a second at
+/// most: what the command left running may write on for ever.
 fn drain(master: &OwnedFd, buf: &mut [u8]) {
     let stdout = std::io::stdout();
-    loop {
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
         let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(50u8)) {
             Ok(n) if n > 0 => {}

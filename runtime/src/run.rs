@@ -103,7 +103,9 @@ pub(crate) fn sys(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> RunEr
 /// Removes the sandbox's state when the run ends, unless kept.
 struct Cleanup {
     dir: SandboxDir,
-    keep: bool,
+    /// Keep the directory; a `create`'s supervisor sets it once the sandbox is Ready, so
+    /// a create that fails before leaves nothing (its name stays free).
+    keep: std::cell::Cell<bool>,
     /// A `sandbox create`'s supervisor: keeping is its job, nothing to say (a create
     /// that fails is deleted by the CLI).
     quiet: bool,
@@ -125,7 +127,7 @@ impl Drop for Cleanup {
         if state::identity(&self.dir.path) != self.ident {
             return; // deleted (and maybe replaced) while running
         }
-        if self.keep {
+        if self.keep.get() {
             if self.quiet {
                 return;
             }
@@ -316,7 +318,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     }
     let mut cleanup = Cleanup {
         dir: dir.clone(),
-        keep: opts.keep,
+        keep: std::cell::Cell::new(opts.keep && (opts.reuse || !opts.keepalive)),
         quiet: opts.keepalive,
         mapped: (ids.mode == "subids").then(|| ids.clone()),
         ident: state::identity(&dir.path),
@@ -552,6 +554,9 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         confinement,
     };
     let ready = |r: &mut Record, init: i32| {
+        if opts.keep {
+            cleanup.keep.set(true);
+        }
         r.recorded = Recorded::Running;
         r.init_pid = Some(init);
         r.last_active = record::now();

@@ -36,6 +36,8 @@ pub(crate) fn start_and_wait(
     net: Option<NetSetup>,
     on_ready: &mut dyn FnMut(i32),
 ) -> Result<i32, RunError> {
+    // A bad OPENSHELL_SETUP_TIMEOUT is refused before anything exists.
+    let timeout = setup_timeout()?;
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -104,7 +106,7 @@ pub(crate) fn start_and_wait(
     if std::env::var_os("OPENSHELL_DEBUG_HOLD_INIT").is_none() {
         nix::unistd::write(&ours, &[msg::GO]).map_err(sys("release init"))?;
     }
-    let deadline = std::time::Instant::now() + setup_timeout()?;
+    let deadline = std::time::Instant::now() + timeout;
     let mut master = None;
     let mut listeners: Option<([OwnedFd; 3], Option<OwnedFd>, bool)> = None;
     loop {

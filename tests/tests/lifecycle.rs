@@ -187,6 +187,43 @@ fn pty_sessions_end_with_dev_null_input_and_on_sigterm() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// CPU ticks (user + system) a process has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// A relay with nothing to do stays idle: after its piped input ended (a pipe without
+/// writer reports POLLHUP for ever), and when the command closed its terminal but
+/// lives on (the pty reports POLLHUP/EIO for ever). A busy loop would use a core.
+#[test]
+fn an_idle_pty_relay_does_not_spin() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    for script in ["sleep 3", "exec 0<&- 1>&- 2>&-; sleep 3"] {
+        let mut child = sb
+            .cmd()
+            .args(["run", "-t", "--", "sh", "-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        drop(child.stdin.take()); // input ends at once
+        std::thread::sleep(Duration::from_millis(2500));
+        let ticks = cpu_ticks(child.id());
+        let _ = ends_within(child, Duration::from_secs(30), script);
+        // 2.5 s of spinning is ~250 ticks; an idle relay uses a handful.
+        assert!(
+            ticks < 60,
+            "{script}: the relay used {ticks} ticks of CPU while idle"
+        );
+    }
+}
+
 /// `create --detach -o json` prints JSON and keeps `-o` out of the saved options, so
 /// `start` works; a failed create (bad upload, a setup that fails in the supervisor)
 /// leaves no sandbox and the name free, with or without --no-keep.
@@ -207,6 +244,36 @@ fn create_saves_only_its_own_options_and_failures_leave_nothing() {
     }
     let o = sb.cli(&["sandbox", "exec", &name, "--", "sh", "-c", "echo $A"]);
     assert_eq!(stdout(&o), "1\n", "{}", stderr(&o));
+    // A create of a name in use fails and leaves the existing sandbox alone (running
+    // or stopped): its files, its log.
+    let o = sb.cli(&[
+        "sandbox",
+        "exec",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /sandbox/f",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for _ in 0..2 {
+        let o = sb.cli(&["sandbox", "create", "--detach", "--name", &name]);
+        assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+        assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+        assert!(
+            sb.state
+                .path()
+                .join("supervisors")
+                .join(format!("{name}.log"))
+                .exists()
+        );
+        let o = sb.cli(&["sandbox", "stop", &name]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let o = sb.cli(&["sandbox", "start", &name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = sb.cli(&["sandbox", "exec", &name, "--", "cat", "/sandbox/f"]);
+    assert_eq!(stdout(&o), "kept\n", "{}", stderr(&o));
     let o = sb.cli(&["sandbox", "delete", &name]);
     assert!(o.status.success());
 
@@ -342,11 +409,28 @@ fn image_rm_per_reference_and_system_reset() {
     assert_eq!(v[0]["total"], 1);
     assert_eq!(v[1]["total"], 1);
     assert!(v[0]["bytes"].as_u64().unwrap() > 100_000, "{df}");
-    let o = os(&sb, &["system", "reset"]);
+    // Never a directory holding the home (here: the state dir is HOME's parent).
+    let o = os(&sb, &["system", "reset", "--force"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("holds your home"), "{}", stderr(&o));
+    let home_dir = openshell_tests::TempDir::new("home");
+    let home = home_dir.path().to_path_buf();
+    let reset = |force: bool| {
+        let mut c = sb.cmd();
+        c.env("OPENSHELL_IMAGE_DIR", sb.state.path().join("images"))
+            .env("XDG_RUNTIME_DIR", sb.state.path().join("run"))
+            .env("HOME", &home)
+            .args(["system", "reset"]);
+        if force {
+            c.arg("--force");
+        }
+        c.stdin(Stdio::null()).output().unwrap()
+    };
+    let o = reset(false);
     assert_eq!(o.status.code(), Some(125));
     assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
     assert!(ok(&os(&sb, &["image", "list"])).contains(&multi));
-    let out = ok(&os(&sb, &["system", "reset", "--force"]));
+    let out = ok(&reset(true));
     assert!(out.contains("deleted sandbox keepme"), "{out}");
     assert!(!sb.state.path().join("images").exists(), "image store left");
     assert!(

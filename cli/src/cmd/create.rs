@@ -191,17 +191,12 @@ pub fn run(mut args: CreateArgs, format: Format) -> i32 {
         Err(e) => return fail(e),
     };
     if let Err(code) = wait_ready(&base, &name, sup, &log, before) {
-        // A create that failed leaves nothing behind: the name stays free (the reason
-        // was printed from the supervisor's log, which goes with it).
-        if let Ok(e) = store::find(&base, &name)
-            && e.record.as_ref().is_ok_and(|r| {
-                r.supervisor
-                    .is_none_or(|s| s.pid == sup.as_raw() || !s.alive())
-            })
-        {
-            let _ = store::delete(&base, &name);
+        // A create that failed leaves nothing behind: its supervisor removed the
+        // directory it made (never one that existed: a duplicate name fails before).
+        // The log goes too when it held only this attempt and no sandbox has the name.
+        if before == 0 && store::find(&base, &name).is_err() {
+            let _ = std::fs::remove_file(&log);
         }
-        let _ = std::fs::remove_file(&log);
         return code;
     }
     // What `sandbox start` needs to bring it back: the options it was created with,

@@ -123,8 +123,9 @@ pub fn run(name: &str, format: Format) -> i32 {
     let path = e.dir.join(openshell_runtime::record::POLICY);
     let policy = match std::fs::read_to_string(&path)
         .map_err(|err| format!("{}: {err}", path.display()))
-        .and_then(|t| Policy::parse(&t).map_err(|err| err.render(&path.display().to_string())))
-    {
+        .and_then(|t| {
+            Policy::parse_stored(&t).map_err(|err| err.render(&path.display().to_string()))
+        }) {
         Ok(p) => p,
         Err(err) => return fail(format!("sandbox {name}: {err}")),
     };

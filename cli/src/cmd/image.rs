@@ -200,15 +200,19 @@ pub fn human(bytes: u64) -> String {
     format!("{v:.1} TB")
 }
 
-/// Sandboxes (by name) whose state says they use `digest`.
+/// Sandboxes (by name) whose state says they use `digest`. Fails closed: a state
+/// directory that cannot be read counts as a user named after the problem.
 fn users_of(digest: &str) -> Vec<String> {
     let dir = openshell_runtime::state::base_dir().join("sandboxes");
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return vec![];
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vec![],
+        Err(e) => return vec![format!("(unknown: {}: {e})", dir.display())],
     };
     rd.flatten()
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("image")).is_ok_and(|d| d.trim() == digest)
+        .filter(|e| match std::fs::read_to_string(e.path().join("image")) {
+            Ok(d) => d.trim() == digest,
+            Err(err) => err.kind() != std::io::ErrorKind::NotFound,
         })
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()

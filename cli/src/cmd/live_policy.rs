@@ -96,7 +96,7 @@ pub fn get(name: &str, format: Format, timeout: Duration, policy_only: bool) -> 
 fn stored(dir: &Path) -> Result<(Policy, String), String> {
     let path = dir.join(record::POLICY);
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let p = Policy::parse(&text).map_err(|e| e.render(&path.display().to_string()))?;
+    let p = Policy::parse_stored(&text).map_err(|e| e.render(&path.display().to_string()))?;
     Ok((p, text))
 }
 
@@ -203,7 +203,7 @@ pub fn update(name: &str, u: Update, timeout: Duration) -> i32 {
         Err(err) => return fail(err),
     };
     let mut policy = match control::request(&sock, "GET", "/v1/policy", None, timeout) {
-        Ok((200, v)) => match Policy::parse(v["policy"].as_str().unwrap_or_default()) {
+        Ok((200, v)) => match Policy::parse_stored(v["policy"].as_str().unwrap_or_default()) {
             Ok(p) => p,
             Err(err) => {
                 return fail(format!(
@@ -229,7 +229,7 @@ pub fn update(name: &str, u: Update, timeout: Duration) -> i32 {
         eprintln!("openshell: - {host}:{port}");
     }
     // The edited policy must stand on its own, exactly as a file would.
-    let policy = match Policy::parse(&policy.to_yaml()) {
+    let policy = match Policy::parse_stored(&policy.to_yaml()) {
         Ok(p) => p,
         Err(err) => {
             return fail(format!(

@@ -186,6 +186,17 @@ fn reset(force: bool) -> i32 {
         rows[1].path,
         rows[0].path,
     );
+    // Never a directory that holds the user's home (OPENSHELL_IMAGE_DIR=$HOME): only
+    // what openshell made is removed, but names like `tmp` are too common there.
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    for d in [state::base_dir(), Store::default_root()] {
+        if d == Path::new("/") || home.as_deref().is_some_and(|h| h.starts_with(&d)) {
+            return fail(format!(
+                "system reset: {} holds your home directory; point OPENSHELL_STATE_DIR / OPENSHELL_IMAGE_DIR at openshell's own directories",
+                d.display()
+            ));
+        }
+    }
     if !force && !confirm(&what) {
         return fail("system reset: nothing removed");
     }
