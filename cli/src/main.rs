@@ -31,6 +31,9 @@ enum Command {
     /// Pull, list, inspect and remove OCI images.
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
+    /// Credentials kept on the host: sandboxes get placeholders, the proxy the values.
+    #[command(subcommand)]
+    Provider(cmd::provider::ProviderCommand),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),
@@ -68,6 +71,7 @@ fn main() {
     let code = match cli.command {
         Command::Run(args) => cmd::run::run(*args),
         Command::Policy(c) => cmd::policy::run(c, cli.output),
+        Command::Provider(c) => cmd::provider::run(c, cli.output),
         Command::Image(c) => cmd::image::run(c, cli.output),
         Command::Sandbox(c) => cmd::sandbox::run(c, cli.output),
         Command::Doctor => cmd::doctor::run(cli.output),

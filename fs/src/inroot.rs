@@ -152,6 +152,60 @@ fn readlink_at(
         .map_err(sys("readlink", path))
 }
 
+/// What `path` resolves to inside `root`: every symlink followed as the sandbox would
+/// (absolute targets from the root, `..` never above it; at most 40 links), or `None`
+/// when a component is missing or unreadable. The proxy uses it so that a policy
+/// naming `/usr/bin/claude` (a symlink into node_modules) matches the executable the
+/// kernel reports.
+pub fn realpath(root: BorrowedFd<'_>, path: &Path) -> Option<PathBuf> {
+    let mut todo: Vec<OsString> = Vec::new();
+    let push = |todo: &mut Vec<OsString>, p: &Path| {
+        for c in p.components().rev() {
+            match c {
+                Component::Normal(n) => todo.push(n.to_os_string()),
+                Component::ParentDir => todo.push("..".into()),
+                _ => {}
+            }
+        }
+    };
+    push(&mut todo, path);
+    let mut out = PathBuf::from("/");
+    let mut hops = 0;
+    while let Some(c) = todo.pop() {
+        if c == ".." {
+            out.pop();
+            continue;
+        }
+        let dir = open_with(
+            root,
+            &out,
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+            ResolveFlag::RESOLVE_NO_SYMLINKS,
+        )
+        .ok()?;
+        let st = nix::sys::stat::fstatat(
+            &dir,
+            c.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .ok()?;
+        if st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFLNK.bits() {
+            hops += 1;
+            if hops > 40 {
+                return None;
+            }
+            let target = readlink_at(dir.as_fd(), &c, &out).ok()?;
+            if target.is_absolute() {
+                out = PathBuf::from("/");
+            }
+            push(&mut todo, &target);
+        } else {
+            out.push(&c);
+        }
+    }
+    Some(out)
+}
+
 /// Where a dangling link at `path` points, as a path inside the root.
 fn follow(path: &Path, target: &Path) -> PathBuf {
     if target.is_absolute() {

@@ -40,8 +40,9 @@ pub async fn handle(ctx: Arc<Context>, sock: TcpStream, peer: SocketAddr) {
     if let Err(e) = &pinned {
         reason = e.clone();
     } else {
+        let chain = ctx.chain_with_links(&active.policy, &who.chain).await;
         for host in name.iter().chain(std::iter::once(&ip)) {
-            let Ok(grant) = decide(&active.policy, host, dst.port(), &who.chain, true) else {
+            let Ok(grant) = decide(&active.policy, host, dst.port(), &chain, true) else {
                 continue;
             };
             let upstream = match dial(&ctx, grant.endpoint, &ip, dst.port()).await {

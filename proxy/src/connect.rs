@@ -196,8 +196,10 @@ async fn serve(
     };
     let decision = match &pinned {
         Err(e) => Err(e.clone()),
-        Ok(()) => decide(&active.policy, &host, port, &who.chain, false)
-            .map_err(|d| d.reason().to_string()),
+        Ok(()) => {
+            let chain = ctx.chain_with_links(&active.policy, &who.chain).await;
+            decide(&active.policy, &host, port, &chain, false).map_err(|d| d.reason().to_string())
+        }
     };
     let refused = |reason: &str| {
         deny(&ctx, &who, &host, port, reason);

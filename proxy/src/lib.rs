@@ -26,8 +26,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openshell_policy::Endpoint;
 use openshell_policy::engine::ip_permitted;
+use openshell_policy::{Endpoint, Policy};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -57,6 +57,12 @@ pub trait Identify: Send + Sync {
     /// `remote` where the agent's socket is connected to (the proxy, or the original
     /// destination of a redirected connection).
     fn identify(&self, agent: SocketAddr, remote: SocketAddr) -> Option<Peer>;
+
+    /// What `path` resolves to inside the sandbox (symlinks followed there), if it
+    /// exists.
+    fn resolve(&self, _path: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Everything the handlers share.
@@ -131,6 +137,38 @@ impl Context {
                 Ok(Arc::new(cfg))
             })
             .clone()
+    }
+
+    /// `chain` plus every literal `binaries` path of `policy` that is a symlink inside
+    /// the sandbox resolving to an executable of the chain: a policy naming
+    /// `/usr/bin/claude` matches the `node_modules/.../claude.exe` the kernel reports.
+    /// Resolved on the blocking pool.
+    pub async fn chain_with_links(&self, policy: &Policy, chain: &[String]) -> Vec<String> {
+        let literals: Vec<String> = policy
+            .network_policies
+            .values()
+            .flat_map(|np| np.binaries.iter().map(|b| b.path.clone()))
+            .filter(|p| !p.contains('*') && !chain.contains(p))
+            .collect();
+        let mut out = chain.to_vec();
+        if literals.is_empty() || chain.is_empty() {
+            return out;
+        }
+        let identify = self.identify.clone();
+        let resolved = tokio::task::spawn_blocking(move || {
+            literals
+                .into_iter()
+                .filter_map(|l| identify.resolve(&l).map(|r| (l, r)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (literal, target) in resolved {
+            if literal != target && chain.contains(&target) && !out.contains(&literal) {
+                out.push(literal);
+            }
+        }
+        out
     }
 
     /// Who owns the connection, and whether its binary still is the one first seen at

@@ -35,7 +35,7 @@ pub fn placeholder(key: &str) -> String {
 }
 
 /// Where a credential may be sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Binding {
     /// Host pattern (the policy's syntax: `api.example.com`, `*.example.com`).
     pub host: String,
@@ -45,8 +45,9 @@ pub struct Binding {
     pub path: String,
 }
 
-/// One secret of a provider, as the proxy holds it.
-#[derive(Clone, PartialEq, Eq)]
+/// One secret of a provider, as the proxy holds it (serialised only to travel over
+/// the sandbox's 0600 control socket, never to a file).
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Credential {
     /// The environment key (`ANTHROPIC_API_KEY`).
     pub key: String,
@@ -267,7 +268,7 @@ pub fn rewrite(
                 .into_owned();
             if dv.contains(PREFIX) {
                 let s = swap_all(&dv, dest, &decoded_path, vault, &mut used, &header_safe)?;
-                pairs.push(format!("{k}={}", utf8_percent_encode(&s, NON_ALPHANUMERIC)));
+                pairs.push(format!("{k}={}", utf8_percent_encode(&s, SEGMENT)));
             } else if mentions(&dv) {
                 return Err(Refusal::Misplaced {
                     place: "a query parameter".into(),
@@ -407,6 +408,19 @@ impl Vault {
     pub fn set(&self, creds: Vec<Credential>) {
         if let Ok(mut g) = self.0.write() {
             *g = Arc::new(creds);
+        }
+    }
+
+    /// Replace one provider's credentials, leaving the others.
+    pub fn set_provider(&self, provider: &str, creds: Vec<Credential>) {
+        if let Ok(mut g) = self.0.write() {
+            let mut all: Vec<Credential> = g
+                .iter()
+                .filter(|c| c.provider != provider)
+                .cloned()
+                .collect();
+            all.extend(creds.into_iter().filter(|c| c.provider == provider));
+            *g = Arc::new(all);
         }
     }
 }

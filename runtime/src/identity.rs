@@ -254,6 +254,68 @@ fn read_at(procfs: &OwnedFd, path: &str) -> Option<String> {
     std::io::read_to_string(std::fs::File::from(fd)).ok()
 }
 
+impl SandboxProcs {
+    /// The script `pid` (an interpreter, `exe`) runs: its argv[1], when that is an
+    /// absolute path of a file inside the sandbox starting with `#!` naming this
+    /// interpreter (directly or through `/usr/bin/env NAME`). Returns the path as given
+    /// and what it resolves to. A process can rewrite its own argv, like it can load
+    /// code with LD_PRELOAD: this is identity for policies, not a security boundary
+    /// (docs/security.md).
+    fn script(&self, procfs: &OwnedFd, pid: u32, exe: &str) -> Vec<String> {
+        let Some(cmdline) = read_at(procfs, &format!("{pid}/cmdline")) else {
+            return vec![];
+        };
+        let Some(arg1) = cmdline.split('\0').nth(1).filter(|a| a.starts_with('/')) else {
+            return vec![];
+        };
+        let Some(real) = self.resolve(arg1) else {
+            return vec![];
+        };
+        let Ok(root) = nix::fcntl::open(
+            format!("/proc/{}/root", self.init).as_str(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return vec![];
+        };
+        let Ok(fd) = openshell_fs::inroot::open_with(
+            std::os::fd::AsFd::as_fd(&root),
+            std::path::Path::new(&real),
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW,
+            nix::fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS,
+        ) else {
+            return vec![];
+        };
+        if !nix::sys::stat::fstat(&fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
+            return vec![];
+        }
+        let mut head = [0u8; 256];
+        let n = nix::unistd::read(&fd, &mut head).unwrap_or(0);
+        let line = String::from_utf8_lossy(&head[..n]);
+        let Some(shebang) = line.strip_prefix("#!").and_then(|l| l.lines().next()) else {
+            return vec![];
+        };
+        let mut words = shebang.split_whitespace();
+        let interp = words.next().unwrap_or("");
+        let base = exe.rsplit('/').next().unwrap_or(exe);
+        let ok = if interp.ends_with("/env") {
+            words
+                .find(|w| !w.starts_with('-'))
+                .is_some_and(|name| base == name || base.starts_with(&format!("{name}.")))
+        } else {
+            self.resolve(interp).as_deref() == Some(exe)
+        };
+        if !ok {
+            return vec![];
+        }
+        let mut out = vec![arg1.to_string()];
+        if real != arg1 {
+            out.push(real);
+        }
+        out
+    }
+}
+
 fn exe(procfs: &OwnedFd, pid: u32) -> Option<String> {
     nix::fcntl::readlinkat(procfs, format!("{pid}/exe").as_str())
         .ok()
@@ -265,6 +327,17 @@ fn exe(procfs: &OwnedFd, pid: u32) -> Option<String> {
 }
 
 impl Identify for SandboxProcs {
+    fn resolve(&self, path: &str) -> Option<String> {
+        let root: OwnedFd = nix::fcntl::open(
+            format!("/proc/{}/root", self.init).as_str(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        openshell_fs::inroot::realpath(std::os::fd::AsFd::as_fd(&root), std::path::Path::new(path))
+            .map(|p| p.display().to_string())
+    }
+
     fn identify(&self, agent: SocketAddr, remote: SocketAddr) -> Option<Peer> {
         let inode = self.inode_of(agent, remote)?;
         let procfs = self.procfs()?;
@@ -299,7 +372,11 @@ impl Identify for SandboxProcs {
                 break;
             }
             if let Some(e) = exe(procfs, pp) {
+                // An ancestor running a script (`node /usr/bin/codex`, shebang
+                // launchers) counts as that script too: a policy may name the launcher.
+                let script = self.script(procfs, pp, &e);
                 chain.push(e);
+                chain.extend(script);
             }
             p = pp;
         }

@@ -47,6 +47,8 @@ pub struct NetConfig {
     pub ca: Option<Arc<openshell_proxy::tls::SandboxCa>>,
     /// Extra CAs for upstream TLS.
     pub upstream_ca: Vec<PathBuf>,
+    /// Provider credentials the proxy swaps for their placeholders.
+    pub credentials: Vec<openshell_proxy::secrets::Credential>,
 }
 
 impl NetService {
@@ -81,6 +83,7 @@ impl NetService {
             cfg.ca,
             cfg.upstream_ca,
         );
+        ctx.credentials.set(cfg.credentials);
         let control = bind_control(&cfg.control)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
@@ -213,6 +216,40 @@ async fn serve_control(ctx: Arc<Context>, mut s: UnixStream) {
                         e.lines().next().unwrap_or(""),
                     );
                     reply(&mut s, 400, serde_json::json!({"error": "invalid_policy", "detail": e, "active_version": cur.version})).await;
+                }
+            }
+        }
+        ("PUT", "/v1/credentials") => {
+            // One provider's credentials, replaced whole (rotation; [] after a delete).
+            #[derive(serde::Deserialize)]
+            struct Update {
+                provider: String,
+                credentials: Vec<openshell_proxy::secrets::Credential>,
+            }
+            match serde_json::from_slice::<Update>(&body) {
+                Ok(u) => {
+                    let n = u.credentials.len();
+                    ctx.credentials.set_provider(&u.provider, u.credentials);
+                    ctx.log.config(
+                        ctx.policy.current().version,
+                        &ctx.policy.current().sha256,
+                        true,
+                        &format!("credentials of provider {} replaced ({n})", u.provider),
+                    );
+                    reply(
+                        &mut s,
+                        200,
+                        serde_json::json!({"provider": u.provider, "credentials": n}),
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    reply(
+                        &mut s,
+                        400,
+                        serde_json::json!({"error": "bad_request", "detail": e.to_string()}),
+                    )
+                    .await;
                 }
             }
         }

@@ -153,6 +153,9 @@ pub struct Record {
     /// User labels (`--label k=v`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Providers attached (names only; their values never reach the sandbox's state).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<String>,
     /// The sandbox user inside.
     pub uid: u32,
     /// Its group.
@@ -320,6 +323,7 @@ mod tests {
             created: 0,
             last_active: 0,
             labels: BTreeMap::new(),
+            providers: vec![],
             uid: 1000,
             gid: 1000,
             network: "proxy".into(),

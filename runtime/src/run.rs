@@ -65,6 +65,12 @@ pub struct RunOptions {
     pub labels: std::collections::BTreeMap<String, String>,
     /// `--memory`, `--cpus`, `--pids` (defaults when absent).
     pub limits: crate::limits::LimitRequest,
+    /// Providers attached (names, for the record).
+    pub providers: Vec<String>,
+    /// Their environment: placeholders, base URLs, profile variables (before `env`).
+    pub provider_env: Vec<(String, String)>,
+    /// Their credentials, for the proxy only.
+    pub credentials: Vec<openshell_proxy::secrets::Credential>,
 }
 
 /// `run` failed before the command could start.
@@ -352,6 +358,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         created: previous.as_ref().map_or_else(record::now, |p| p.created),
         last_active: record::now(),
         labels: opts.labels.clone(),
+        providers: opts.providers.clone(),
         uid,
         gid,
         network: if opts.network { "proxy" } else { "none" }.into(),
@@ -488,7 +495,13 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         .as_ref()
         .map(|i| i.env.clone())
         .unwrap_or_default();
-    let mut env = environment(&image_env, &opts.env, tty, opts.network);
+    let extra: Vec<(String, String)> = opts
+        .provider_env
+        .iter()
+        .chain(opts.env.iter())
+        .cloned()
+        .collect();
+    let mut env = environment(&image_env, &extra, tty, opts.network);
     if let Some(t) = &trust {
         for (k, v) in &t.env {
             if !opts.env.iter().any(|(ek, _)| ek == k) {
@@ -538,6 +551,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         log_dir: opts.log_dir.clone().or_else(|| Some(dir.path.join("logs"))),
         verbose: opts.verbose,
         control: dir.path.join("control.sock"),
+        credentials: opts.credentials.clone(),
     });
     let cfg = InitConfig {
         net,

@@ -26,6 +26,7 @@ pub(crate) struct NetSetup {
     pub(crate) log_dir: Option<PathBuf>,
     pub(crate) verbose: bool,
     pub(crate) control: PathBuf,
+    pub(crate) credentials: Vec<openshell_proxy::secrets::Credential>,
 }
 
 /// Clone init, write its maps, release it, then supervise until it exits.
@@ -185,6 +186,7 @@ pub(crate) fn start_and_wait(
                 log_dir: n.log_dir,
                 verbose: n.verbose,
                 control: n.control,
+                credentials: n.credentials,
                 rules,
             })
             .map_err(|e| RunError::Setup(format!("start the proxy: {e}")))?,

@@ -93,6 +93,7 @@ pub fn start(name: &str) -> i32 {
     args.run.command.clear();
     // The policy it has now (maybe changed live), not the file it was created with.
     args.run.policy = Some(e.dir.join(openshell_runtime::record::POLICY));
+    args.run.stored_policy = true;
     args.run.upload.clear();
     let mut opts = match super::run::options(args.run) {
         Ok(o) => o,
@@ -169,10 +170,15 @@ pub fn run(mut args: CreateArgs, format: Format) -> i32 {
     let command = std::mem::take(&mut args.run.command);
     let tty_flag = (args.run.tty, args.run.no_tty);
     let (detach, no_keep) = (args.detach, args.no_keep);
+    let explicit = args.run.providers.providers.clone();
+    // The agent's provider is chosen by the command, which the supervisor never runs.
+    args.run.command = command.clone();
     let mut opts = match super::run::options(args.run) {
         Ok(o) => o,
         Err(e) => return fail(e),
     };
+    opts.command.clear();
+    let providers = opts.providers.clone();
     opts.keep = true;
     opts.keepalive = true;
     opts.tty = Some(false);
@@ -201,7 +207,15 @@ pub fn run(mut args: CreateArgs, format: Format) -> i32 {
     }
     // What `sandbox start` needs to bring it back: the options it was created with,
     // without the global ones (`-o json` is how this call prints, not the sandbox).
-    let saved = saved_options(std::env::args().skip_while(|a| a != "create").skip(1));
+    let mut saved = saved_options(std::env::args().skip_while(|a| a != "create").skip(1));
+    // Providers attached by themselves (the agent's) are named, so `start` (which
+    // runs no command) attaches the same ones, with their values of that day.
+    for p in &providers {
+        if !explicit.contains(p) {
+            saved.extend(["--provider".to_string(), p.clone()]);
+        }
+    }
+    saved.push("--no-auto-providers".into());
     if let Ok(e) = store::find(&base, &name) {
         let _ = openshell_runtime::record::write_atomic(
             &e.dir.join(ARGS_FILE),

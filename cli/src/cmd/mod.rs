@@ -8,6 +8,7 @@ pub mod live_policy;
 pub mod logs;
 pub mod policy;
 pub mod policy_edit;
+pub mod provider;
 pub mod run;
 pub mod sandbox;
 pub mod status;

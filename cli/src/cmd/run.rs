@@ -100,6 +100,12 @@ pub struct RunArgs {
     /// Most processes and threads at once (default 4096).
     #[arg(long, value_name = "N")]
     pub pids: Option<String>,
+    #[command(flatten)]
+    pub providers: super::provider::ProviderArgs,
+    /// The policy file is the sandbox's own (`sandbox start`): `_provider_` entries
+    /// are allowed in it.
+    #[arg(skip)]
+    pub stored_policy: bool,
     /// Allocate a pty even when not on a terminal (-t) ...
     #[arg(long, short = 't', conflicts_with = "no_tty")]
     pub tty: bool,
@@ -160,7 +166,15 @@ pub fn load_policy(path: &PathBuf) -> Result<Policy, String> {
 }
 
 pub fn options(args: RunArgs) -> Result<RunOptions, String> {
-    let policy = args.policy.as_ref().map(load_policy).transpose()?;
+    let policy = match &args.policy {
+        Some(p) if args.stored_policy => {
+            let src =
+                std::fs::read_to_string(p).map_err(|e| format!("policy {}: {e}", p.display()))?;
+            Some(Policy::parse_stored(&src).map_err(|e| e.render(&p.display().to_string()))?)
+        }
+        Some(p) => Some(load_policy(p)?),
+        None => None,
+    };
     let mounts = args
         .mount
         .iter()
@@ -188,7 +202,31 @@ pub fn options(args: RunArgs) -> Result<RunOptions, String> {
             .map(openshell_runtime::limits::parse_pids)
             .transpose()?,
     };
+    // Providers: their entries join the policy the sandbox would have had.
+    let base = policy.clone().unwrap_or_else(|| {
+        if image.is_some() {
+            Policy::image_default()
+        } else {
+            Policy::restrictive_default()
+        }
+    });
+    let agent_cmd: Vec<String> = if args.command.is_empty() {
+        image.as_ref().map(|i| i.command(&[])).unwrap_or_default()
+    } else {
+        args.command.clone()
+    };
+    let att = super::provider::resolve(&args.providers, &agent_cmd, base)?;
+    if !att.names.is_empty() && args.network == NetworkArg::None {
+        return Err(format!(
+            "providers ({}) need the proxy: their credentials are swapped in by it; drop --network none (or pass --no-auto-providers)",
+            att.names.join(", ")
+        ));
+    }
+    let policy = att.policy.or(policy);
     Ok(RunOptions {
+        providers: att.names,
+        provider_env: att.env,
+        credentials: att.credentials,
         limits,
         network: args.network == NetworkArg::Proxy,
         verbose: args.verbose,
