@@ -34,6 +34,9 @@ enum Command {
     /// Credentials kept on the host: sandboxes get placeholders, the proxy the values.
     #[command(subcommand)]
     Provider(cmd::provider::ProviderCommand),
+    /// Route inference.local (the privacy router) to a provider's model.
+    #[command(subcommand)]
+    Inference(cmd::inference::InferenceCommand),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),
@@ -72,6 +75,7 @@ fn main() {
         Command::Run(args) => cmd::run::run(*args),
         Command::Policy(c) => cmd::policy::run(c, cli.output),
         Command::Provider(c) => cmd::provider::run(c, cli.output),
+        Command::Inference(c) => cmd::inference::run(c, cli.output),
         Command::Image(c) => cmd::image::run(c, cli.output),
         Command::Sandbox(c) => cmd::sandbox::run(c, cli.output),
         Command::Doctor => cmd::doctor::run(cli.output),

@@ -59,6 +59,38 @@ pub fn parse_base_url(url: &str) -> Result<(String, String, u16, String), Provid
     Ok((u.scheme().to_string(), host, port, path))
 }
 
+/// One place of a provider: where it may connect and which of its keys go there.
+struct Place {
+    host: String,
+    port: u16,
+    paths: Vec<String>,
+    /// `None`: every key of the provider; `Some(list)`: only those (empty: none).
+    keys: Option<Vec<String>>,
+    inject: crate::profile::Inject,
+    scheme: String,
+}
+
+impl Place {
+    fn allow_only(host: &str, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            paths: vec![],
+            keys: Some(vec![]),
+            inject: Default::default(),
+            scheme: "https".into(),
+        }
+    }
+
+    /// Does `key` go here? An explicit list is honoured for every key, the profile's
+    /// or one added with --credential.
+    fn binds(&self, key: &str) -> bool {
+        self.keys
+            .as_ref()
+            .is_none_or(|k| k.iter().any(|x| x == key))
+    }
+}
+
 fn inspected(ep: &Endpoint) -> bool {
     ep.protocol == Some(Protocol::Rest) && ep.tls != Some(TlsMode::Skip)
 }
@@ -80,48 +112,85 @@ pub fn attach(providers: &[(Provider, Profile)], user: &Policy) -> Result<Attach
             .config
             .get("allow_uninspected_credentials")
             .is_some_and(|v| v == "true");
-        // (host, port, path globs, keys bound there)
-        let mut places: Vec<(String, u16, Vec<String>, Vec<String>)> = Vec::new();
+        // (host, port, path globs, keys bound there, placement, scheme)
+        let mut places: Vec<Place> = Vec::new();
+        let default_inject = crate::profile::Inject::default();
         match &base {
-            Some((_, host, port, path)) => {
+            Some((scheme, host, port, path)) => {
                 let glob = if path.is_empty() {
                     String::new()
                 } else {
                     format!("{path}/**")
                 };
-                places.push((host.clone(), *port, vec![glob], prof.credentials.clone()));
+                places.push(Place {
+                    host: host.clone(),
+                    port: *port,
+                    paths: vec![glob],
+                    keys: None,
+                    inject: prof
+                        .endpoints
+                        .iter()
+                        .find_map(|e| e.inject.clone())
+                        .unwrap_or_default(),
+                    scheme: scheme.clone(),
+                });
                 for ep in &prof.endpoints {
                     if ep.credentials.as_ref().is_some_and(|c| c.is_empty()) {
-                        places.push((ep.host.clone(), ep.port, vec![], vec![]));
+                        places.push(Place::allow_only(&ep.host, ep.port));
                     }
                 }
             }
             None => {
                 for ep in &prof.endpoints {
-                    let keys = ep
-                        .credentials
-                        .clone()
-                        .unwrap_or_else(|| prof.credentials.clone());
-                    places.push((ep.host.clone(), ep.port, ep.paths.clone(), keys));
+                    places.push(Place {
+                        host: ep.host.clone(),
+                        port: ep.port,
+                        paths: ep.paths.clone(),
+                        keys: ep.credentials.clone(),
+                        inject: ep.inject.clone().unwrap_or_else(|| default_inject.clone()),
+                        scheme: "https".into(),
+                    });
                 }
             }
         }
-        let given: Vec<&String> = p.credentials.keys().collect();
+        // The provider's own placement settings apply to all its bindings.
+        let split = |v: &String| {
+            v.split(',')
+                .map(|x| x.trim().to_ascii_lowercase())
+                .filter(|x| !x.is_empty())
+                .collect::<Vec<_>>()
+        };
+        for pl in &mut places {
+            if let Some(h) = p.config.get("inject_headers") {
+                pl.inject.headers = Some(split(h));
+            }
+            if let Some(q) = p.config.get("inject_query") {
+                pl.inject.query = split(q);
+            }
+            if p.config.get("inject_path").is_some_and(|v| v == "true") {
+                pl.inject.path = true;
+            }
+        }
         for (key, value) in &p.credentials {
             let bindings: Vec<Binding> = places
                 .iter()
-                .filter(|(.., keys)| keys.contains(key) || !prof.credentials.contains(key))
-                .filter(|(.., keys)| !keys.is_empty())
-                .flat_map(|(host, port, paths, _)| {
-                    let paths = if paths.is_empty() {
+                .filter(|pl| pl.binds(key))
+                .flat_map(|pl| {
+                    let paths = if pl.paths.is_empty() {
                         vec![String::new()]
                     } else {
-                        paths.clone()
+                        pl.paths.clone()
                     };
                     paths.into_iter().map(|path| Binding {
-                        host: host.clone(),
-                        port: *port,
-                        path,
+                        scheme: pl.scheme.clone(),
+                        headers: pl
+                            .inject
+                            .headers
+                            .clone()
+                            .unwrap_or_else(openshell_proxy::secrets::default_headers),
+                        query: pl.inject.query.clone(),
+                        in_path: pl.inject.path,
+                        ..Binding::new(&pl.host, pl.port, &path)
                     })
                 })
                 .collect();
@@ -152,18 +221,19 @@ pub fn attach(providers: &[(Provider, Profile)], user: &Policy) -> Result<Attach
             out.env.push((k.clone(), v.clone()));
         }
         // The entry: every place, credential-bound ones inspected.
+        let given: Vec<&String> = p.credentials.keys().collect();
         let mut endpoints = Vec::new();
-        for (host, port, _, keys) in &places {
-            let bound = keys.iter().any(|k| given.contains(&k));
+        for pl in &places {
+            let bound = given.iter().any(|k| pl.binds(k));
             let ep = Endpoint {
-                host: host.clone(),
-                port: Some(*port),
+                host: pl.host.clone(),
+                port: Some(pl.port),
                 protocol: bound.then_some(Protocol::Rest),
                 access: bound.then_some(Access::Full),
                 ..Endpoint::default()
             };
             if bound && !uninspected_ok {
-                check_inspected(user, &p.name, host, *port)?;
+                check_inspected(user, &p.name, &pl.host, pl.port)?;
             }
             if !endpoints.contains(&ep) {
                 endpoints.push(ep);

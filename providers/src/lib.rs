@@ -10,6 +10,7 @@
 
 pub mod attach;
 pub mod profile;
+pub mod routes;
 pub mod store;
 
 use std::path::PathBuf;

@@ -75,6 +75,25 @@ pub struct ProfileEndpoint {
     /// the endpoint is only allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<Vec<String>>,
+    /// Where in a request the credentials may be placed (default: the auth headers
+    /// `authorization`, `x-api-key`, `api-key`; never the URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inject: Option<Inject>,
+}
+
+/// Where a credential may be placed in requests to an endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inject {
+    /// Header names (instead of the default auth headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Vec<String>>,
+    /// Query parameters whose whole value may be the credential.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<String>,
+    /// Path segments may hold it (`/bot<token>/...`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub path: bool,
 }
 
 fn https_port() -> u16 {
@@ -168,6 +187,20 @@ pub fn parse(file: &str, source: &str) -> Result<Profile, ProviderError> {
                     &field,
                     format!("path {path:?}: an absolute glob like /v1/**"),
                 ));
+            }
+        }
+        if let Some(i) = &ep.inject {
+            for h in i.headers.iter().flatten().chain(i.query.iter()) {
+                if h.is_empty()
+                    || !h
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return Err(bad(
+                        &field,
+                        format!("inject: {h:?} is not a header or parameter name"),
+                    ));
+                }
             }
         }
         for k in ep.credentials.iter().flatten() {

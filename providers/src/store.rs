@@ -220,7 +220,7 @@ pub fn discover(
         .iter()
         .filter_map(|k| {
             env(k)
-                .filter(|v| !v.trim().is_empty())
+                .filter(|v| !v.trim().is_empty() && !v.contains(['\r', '\n', '\0']))
                 .map(|v| (k.clone(), v))
         })
         .collect();

@@ -188,6 +188,30 @@ async fn serve(
         Err(e) => return bad_request(&e),
     };
     let (who, pinned) = ctx.who(peer, local).await;
+    // The privacy router answers inference.local itself: no policy entry, no dial.
+    if host == crate::inference::HOST {
+        if !connect {
+            return crate::inference::handle(ctx, req, &who).await;
+        }
+        if port != 443 {
+            return bad_request("inference.local listens on 443 (https) and 80 (http)");
+        }
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(up) = upgrade.await else { return };
+            crate::inference::serve_tls(ctx, TokioIo::new(up), who).await;
+        });
+        let mut ok = Response::new(
+            Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        ok.extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(
+                b"Connection Established",
+            ));
+        return ok;
+    }
     let active = ctx.policy.current();
     let what = if connect {
         format!("CONNECT {host}:{port}")

@@ -433,6 +433,8 @@ async fn handle(
         host,
         port,
         chain: &who.chain,
+        tls: t.tls,
+        inspected: t.rules,
     };
     let used = match crate::secrets::rewrite(&mut parts, &dest, &vault) {
         Ok(u) => u,

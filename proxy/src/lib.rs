@@ -13,6 +13,7 @@ pub mod bypass;
 pub mod connect;
 pub mod dns;
 pub mod http;
+pub mod inference;
 pub mod l7;
 pub mod log;
 pub mod prefixed;
@@ -65,6 +66,15 @@ pub trait Identify: Send + Sync {
     }
 }
 
+/// Under the system directories a sandbox only reads (`/usr`, `/bin`, `/sbin`, `/lib*`,
+/// `/opt`)?
+fn system_path(p: &str) -> bool {
+    ["/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/opt/"]
+        .iter()
+        .any(|d| p.starts_with(d))
+        && !p.split('/').any(|c| c == "..")
+}
+
 /// Everything the handlers share.
 pub struct Context {
     /// The live policy.
@@ -92,6 +102,8 @@ pub struct Context {
     upstream_tls_h2: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
     /// Provider credentials swapped for their placeholders (`secrets`).
     pub credentials: secrets::Vault,
+    /// The inference.local route (`inference`).
+    pub inference: inference::Router,
 }
 
 impl Context {
@@ -116,6 +128,7 @@ impl Context {
             upstream_tls: std::sync::OnceLock::new(),
             upstream_tls_h2: std::sync::OnceLock::new(),
             credentials: secrets::Vault::default(),
+            inference: inference::Router::default(),
         })
     }
 
@@ -139,7 +152,9 @@ impl Context {
             .clone()
     }
 
-    /// `chain` plus every literal `binaries` path of `policy` that is a symlink inside
+    /// `chain` plus every literal `binaries` path of `policy` (under the read-only
+    /// system directories: a link the sandbox could write or retarget never counts)
+    /// that is a symlink inside
     /// the sandbox resolving to an executable of the chain: a policy naming
     /// `/usr/bin/claude` matches the `node_modules/.../claude.exe` the kernel reports.
     /// Resolved on the blocking pool.
@@ -148,7 +163,7 @@ impl Context {
             .network_policies
             .values()
             .flat_map(|np| np.binaries.iter().map(|b| b.path.clone()))
-            .filter(|p| !p.contains('*') && !chain.contains(p))
+            .filter(|p| !p.contains('*') && !chain.contains(p) && system_path(p))
             .collect();
         let mut out = chain.to_vec();
         if literals.is_empty() || chain.is_empty() {
@@ -164,7 +179,11 @@ impl Context {
         .await
         .unwrap_or_default();
         for (literal, target) in resolved {
-            if literal != target && chain.contains(&target) && !out.contains(&literal) {
+            if literal != target
+                && system_path(&target)
+                && chain.contains(&target)
+                && !out.contains(&literal)
+            {
                 out.push(literal);
             }
         }

@@ -269,6 +269,37 @@ impl Logger {
         self.write(&line, json, verdict == "DENIED");
     }
 
+    /// One call through inference.local (`API:INFERENCE`): provider, model, status,
+    /// latency to the response head.
+    #[allow(clippy::too_many_arguments)]
+    pub fn inference(
+        &self,
+        provider: &str,
+        model: &str,
+        call: &str,
+        status: u16,
+        latency_ms: u128,
+        who: &crate::Peer,
+    ) {
+        let line = format!(
+            "API:INFERENCE {call} -> {status} [provider:{provider}] [model:{model}] {latency_ms}ms {}({})",
+            who.exe, who.pid
+        );
+        let json = serde_json::json!({
+            "class_uid": 6003,
+            "class_name": "API Activity",
+            "activity_name": call,
+            "action": if status < 400 { "Allowed" } else { "Denied" },
+            "status_code": status,
+            "api": {"operation": call, "service": {"name": "inference.local"}},
+            "ai_operation": {"provider": provider, "model": model, "latency_ms": latency_ms},
+            "actor": {"process": {"path": who.exe, "pid": who.pid}},
+            "message": line,
+            "time": now_ms(),
+        });
+        self.write(&line, json, false);
+    }
+
     /// A lifecycle note (`NET:MODE ...`).
     pub fn note(&self, tag: &str, msg: &str) {
         let line = format!("{tag} {msg}");

@@ -34,15 +34,63 @@ pub fn placeholder(key: &str) -> String {
     format!("{PREFIX}{key}")
 }
 
-/// Where a credential may be sent.
+/// Where a credential may be sent, and where in a request it may be placed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Binding {
     /// Host pattern (the policy's syntax: `api.example.com`, `*.example.com`).
     pub host: String,
     /// Exact port.
     pub port: u16,
-    /// Path glob (`/v1/**`; empty or `/**`: every path).
+    /// Path glob (`/v1/**`; empty or `/**`: every path), matched against the
+    /// canonical path (dot segments resolved, escapes decoded).
     pub path: String,
+    /// `https` (the default: the request must be an inspected TLS one) or `http`.
+    #[serde(default = "https")]
+    pub scheme: String,
+    /// Header names (lower case) the credential may be placed in.
+    #[serde(default = "default_headers")]
+    pub headers: Vec<String>,
+    /// Query parameters whose whole value may be the credential (none by default).
+    #[serde(default)]
+    pub query: Vec<String>,
+    /// Whether path segments may hold it (`/bot<token>/send`; off by default).
+    #[serde(default)]
+    pub in_path: bool,
+}
+
+fn https() -> String {
+    "https".into()
+}
+
+/// Where credentials go unless a profile says otherwise: the auth headers, never a
+/// header an API echoes back in an error (`anthropic-beta`), never the URL.
+pub fn default_headers() -> Vec<String> {
+    ["authorization", "x-api-key", "api-key"]
+        .map(String::from)
+        .to_vec()
+}
+
+impl Binding {
+    /// A binding with the default placement (auth headers only, https).
+    pub fn new(host: &str, port: u16, path: &str) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            path: path.into(),
+            scheme: https(),
+            headers: default_headers(),
+            query: vec![],
+            in_path: false,
+        }
+    }
+}
+
+/// Where in a request a placeholder was found.
+#[derive(Debug, Clone, Copy)]
+enum Place<'a> {
+    Header(&'a str),
+    Query(&'a str),
+    Path,
 }
 
 /// One secret of a provider, as the proxy holds it (serialised only to travel over
@@ -119,6 +167,11 @@ pub struct Destination<'a> {
     pub port: u16,
     /// The sender's executable, then its ancestors'.
     pub chain: &'a [String],
+    /// The request came through TLS the proxy terminated (`https`), else plain `http`.
+    pub tls: bool,
+    /// The proxy inspects this endpoint (`protocol: rest`); a forwarded request of an
+    /// L4 endpoint never gets a credential.
+    pub inspected: bool,
 }
 
 /// Path characters left as they are when a segment is re-encoded (RFC 3986 pchar minus
@@ -138,8 +191,7 @@ fn mentions(text: &str) -> bool {
 /// place it goes. A placeholder spelled in another case is refused, not passed on.
 fn swap_all(
     text: &str,
-    dest: &Destination<'_>,
-    path: &str,
+    (dest, path, place): (&Destination<'_>, &str, Place<'_>),
     vault: &[Credential],
     used: &mut Vec<String>,
     check: &dyn Fn(&str) -> bool,
@@ -162,7 +214,7 @@ fn swap_all(
         if key.is_empty() {
             return Err(misplaced());
         }
-        let value = resolve(key, dest, path, vault)?;
+        let value = resolve(key, dest, path, place, vault)?;
         if value.is_empty() || !check(&value) {
             return Err(Refusal::Unavailable { key: key.into() });
         }
@@ -182,6 +234,7 @@ fn resolve(
     key: &str,
     dest: &Destination<'_>,
     path: &str,
+    place: Place<'_>,
     vault: &[Credential],
 ) -> Result<String, Refusal> {
     let Some(c) = vault.iter().find(|c| c.key == key) else {
@@ -189,16 +242,26 @@ fn resolve(
     };
     let bound = c.bindings.iter().any(|b| {
         b.port == dest.port
+            && (b.scheme == "https") == dest.tls
             && HostPattern::parse(&b.host).is_ok_and(|p| p.matches(dest.host))
             && (b.path.is_empty()
                 || b.path == "/**"
                 || b.path == "**"
                 || path_matches(&b.path, path))
+            && match place {
+                Place::Header(h) => b.headers.iter().any(|x| x.eq_ignore_ascii_case(h)),
+                Place::Query(q) => b.query.iter().any(|x| x == q),
+                Place::Path => b.in_path,
+            }
     });
+    // The program sending it, not an ancestor: a tool an agent runs (its shell) is a
+    // descendant of the agent.
     let program = c.binaries.is_empty()
-        || c.binaries
-            .iter()
-            .any(|pat| dest.chain.iter().any(|exe| binary_matches(pat, exe)));
+        || c.binaries.iter().any(|pat| {
+            dest.chain
+                .first()
+                .is_some_and(|exe| binary_matches(pat, exe))
+        });
     if !(bound && program) {
         return Err(Refusal::Mismatch {
             key: key.into(),
@@ -228,18 +291,46 @@ pub fn rewrite(
     let mut used = Vec::new();
     let raw_path = parts.uri.path().to_string();
     let raw_query = parts.uri.query().map(str::to_string);
-    // Paths are matched against bindings with placeholders still in them: the glob
-    // is about the endpoint, not the secret.
     let decoded_path = percent_decode_str(&raw_path)
         .decode_utf8_lossy()
         .into_owned();
+    let carries = mentions(&decoded_path)
+        || raw_query
+            .as_deref()
+            .is_some_and(|q| mentions(&percent_decode_str(q).decode_utf8_lossy()))
+        || parts.headers.iter().any(|(k, v)| {
+            let t = String::from_utf8_lossy(v.as_bytes());
+            mentions(k.as_str()) || mentions(&t) || basic(&t).is_some_and(|d| mentions(&d))
+        });
+    if !carries {
+        return Ok(used);
+    }
+    if !dest.inspected {
+        return Err(Refusal::Misplaced {
+            place: "a request to an endpoint the proxy does not inspect (protocol: rest)".into(),
+        });
+    }
+    // Bindings are matched against the canonical path (`/v1/../api` is `/api`), with
+    // placeholders still in it: the glob is about the endpoint, not the secret.
+    let Ok(canonical) = openshell_policy::l7::canonical_path(&raw_path, false) else {
+        return Err(Refusal::Misplaced {
+            place: "a path that is not canonical".into(),
+        });
+    };
+    let decoded_path = canonical;
     let mut new_path = None;
     if mentions(&decoded_path) {
         let mut segs = Vec::new();
         for seg in raw_path.split('/') {
             let d = percent_decode_str(seg).decode_utf8_lossy();
             if d.contains(PREFIX) {
-                let s = swap_all(&d, dest, &decoded_path, vault, &mut used, &segment_safe)?;
+                let s = swap_all(
+                    &d,
+                    (dest, &decoded_path, Place::Path),
+                    vault,
+                    &mut used,
+                    &segment_safe,
+                )?;
                 segs.push(utf8_percent_encode(&s, SEGMENT).to_string());
             } else if mentions(&d) {
                 return Err(Refusal::Misplaced {
@@ -266,8 +357,20 @@ pub fn rewrite(
             let dv = percent_decode_str(&v.replace('+', " "))
                 .decode_utf8_lossy()
                 .into_owned();
-            if dv.contains(PREFIX) {
-                let s = swap_all(&dv, dest, &decoded_path, vault, &mut used, &header_safe)?;
+            // Only a whole value, never inside a longer one an API could echo.
+            if dv.starts_with(PREFIX)
+                && dv[PREFIX.len()..]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                let name = percent_decode_str(k).decode_utf8_lossy().into_owned();
+                let s = swap_all(
+                    &dv,
+                    (dest, &decoded_path, Place::Query(&name)),
+                    vault,
+                    &mut used,
+                    &header_safe,
+                )?;
                 pairs.push(format!("{k}={}", utf8_percent_encode(&s, SEGMENT)));
             } else if mentions(&dv) {
                 return Err(Refusal::Misplaced {
@@ -289,13 +392,18 @@ pub fn rewrite(
         if !mentions(&text) && !basic(&text).is_some_and(|d| mentions(&d)) {
             continue;
         }
-        let swapped =
-            header_value(&text, dest, &decoded_path, vault, &mut used).map_err(|e| match e {
-                Refusal::Misplaced { .. } => Refusal::Misplaced {
-                    place: format!("header {name}"),
-                },
-                other => other,
-            })?;
+        let swapped = header_value(
+            &text,
+            (dest, &decoded_path, Place::Header(name.as_str())),
+            vault,
+            &mut used,
+        )
+        .map_err(|e| match e {
+            Refusal::Misplaced { .. } => Refusal::Misplaced {
+                place: format!("header {name}"),
+            },
+            other => other,
+        })?;
         *value = HeaderValue::from_str(&swapped).map_err(|_| Refusal::Misplaced {
             place: format!("header {name}"),
         })?;
@@ -321,8 +429,7 @@ pub fn rewrite(
 /// One header value: the placeholder itself, `<scheme> <placeholder>`, or Basic.
 fn header_value(
     text: &str,
-    dest: &Destination<'_>,
-    path: &str,
+    at: (&Destination<'_>, &str, Place<'_>),
     vault: &[Credential],
     used: &mut Vec<String>,
 ) -> Result<String, Refusal> {
@@ -334,7 +441,7 @@ fn header_value(
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_')
     };
     if whole(t) {
-        return swap_all(t, dest, path, vault, used, &header_safe);
+        return swap_all(t, at, vault, used, &header_safe);
     }
     if let Some((scheme, rest)) = t.split_once(' ') {
         let rest = rest.trim();
@@ -344,14 +451,14 @@ fn header_value(
                     place: String::new(),
                 });
             }
-            let s = swap_all(&decoded, dest, path, vault, used, &header_safe)?;
+            let s = swap_all(&decoded, at, vault, used, &header_safe)?;
             return Ok(format!(
                 "{scheme} {}",
                 base64::engine::general_purpose::STANDARD.encode(s)
             ));
         }
         if whole(rest) && !mentions(scheme) {
-            let s = swap_all(rest, dest, path, vault, used, &header_safe)?;
+            let s = swap_all(rest, at, vault, used, &header_safe)?;
             return Ok(format!("{scheme} {s}"));
         }
     }
@@ -378,19 +485,33 @@ pub fn redact_response(headers: &mut hyper::HeaderMap, used: &[String], vault: &
     if used.is_empty() {
         return;
     }
-    for (_, v) in headers.iter_mut() {
+    // Each value as it was sent: as is, and percent-encoded (query, path).
+    let forms: Vec<(String, String)> = vault
+        .iter()
+        .filter(|c| used.contains(&c.value) && !c.value.is_empty())
+        .flat_map(|c| {
+            let ph = placeholder(&c.key);
+            let enc = utf8_percent_encode(&c.value, SEGMENT).to_string();
+            [(c.value.clone(), ph.clone()), (enc, ph)]
+        })
+        .collect();
+    let mut doomed = Vec::new();
+    for (name, v) in headers.iter_mut() {
         let text = String::from_utf8_lossy(v.as_bytes()).into_owned();
         let mut out = text.clone();
-        for c in vault.iter().filter(|c| used.contains(&c.value)) {
-            if !c.value.is_empty() {
-                out = out.replace(&c.value, &placeholder(&c.key));
+        for (value, ph) in &forms {
+            out = out.replace(value.as_str(), ph);
+        }
+        if out != text {
+            match HeaderValue::from_str(&out) {
+                Ok(nv) => *v = nv,
+                Err(_) => doomed.push(name.clone()),
             }
         }
-        if out != text
-            && let Ok(nv) = HeaderValue::from_str(&out)
-        {
-            *v = nv;
-        }
+    }
+    // A header that cannot be rebuilt without the value goes (fail closed).
+    for name in doomed {
+        headers.remove(name);
     }
 }
 

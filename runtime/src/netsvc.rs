@@ -49,6 +49,8 @@ pub struct NetConfig {
     pub upstream_ca: Vec<PathBuf>,
     /// Provider credentials the proxy swaps for their placeholders.
     pub credentials: Vec<openshell_proxy::secrets::Credential>,
+    /// The inference.local route.
+    pub inference: Option<openshell_proxy::inference::Route>,
 }
 
 impl NetService {
@@ -84,6 +86,7 @@ impl NetService {
             cfg.upstream_ca,
         );
         ctx.credentials.set(cfg.credentials);
+        ctx.inference.set(cfg.inference);
         let control = bind_control(&cfg.control)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
@@ -216,6 +219,31 @@ async fn serve_control(ctx: Arc<Context>, mut s: UnixStream) {
                         e.lines().next().unwrap_or(""),
                     );
                     reply(&mut s, 400, serde_json::json!({"error": "invalid_policy", "detail": e, "active_version": cur.version})).await;
+                }
+            }
+        }
+        ("PUT", "/v1/inference") => {
+            // The route inference.local forwards to ({"route": null} removes it).
+            #[derive(serde::Deserialize)]
+            struct Update {
+                route: Option<openshell_proxy::inference::Route>,
+            }
+            match serde_json::from_slice::<Update>(&body) {
+                Ok(u) => {
+                    let what = u.route.as_ref().map_or("none".to_string(), |r| {
+                        format!("{} {}", r.provider, r.model)
+                    });
+                    ctx.inference.set(u.route);
+                    ctx.log.note("CONFIG:INFERENCE", &format!("route {what}"));
+                    reply(&mut s, 200, serde_json::json!({"route": what})).await;
+                }
+                Err(e) => {
+                    reply(
+                        &mut s,
+                        400,
+                        serde_json::json!({"error": "bad_request", "detail": e.to_string()}),
+                    )
+                    .await;
                 }
             }
         }

@@ -71,6 +71,8 @@ pub struct RunOptions {
     pub provider_env: Vec<(String, String)>,
     /// Their credentials, for the proxy only.
     pub credentials: Vec<openshell_proxy::secrets::Credential>,
+    /// The inference.local route (`openshell inference set`).
+    pub inference: Option<openshell_proxy::inference::Route>,
 }
 
 /// `run` failed before the command could start.
@@ -552,6 +554,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         verbose: opts.verbose,
         control: dir.path.join("control.sock"),
         credentials: opts.credentials.clone(),
+        inference: opts.inference.clone(),
     });
     let cfg = InitConfig {
         net,

@@ -27,6 +27,7 @@ pub(crate) struct NetSetup {
     pub(crate) verbose: bool,
     pub(crate) control: PathBuf,
     pub(crate) credentials: Vec<openshell_proxy::secrets::Credential>,
+    pub(crate) inference: Option<openshell_proxy::inference::Route>,
 }
 
 /// Clone init, write its maps, release it, then supervise until it exits.
@@ -187,6 +188,7 @@ pub(crate) fn start_and_wait(
                 verbose: n.verbose,
                 control: n.control,
                 credentials: n.credentials,
+                inference: n.inference,
                 rules,
             })
             .map_err(|e| RunError::Setup(format!("start the proxy: {e}")))?,

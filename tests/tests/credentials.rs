@@ -98,6 +98,10 @@ fn placeholders_are_swapped_only_where_bound() {
         &format!("ANTHROPIC_API_KEY={KEY}"),
         "--config",
         &format!("base_url=https://{host}/v1"),
+        "--config",
+        "inject_query=key",
+        "--config",
+        "inject_path=true",
     ]));
     // The listing never shows the value.
     let list = ok(&e.cli(&["provider", "list", "-o", "json"]));
@@ -131,6 +135,11 @@ echo "unbound-host: $(curl -sS -H "x-api-key: $ANTHROPIC_API_KEY" "https://{othe
 echo "cookie: $(curl -sS -H "Cookie: k=$ANTHROPIC_API_KEY" "$ANTHROPIC_BASE_URL/models?m={m}c")"
 echo "inside: $(curl -sS -H "x-api-key: pre-$ANTHROPIC_API_KEY" "$ANTHROPIC_BASE_URL/models?m={m}i")"
 echo "unknown: $(curl -sS -H "x-api-key: openshell:resolve:env:NOPE" "$ANTHROPIC_BASE_URL/models?m={m}n")"
+echo "echoed-header: $(curl -sS -H "anthropic-beta: $ANTHROPIC_API_KEY" "$ANTHROPIC_BASE_URL/models?m={m}e")"
+echo "other-param: $(curl -sS "$ANTHROPIC_BASE_URL/models?m={m}r&q=$ANTHROPIC_API_KEY")"
+echo "inside-param: $(curl -sS "$ANTHROPIC_BASE_URL/models?m={m}s&key=x$ANTHROPIC_API_KEY")"
+echo "dot-dot: $(curl -sS --path-as-is -H "x-api-key: $ANTHROPIC_API_KEY" "https://{host}/v1/../headers?m={m}d")"
+echo "cleartext: $(curl -sS -H "x-api-key: $ANTHROPIC_API_KEY" "http://{host}:443/v1/models?m={m}t")"
 "#
     );
     let out = e.run(
@@ -178,6 +187,11 @@ echo "unknown: $(curl -sS -H "x-api-key: openshell:resolve:env:NOPE" "$ANTHROPIC
         ("unbound-host", "o"),
         ("cookie", "c"),
         ("inside", "i"),
+        ("echoed-header", "e"),
+        ("other-param", "r"),
+        ("inside-param", "s"),
+        ("dot-dot", "d"),
+        ("cleartext", "t"),
     ] {
         let line = lines.iter().find(|l| l.starts_with(label)).unwrap();
         assert!(

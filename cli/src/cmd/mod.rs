@@ -4,6 +4,7 @@ pub mod create;
 pub mod doctor;
 pub mod explain;
 pub mod image;
+pub mod inference;
 pub mod live_policy;
 pub mod logs;
 pub mod policy;

@@ -73,7 +73,11 @@ struct ValueArgs {
     #[arg(long = "credential", value_name = "KEY[=VALUE]")]
     credentials: Vec<String>,
     /// Setting K=V: base_url=URL, allow_uninspected_credentials=true,
-    /// bind_binaries=true. Repeatable.
+    /// bind_binaries=true (only the profile's programs themselves may send them),
+    /// inject_headers=a,b (headers a credential may be placed in; default
+    /// authorization, x-api-key, api-key), inject_query=p,q (query parameters whose
+    /// whole value may be one), inject_path=true (path segments may hold one).
+    /// Repeatable.
     #[arg(long = "config", value_name = "K=V")]
     config: Vec<String>,
 }
@@ -99,7 +103,14 @@ fn find_profile<'a>(
     })
 }
 
-const CONFIG_KEYS: [&str; 3] = ["base_url", "allow_uninspected_credentials", "bind_binaries"];
+const CONFIG_KEYS: [&str; 6] = [
+    "base_url",
+    "allow_uninspected_credentials",
+    "bind_binaries",
+    "inject_headers",
+    "inject_query",
+    "inject_path",
+];
 
 /// Fold `values` into `p`.
 fn apply(p: &mut Provider, prof: &Profile, v: &ValueArgs) -> Result<(), ProviderError> {
@@ -163,6 +174,18 @@ fn apply(p: &mut Provider, prof: &Profile, v: &ValueArgs) -> Result<(), Provider
         }
         if k == "base_url" {
             attach::parse_base_url(val)?;
+        } else if k == "inject_headers" || k == "inject_query" {
+            let ok = val.split(',').all(|n| {
+                let n = n.trim();
+                !n.is_empty()
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+            if !ok {
+                return Err(ProviderError::Invalid(format!(
+                    "--config {k}: comma-separated header or parameter names"
+                )));
+            }
         } else if !matches!(val, "true" | "false") {
             return Err(ProviderError::Invalid(format!(
                 "--config {k}: true or false"
@@ -429,6 +452,9 @@ pub fn resolve(
             None => {
                 let env = |k: &str| std::env::var(k).ok();
                 let (creds, config) = store::discover(prof, &env);
+                if let Some(u) = config.get("base_url") {
+                    attach::parse_base_url(u).map_err(|e| format!("{e} (from the environment)"))?;
+                }
                 if creds.is_empty() {
                     eprintln!(
                         "openshell: note: no {} credentials in this environment ({}): {} runs without them",

@@ -223,7 +223,18 @@ pub fn options(args: RunArgs) -> Result<RunOptions, String> {
         ));
     }
     let policy = att.policy.or(policy);
+    // The inference route; one that cannot be resolved (its provider deleted) leaves
+    // inference.local answering 503, with a warning, rather than refusing to start.
+    let inference = if args.network == NetworkArg::Proxy {
+        openshell_providers::routes::for_sandbox(args.name.as_deref()).unwrap_or_else(|e| {
+            eprintln!("openshell: warning: inference route: {e}");
+            None
+        })
+    } else {
+        None
+    };
     Ok(RunOptions {
+        inference,
         providers: att.names,
         provider_env: att.env,
         credentials: att.credentials,

@@ -10,9 +10,9 @@ fn vault() -> Vec<Credential> {
             value: "sk-real-123".into(),
             provider: "p".into(),
             bindings: vec![Binding {
-                host: "api.test.openshell".into(),
-                port: 443,
-                path: "/v1/**".into(),
+                query: vec!["key".into()],
+                in_path: true,
+                ..Binding::new("api.test.openshell", 443, "/v1/**")
             }],
             binaries: vec![],
         },
@@ -21,9 +21,9 @@ fn vault() -> Vec<Credential> {
             value: "tok/../x".into(),
             provider: "q".into(),
             bindings: vec![Binding {
-                host: "*.test.openshell".into(),
-                port: 443,
-                path: String::new(),
+                headers: vec!["x-t".into()],
+                in_path: true,
+                ..Binding::new("*.test.openshell", 443, "")
             }],
             binaries: vec!["/usr/bin/claude".into()],
         },
@@ -45,6 +45,8 @@ fn run(target: &str, headers: &[(&str, &str)], host: &str, exe: &str) -> Result<
         host,
         port: 443,
         chain: &chain,
+        tls: true,
+        inspected: true,
     };
     rewrite(&mut p, &dest, &vault()).map(|_| p)
 }
@@ -180,7 +182,7 @@ fn misplaced_placeholders_are_refused() {
     assert!(matches!(e, Refusal::Misplaced { .. }));
     // Percent-encoded in the query: decoded before the decision.
     let enc = PH.replace(':', "%3A");
-    let p = run(&format!("/v1/m?k={enc}"), &[], "api.test.openshell", "/x").unwrap();
+    let p = run(&format!("/v1/m?key={enc}"), &[], "api.test.openshell", "/x").unwrap();
     assert!(p.uri.query().unwrap().contains("sk-real"), "{:?}", p.uri);
 }
 
@@ -194,4 +196,83 @@ fn heads_without_placeholders_are_untouched_and_values_redacted() {
     h.insert("x-echo", HeaderValue::from_static("got sk-real-123"));
     redact_response(&mut h, &["sk-real-123".into()], &c);
     assert_eq!(h["x-echo"], "got openshell:resolve:env:API_KEY");
+}
+
+#[test]
+fn placement_scheme_inspection_and_canonical_paths_decide() {
+    // A header the binding does not name (an API could echo it in an error).
+    let e = run(
+        "/v1/m",
+        &[("anthropic-beta", PH)],
+        "api.test.openshell",
+        "/x",
+    )
+    .unwrap_err();
+    assert!(matches!(e, Refusal::Mismatch { .. }), "{e:?}");
+    // A query parameter the binding does not name, and one inside a longer value.
+    let e = run(
+        &format!("/v1/q?other={PH}"),
+        &[],
+        "api.test.openshell",
+        "/x",
+    )
+    .unwrap_err();
+    assert!(matches!(e, Refusal::Mismatch { .. }), "{e:?}");
+    let e = run(&format!("/v1/q?key=x{PH}"), &[], "api.test.openshell", "/x").unwrap_err();
+    assert!(matches!(e, Refusal::Misplaced { .. }), "{e:?}");
+    // Dot segments cannot leave the bound path.
+    for p in ["/v1/../api/x", "/v1/%2e%2e/api/x", "/v1/./../headers"] {
+        let e = run(p, &[("x-api-key", PH)], "api.test.openshell", "/x").unwrap_err();
+        assert!(
+            matches!(e, Refusal::Mismatch { .. } | Refusal::Misplaced { .. }),
+            "{p}: {e:?}"
+        );
+    }
+    // Plain http (a forwarded request) never gets an https binding's credential, and
+    // an uninspected endpoint never gets one at all.
+    let chain = vec!["/x".to_string()];
+    for (tls, inspected) in [(false, true), (true, false), (false, false)] {
+        let mut p = parts("/v1/m", &[("x-api-key", PH)]);
+        let d = Destination {
+            host: "api.test.openshell",
+            port: 443,
+            chain: &chain,
+            tls,
+            inspected,
+        };
+        assert!(
+            rewrite(&mut p, &d, &vault()).is_err(),
+            "tls {tls} inspected {inspected}"
+        );
+    }
+    // Binaries: the sending program itself, not an ancestor.
+    let mut p = parts("/any", &[("x-t", "openshell:resolve:env:TOKEN")]);
+    let chain = vec!["/usr/bin/curl".to_string(), "/usr/bin/claude".to_string()];
+    let d = Destination {
+        host: "files.test.openshell",
+        port: 443,
+        chain: &chain,
+        tls: true,
+        inspected: true,
+    };
+    assert!(matches!(
+        rewrite(&mut p, &d, &vault()),
+        Err(Refusal::Mismatch { .. })
+    ));
+    // Echoed values are redacted in their encoded form too, or the header goes.
+    let mut h = hyper::HeaderMap::new();
+    h.insert(
+        "location",
+        HeaderValue::from_static("/v1/q?key=sk%2Dreal%2D123"),
+    );
+    h.insert("x-plain", HeaderValue::from_static("sk-real-123"));
+    let c = vec![
+        Credential {
+            value: "sk real/123".into(),
+            ..vault()[0].clone()
+        },
+        vault()[0].clone(),
+    ];
+    redact_response(&mut h, &["sk-real-123".into()], &c);
+    assert!(!format!("{h:?}").contains("sk-real"), "{h:?}");
 }

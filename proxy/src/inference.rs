@@ -1,0 +1,393 @@
+//! `inference.local`, the privacy router: model API calls a sandboxed program sends to
+//! `https://inference.local` (CONNECT, TLS with the sandbox CA) or `http://inference.local`
+//! are answered here, not by any host the sandbox names. The proxy forwards them to the
+//! route the user configured on the host (`openshell inference set`): the client's
+//! credentials and unknown headers are dropped, only an allowlist per API passes, the
+//! route's credential is injected and the body's `model` becomes the route's. Streams
+//! (SSE) are relayed as they arrive.
+//!
+//! Paths: `POST /v1/messages` (and `/v1/messages/count_tokens`) for Anthropic routes;
+//! `POST /v1/chat/completions`, `/v1/completions`, `/v1/responses`, `/v1/embeddings`
+//! for OpenAI routes; `GET /v1/models`, `/v1/models/ID` for both. Errors are JSON:
+//! unknown path 403, a path of the other API 400, no route 503, backend unreachable
+//! 502, backend too slow 504. A route's backend may be on the host's loopback (a local
+//! model server): the one way into host loopback, because the user chose it on the host.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::Context;
+use crate::l7::{Body, json};
+
+/// The name sandboxed programs use.
+pub const HOST: &str = "inference.local";
+
+/// Largest request body read (Claude Code sends ~100 KB; images make more).
+const MAX_BODY: usize = 32 << 20;
+
+/// One route: where calls go and as whom. Serialised only to travel over the
+/// sandbox's 0600 control socket.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Route {
+    /// The provider's name (logs).
+    pub provider: String,
+    /// `anthropic` or `openai`.
+    pub api: String,
+    /// Backend base URL (`https://api.anthropic.com`, `http://127.0.0.1:11434/v1`).
+    pub base_url: String,
+    /// The model every call gets.
+    pub model: String,
+    /// The credential injected (`x-api-key` or `Authorization: Bearer`).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Per-call timeout, seconds (until the response head).
+    pub timeout_secs: u64,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("provider", &self.provider)
+            .field("api", &self.api)
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("key", &self.key.as_ref().map(|_| "[REDACTED]"))
+            .finish()
+    }
+}
+
+/// The live route (replaced whole by `inference set/delete`).
+#[derive(Default)]
+pub struct Router(std::sync::RwLock<Option<Arc<Route>>>);
+
+impl Router {
+    /// The current route.
+    pub fn get(&self) -> Option<Arc<Route>> {
+        self.0.read().ok().and_then(|g| g.clone())
+    }
+
+    /// Set or clear it.
+    pub fn set(&self, r: Option<Route>) {
+        if let Ok(mut g) = self.0.write() {
+            *g = r.map(Arc::new);
+        }
+    }
+}
+
+fn err(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json(
+        status,
+        serde_json::json!({"error": code, "message": message}),
+        None,
+    )
+}
+
+/// Which API a path belongs to, or None for a path inference.local does not serve.
+fn api_of(method: &hyper::Method, path: &str) -> Option<&'static str> {
+    use hyper::Method;
+    match (method, path) {
+        (&Method::POST, "/v1/messages" | "/v1/messages/count_tokens") => Some("anthropic"),
+        (
+            &Method::POST,
+            "/v1/chat/completions" | "/v1/completions" | "/v1/responses" | "/v1/embeddings",
+        ) => Some("openai"),
+        (&Method::GET, "/v1/models") => Some("any"),
+        (&Method::GET, p)
+            if p.starts_with("/v1/models/") && p.len() > 11 && !p[11..].contains('/') =>
+        {
+            Some("any")
+        }
+        _ => None,
+    }
+}
+
+/// Headers a call keeps (everything else, credentials first, is dropped).
+fn passes(api: &str, name: &str) -> bool {
+    matches!(name, "content-type" | "accept" | "user-agent")
+        || (api == "anthropic" && matches!(name, "anthropic-version" | "anthropic-beta"))
+        || (api == "openai"
+            && matches!(
+                name,
+                "openai-organization" | "openai-project" | "openai-beta"
+            ))
+}
+
+/// Answer one call made to inference.local by `who`; one `API:INFERENCE` log line per
+/// call, refused ones included.
+pub async fn handle(
+    ctx: Arc<Context>,
+    req: Request<Incoming>,
+    who: &crate::Peer,
+) -> Response<Body> {
+    let started = Instant::now();
+    let call = format!("{} {}", req.method(), req.uri().path());
+    let route = ctx.inference.get();
+    let resp = answer(&ctx, req).await;
+    let (provider, model) = route
+        .as_ref()
+        .map_or(("-", "-"), |r| (r.provider.as_str(), r.model.as_str()));
+    ctx.log.inference(
+        provider,
+        model,
+        &call,
+        resp.status().as_u16(),
+        started.elapsed().as_millis(),
+        who,
+    );
+    resp
+}
+
+async fn answer(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let Some(kind) = api_of(&method, &path) else {
+        return err(
+            StatusCode::FORBIDDEN,
+            "unsupported_inference_path",
+            &format!("{method} {path} is not an inference API call inference.local serves"),
+        );
+    };
+    let Some(route) = ctx.inference.get() else {
+        return err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "inference_not_configured",
+            "no inference route is configured: openshell inference set --provider P --model M",
+        );
+    };
+    if kind != "any" && kind != route.api {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "no_compatible_route",
+            &format!(
+                "{path} is an {kind} call; the route ({}) speaks {}",
+                route.provider, route.api
+            ),
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "request body over 32 MiB or unreadable",
+            );
+        }
+    };
+    let body = if method == hyper::Method::POST {
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(mut v) if v.is_object() => {
+                v["model"] = serde_json::Value::String(route.model.clone());
+                Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+            }
+            _ => {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the body must be a JSON object",
+                );
+            }
+        }
+    } else {
+        Bytes::new()
+    };
+    match forward(ctx, &route, &method, &path, &parts.headers, body).await {
+        Ok(resp) => resp.map(|b| b.boxed()),
+        Err((status, code, message)) => err(status, code, &message),
+    }
+}
+
+type Failure = (StatusCode, &'static str, String);
+
+/// Send the call to the route's backend; the response (its body streamed) or why not.
+async fn forward(
+    ctx: &Context,
+    route: &Route,
+    method: &hyper::Method,
+    path: &str,
+    headers: &hyper::HeaderMap,
+    body: Bytes,
+) -> Result<Response<Incoming>, Failure> {
+    let bad_route = |m: String| (StatusCode::BAD_GATEWAY, "inference_backend_unreachable", m);
+    let url = url_parts(&route.base_url).map_err(bad_route)?;
+    let (tls, host, port, prefix) = url;
+    // The base URL may already end with /v1: the call's /v1 is not doubled.
+    let rest = if prefix.ends_with("/v1") {
+        path.strip_prefix("/v1").unwrap_or(path)
+    } else {
+        path
+    };
+    let target = format!("{prefix}{rest}");
+    let mut b = Request::builder().method(method.clone()).uri(&target);
+    for (k, v) in headers {
+        if passes(&route.api, k.as_str()) {
+            b = b.header(k, v);
+        }
+    }
+    let authority = if (tls && port == 443) || (!tls && port == 80) {
+        host.clone()
+    } else {
+        format!("{host}:{port}")
+    };
+    b = b.header(header::HOST, authority.as_str());
+    if let Some(k) = &route.key {
+        if route.api == "anthropic" {
+            b = b.header("x-api-key", k.as_str());
+            if !headers.contains_key("anthropic-version") {
+                b = b.header("anthropic-version", "2023-06-01");
+            }
+        } else {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {k}"));
+        }
+    }
+    if !body.is_empty() {
+        b = b.header(header::CONTENT_TYPE, "application/json");
+    }
+    let req = b
+        .body(Full::new(body).map_err(|never| match never {}).boxed())
+        .map_err(|e| bad_route(e.to_string()))?;
+    let timeout = Duration::from_secs(route.timeout_secs.clamp(1, 3600));
+    let call = async {
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| bad_route(format!("{host}:{port}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        if tls {
+            let cfg = ctx.upstream_tls().map_err(bad_route)?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| bad_route(e.to_string()))?;
+            let stream = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| bad_route(format!("TLS to {host}: {e}")))?;
+            send(TokioIo::new(stream), req).await
+        } else {
+            send(TokioIo::new(tcp), req).await
+        }
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(r) => r,
+        Err(_) => Err((
+            StatusCode::GATEWAY_TIMEOUT,
+            "inference_backend_timeout",
+            format!(
+                "no answer from {} within {} s",
+                route.base_url,
+                timeout.as_secs()
+            ),
+        )),
+    }
+}
+
+async fn send<T>(
+    io: TokioIo<T>,
+    req: Request<http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>>,
+) -> Result<Response<Incoming>, Failure>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let fail = |e: hyper::Error| {
+        (
+            StatusCode::BAD_GATEWAY,
+            "inference_backend_error",
+            e.to_string(),
+        )
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(fail)?;
+    tokio::spawn(conn);
+    sender.send_request(req).await.map_err(fail)
+}
+
+/// (TLS, host, port, path prefix without a trailing `/`) of a base URL.
+pub fn url_parts(base: &str) -> Result<(bool, String, u16, String), String> {
+    let uri: hyper::Uri = base.parse().map_err(|e| format!("base URL {base}: {e}"))?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(format!("base URL {base}: http or https")),
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("base URL {base}: no host"))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let prefix = uri.path().trim_end_matches('/').to_string();
+    Ok((tls, host, port, prefix))
+}
+
+/// Serve an established `CONNECT inference.local:443` tunnel: TLS with a leaf of the
+/// sandbox CA, then every call on the connection (HTTP/1.1 or HTTP/2).
+pub async fn serve_tls<S>(ctx: Arc<Context>, client: S, who: crate::Peer)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(ca) = ctx.ca.as_ref() else { return };
+    let Ok(cfg) = ca.server_config(HOST) else {
+        return;
+    };
+    let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg).accept(client).await else {
+        return;
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+    let who = Arc::new(who);
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (ctx, who) = (ctx.clone(), who.clone());
+        async move { Ok::<_, hyper::Error>(handle(ctx, req, &who).await) }
+    });
+    let io = TokioIo::new(tls);
+    if h2 {
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc)
+            .await;
+    } else {
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, svc)
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_headers() {
+        use hyper::Method;
+        assert_eq!(api_of(&Method::POST, "/v1/messages"), Some("anthropic"));
+        assert_eq!(api_of(&Method::POST, "/v1/responses"), Some("openai"));
+        assert_eq!(api_of(&Method::GET, "/v1/models/x"), Some("any"));
+        assert_eq!(api_of(&Method::GET, "/v1/models/x/y"), None);
+        assert_eq!(api_of(&Method::POST, "/v1/files"), None);
+        assert_eq!(api_of(&Method::GET, "/v1/messages"), None);
+        assert!(passes("anthropic", "anthropic-beta") && !passes("openai", "anthropic-beta"));
+        assert!(!passes("anthropic", "authorization") && !passes("openai", "x-api-key"));
+        assert!(!passes("openai", "cookie"));
+        assert_eq!(
+            url_parts("http://127.0.0.1:11434/v1/").unwrap(),
+            (false, "127.0.0.1".into(), 11434, "/v1".into())
+        );
+        assert!(url_parts("ftp://x").is_err());
+        let r = Route {
+            provider: "p".into(),
+            api: "openai".into(),
+            base_url: "x".into(),
+            model: "m".into(),
+            key: Some("sk-secret".into()),
+            timeout_secs: 60,
+        };
+        assert!(!format!("{r:?}").contains("sk-secret"));
+    }
+}
