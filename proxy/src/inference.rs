@@ -63,20 +63,51 @@ impl std::fmt::Debug for Route {
     }
 }
 
-/// The live route (replaced whole by `inference set/delete`).
+type ReqBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+type Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
+
+/// Most idle backend connections kept.
+const POOL: usize = 8;
+
+/// The live route (replaced whole by `inference set/delete`), and idle connections to
+/// its backend (kept-alive HTTP/1.1, reused: a call does not pay a TCP and TLS set-up).
 #[derive(Default)]
-pub struct Router(std::sync::RwLock<Option<Arc<Route>>>);
+pub struct Router {
+    route: std::sync::RwLock<Option<Arc<Route>>>,
+    idle: std::sync::Mutex<Vec<(String, Sender)>>,
+}
 
 impl Router {
     /// The current route.
     pub fn get(&self) -> Option<Arc<Route>> {
-        self.0.read().ok().and_then(|g| g.clone())
+        self.route.read().ok().and_then(|g| g.clone())
     }
 
-    /// Set or clear it.
+    /// Set or clear it (idle connections of the old one are dropped).
     pub fn set(&self, r: Option<Route>) {
-        if let Ok(mut g) = self.0.write() {
+        if let Ok(mut g) = self.route.write() {
             *g = r.map(Arc::new);
+        }
+        if let Ok(mut p) = self.idle.lock() {
+            p.clear();
+        }
+    }
+
+    /// An idle connection to `base` that can take a request now.
+    fn take(&self, base: &str) -> Option<Sender> {
+        let mut p = self.idle.lock().ok()?;
+        p.retain(|(_, s)| !s.is_closed());
+        let i = p.iter().position(|(b, s)| b == base && s.is_ready())?;
+        Some(p.swap_remove(i).1)
+    }
+
+    /// Keep a connection for later calls (it becomes ready once its response ends).
+    fn give(&self, base: &str, s: Sender) {
+        if let Ok(mut p) = self.idle.lock() {
+            p.retain(|(_, s)| !s.is_closed());
+            if p.len() < POOL {
+                p.push((base.to_string(), s));
+            }
         }
     }
 }
@@ -147,6 +178,19 @@ pub async fn handle(
 async fn answer(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    // The body is read first, whatever the answer: a refusal sent while the client is
+    // still sending would end in a reset, and the client would never see it.
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "request body over 32 MiB or unreadable",
+            );
+        }
+    };
     let Some(kind) = api_of(&method, &path) else {
         return err(
             StatusCode::FORBIDDEN,
@@ -171,17 +215,6 @@ async fn answer(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Body> {
             ),
         );
     }
-    let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return err(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "request body over 32 MiB or unreadable",
-            );
-        }
-    };
     let body = if method == hyper::Method::POST {
         match serde_json::from_slice::<serde_json::Value>(&body) {
             Ok(mut v) if v.is_object() => {
@@ -256,6 +289,18 @@ async fn forward(
         .map_err(|e| bad_route(e.to_string()))?;
     let timeout = Duration::from_secs(route.timeout_secs.clamp(1, 3600));
     let call = async {
+        if let Some(mut s) = ctx.inference.take(&route.base_url) {
+            let fail = |e: hyper::Error| {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "inference_backend_error",
+                    e.to_string(),
+                )
+            };
+            let resp = s.send_request(req).await.map_err(fail)?;
+            ctx.inference.give(&route.base_url, s);
+            return Ok(resp);
+        }
         let tcp = TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| bad_route(format!("{host}:{port}: {e}")))?;
@@ -268,9 +313,9 @@ async fn forward(
                 .connect(name, tcp)
                 .await
                 .map_err(|e| bad_route(format!("TLS to {host}: {e}")))?;
-            send(TokioIo::new(stream), req).await
+            send(ctx, &route.base_url, TokioIo::new(stream), req).await
         } else {
-            send(TokioIo::new(tcp), req).await
+            send(ctx, &route.base_url, TokioIo::new(tcp), req).await
         }
     };
     match tokio::time::timeout(timeout, call).await {
@@ -287,9 +332,12 @@ async fn forward(
     }
 }
 
+/// A new connection's first call; the connection is kept for later ones.
 async fn send<T>(
+    ctx: &Context,
+    base: &str,
     io: TokioIo<T>,
-    req: Request<http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Incoming>, Failure>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -305,7 +353,9 @@ where
         .await
         .map_err(fail)?;
     tokio::spawn(conn);
-    sender.send_request(req).await.map_err(fail)
+    let resp = sender.send_request(req).await.map_err(fail)?;
+    ctx.inference.give(base, sender);
+    Ok(resp)
 }
 
 /// (TLS, host, port, path prefix without a trailing `/`) of a base URL.

@@ -423,6 +423,7 @@ async fn handle(
             "port": port,
             "binary": who.exe,
         });
+        drain(req.into_body()).await;
         return json(StatusCode::FORBIDDEN, v, Some(&grant.name));
     }
     // Placeholders become credentials here, after the policy allowed the request,
@@ -448,6 +449,7 @@ async fn handle(
                 Some(&grant.name),
                 Some(&format!("{code}: {message}")),
             );
+            drain(body).await;
             let v = serde_json::json!({"error": code, "message": message});
             return json(
                 StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
@@ -506,6 +508,14 @@ async fn handle(
             for_client(resp, t.client_h2)
         }
     }
+}
+
+/// Read what is left of a refused request's body (1 MiB, 2 s at most) before the
+/// answer: closing a connection with unread data resets it, and the client would lose
+/// the answer.
+async fn drain(body: Incoming) {
+    let limited = http_body_util::Limited::new(body, 1 << 20);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), limited.collect()).await;
 }
 
 /// Forward one absolute-form `http://` request of the explicit proxy over `upstream`

@@ -388,12 +388,16 @@ pub async fn serve(
     let c1 = ctx.clone();
     let explicit = tokio::spawn(async move {
         while let Ok((sock, peer)) = proxy.accept().await {
+            // Small writes (a response head, then its body, each its own TLS record
+            // on inspected tunnels) must not wait for the client's delayed ACK.
+            let _ = sock.set_nodelay(true);
             tokio::spawn(connect::handle(c1.clone(), sock, peer));
         }
     });
     let c2 = ctx.clone();
     let redirected = tokio::spawn(async move {
         while let Ok((sock, peer)) = bypass.accept().await {
+            let _ = sock.set_nodelay(true);
             tokio::spawn(bypass::handle(c2.clone(), sock, peer));
         }
     });
