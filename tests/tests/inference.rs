@@ -113,6 +113,11 @@ B='{"model":"mine","messages":[{"role":"user","content":"route me"}]}'
 echo "chat: $(curl -sS -H 'Authorization: Bearer client-key' -H 'content-type: application/json' -d "$B" https://inference.local/v1/chat/completions | grep -o 'model=[a-z-]* key=[0-9a-f]*')"
 echo "plain: $(curl -sS -d "$B" http://inference.local/v1/chat/completions | grep -o 'key=[0-9a-f]*')"
 echo "models: $(curl -sS https://inference.local/v1/models | grep -c testenv-small)"
+python3 -c '
+import json, urllib.request
+r = urllib.request.Request("https://inference.local/v1/chat/completions", data=json.dumps({"model": "x", "messages": [{"role": "user", "content": "from python"}]}).encode(), headers={"content-type": "application/json", "authorization": "Bearer py-key"})
+print("python:", json.load(urllib.request.urlopen(r))["choices"][0]["message"]["content"])
+' 
 for p in "POST /v1/messages" "GET /v1/files" "POST /v1/chat/completions/x" "DELETE /v1/models"; do
   set -- $p
   echo "$1 $2: $(curl -sS -X $1 -d '{}' -w ' %{http_code}' https://inference.local$2 | tr -d '\n')"
@@ -129,6 +134,13 @@ done
         stderr(&o)
     );
     assert!(text.contains(&format!("plain: key={}", fp(key))), "{text}");
+    assert!(
+        text.contains(&format!(
+            "python: testenv-llm model=testenv-large key={} chat: from python",
+            fp(key)
+        )),
+        "{text}"
+    );
     assert!(
         text.contains("models: ") && !text.contains("models: 0"),
         "{text}"
