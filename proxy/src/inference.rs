@@ -164,12 +164,16 @@ pub async fn handle(
     let (provider, model) = route
         .as_ref()
         .map_or(("-", "-"), |r| (r.provider.as_str(), r.model.as_str()));
+    let tokens = resp.extensions().get::<Usage>().map(|u| (u.0, u.1));
     ctx.log.inference(
         provider,
         model,
         &call,
-        resp.status().as_u16(),
-        started.elapsed().as_millis(),
+        (
+            resp.status().as_u16(),
+            started.elapsed().as_millis(),
+            tokens,
+        ),
         who,
     );
     resp
@@ -233,9 +237,57 @@ async fn answer(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Body> {
         Bytes::new()
     };
     match forward(ctx, &route, &method, &path, &parts.headers, body).await {
-        Ok(resp) => resp.map(|b| b.boxed()),
+        Ok(resp) => with_usage(resp).await,
         Err((status, code, message)) => err(status, code, &message),
     }
+}
+
+/// Token counts a response reported (`usage`), for the log.
+#[derive(Clone, Copy)]
+struct Usage(u64, u64);
+
+/// A small JSON answer is read whole to find its `usage` (Anthropic `input_tokens` /
+/// `output_tokens`, OpenAI `prompt_tokens` / `completion_tokens`); streams and large
+/// answers pass through untouched, as they arrive.
+async fn with_usage(resp: Response<Incoming>) -> Response<Body> {
+    let small_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"))
+        && resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|n| n <= 1 << 20);
+    if !small_json {
+        return resp.map(|b| b.boxed());
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match Limited::new(body, 1 << 20).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return err(
+                StatusCode::BAD_GATEWAY,
+                "inference_backend_error",
+                "the backend's answer could not be read",
+            );
+        }
+    };
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+        let u = &v["usage"];
+        let n = |a: &str, b: &str| u[a].as_u64().or_else(|| u[b].as_u64());
+        if let (Some(i), Some(o)) = (
+            n("input_tokens", "prompt_tokens"),
+            n("output_tokens", "completion_tokens"),
+        ) {
+            parts.extensions.insert(Usage(i, o));
+        }
+    }
+    Response::from_parts(
+        parts,
+        Full::new(bytes).map_err(|never| match never {}).boxed(),
+    )
 }
 
 type Failure = (StatusCode, &'static str, String);

@@ -271,18 +271,17 @@ impl Logger {
 
     /// One call through inference.local (`API:INFERENCE`): provider, model, status,
     /// latency to the response head.
-    #[allow(clippy::too_many_arguments)]
     pub fn inference(
         &self,
         provider: &str,
         model: &str,
         call: &str,
-        status: u16,
-        latency_ms: u128,
+        (status, latency_ms, tokens): (u16, u128, Option<(u64, u64)>),
         who: &crate::Peer,
     ) {
+        let counted = tokens.map_or(String::new(), |(i, o)| format!(" [tokens:{i}/{o}]"));
         let line = format!(
-            "API:INFERENCE {call} -> {status} [provider:{provider}] [model:{model}] {latency_ms}ms {}({})",
+            "API:INFERENCE {call} -> {status} [provider:{provider}] [model:{model}] {latency_ms}ms{counted} {}({})",
             who.exe, who.pid
         );
         let json = serde_json::json!({
@@ -292,7 +291,13 @@ impl Logger {
             "action": if status < 400 { "Allowed" } else { "Denied" },
             "status_code": status,
             "api": {"operation": call, "service": {"name": "inference.local"}},
-            "ai_operation": {"provider": provider, "model": model, "latency_ms": latency_ms},
+            "ai_operation": {
+                "provider": provider,
+                "model": model,
+                "latency_ms": latency_ms,
+                "input_tokens": tokens.map(|t| t.0),
+                "output_tokens": tokens.map(|t| t.1),
+            },
             "actor": {"process": {"path": who.exe, "pid": who.pid}},
             "message": line,
             "time": now_ms(),

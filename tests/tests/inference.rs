@@ -168,6 +168,10 @@ done
         .collect::<String>();
     assert!(logs.matches("API:INFERENCE").count() >= 12, "{logs}");
     assert!(!logs.contains(key), "the key is in a log");
+    assert!(
+        logs.contains("ms [tokens:"),
+        "no token counts logged: {logs}"
+    );
     // The backend down: 502, JSON.
     ok(&e.cli(&[
         "provider",
