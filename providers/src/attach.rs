@@ -71,17 +71,6 @@ struct Place {
 }
 
 impl Place {
-    fn allow_only(host: &str, port: u16) -> Self {
-        Self {
-            host: host.into(),
-            port,
-            paths: vec![],
-            keys: Some(vec![]),
-            inject: Default::default(),
-            scheme: "https".into(),
-        }
-    }
-
     /// Does `key` go here? An explicit list is honoured for every key, the profile's
     /// or one added with --credential.
     fn binds(&self, key: &str) -> bool {
@@ -122,22 +111,46 @@ pub fn attach(providers: &[(Provider, Profile)], user: &Policy) -> Result<Attach
                 } else {
                     format!("{path}/**")
                 };
+                // The base URL replaces the profile's first API endpoint: the keys
+                // bound there (and keys the profile does not know, added for it) go to
+                // the base URL; the profile's other endpoints keep their own keys.
+                let first = prof
+                    .endpoints
+                    .iter()
+                    .position(|e| !e.credentials.as_ref().is_some_and(|c| c.is_empty()));
+                let keys = first
+                    .and_then(|i| prof.endpoints[i].credentials.clone())
+                    .map(|mut k| {
+                        k.extend(
+                            p.credentials
+                                .keys()
+                                .filter(|x| !prof.credentials.contains(x))
+                                .cloned(),
+                        );
+                        k
+                    });
                 places.push(Place {
                     host: host.clone(),
                     port: *port,
                     paths: vec![glob],
-                    keys: None,
-                    inject: prof
-                        .endpoints
-                        .iter()
-                        .find_map(|e| e.inject.clone())
+                    keys,
+                    inject: first
+                        .and_then(|i| prof.endpoints[i].inject.clone())
                         .unwrap_or_default(),
                     scheme: scheme.clone(),
                 });
-                for ep in &prof.endpoints {
-                    if ep.credentials.as_ref().is_some_and(|c| c.is_empty()) {
-                        places.push(Place::allow_only(&ep.host, ep.port));
+                for (i, ep) in prof.endpoints.iter().enumerate() {
+                    if Some(i) == first {
+                        continue;
                     }
+                    places.push(Place {
+                        host: ep.host.clone(),
+                        port: ep.port,
+                        paths: ep.paths.clone(),
+                        keys: Some(ep.credentials.clone().unwrap_or_default()),
+                        inject: ep.inject.clone().unwrap_or_default(),
+                        scheme: "https".into(),
+                    });
                 }
             }
             None => {

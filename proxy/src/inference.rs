@@ -30,7 +30,7 @@ use crate::l7::{Body, json};
 pub const HOST: &str = "inference.local";
 
 /// Largest request body read (Claude Code sends ~100 KB; images make more).
-const MAX_BODY: usize = 32 << 20;
+const MAX_BODY: usize = 16 << 20;
 
 /// One route: where calls go and as whom. Serialised only to travel over the
 /// sandbox's 0600 control socket.
@@ -130,13 +130,48 @@ fn api_of(method: &hyper::Method, path: &str) -> Option<&'static str> {
             "/v1/chat/completions" | "/v1/completions" | "/v1/responses" | "/v1/embeddings",
         ) => Some("openai"),
         (&Method::GET, "/v1/models") => Some("any"),
-        (&Method::GET, p)
-            if p.starts_with("/v1/models/") && p.len() > 11 && !p[11..].contains('/') =>
-        {
-            Some("any")
-        }
+        (&Method::GET, p) if p.strip_prefix("/v1/models/").is_some_and(model_id_ok) => Some("any"),
         _ => None,
     }
+}
+
+/// A model id of `/v1/models/ID`: letters, digits and `._:-`, never a dot segment (a
+/// backend that decodes or normalises would otherwise get the key on another path).
+fn model_id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 256
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// Calls holding a body at once (each at most [`MAX_BODY`], until the backend
+/// answers): the proxy runs
+/// outside the sandbox's memory limit, so what a sandbox can make it hold is bounded.
+static BUFFERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
+
+/// Body fields that make the provider fetch or call something itself (server-side
+/// tools, MCP servers): through them a sandbox whose policy allows no host could
+/// reach any — refused.
+fn provider_side_fetch(body: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    for k in ["mcp_servers", "container", "web_search_options"] {
+        if body.contains_key(k) {
+            return Some(format!("`{k}`"));
+        }
+    }
+    if let Some(tools) = body.get("tools").and_then(|t| t.as_array()) {
+        for t in tools {
+            let kind = t.get("type").and_then(|v| v.as_str()).unwrap_or("custom");
+            // Client tools: Anthropic's have no type (or `custom`), OpenAI's are
+            // `function`. Everything else runs at the provider.
+            if !matches!(kind, "custom" | "function") {
+                return Some(format!("a `{kind}` tool"));
+            }
+        }
+    }
+    None
 }
 
 /// Headers a call keeps (everything else, credentials first, is dropped).
@@ -185,13 +220,24 @@ async fn answer(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Body> {
     // The body is read first, whatever the answer: a refusal sent while the client is
     // still sending would end in a reset, and the client would never see it.
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+    let Ok(_permit) = BUFFERING.acquire().await else {
+        return err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "inference.local is shutting down",
+        );
+    };
+    let read = tokio::time::timeout(
+        Duration::from_secs(60),
+        Limited::new(body, MAX_BODY).collect(),
+    );
+    let body = match read.await {
+        Ok(Ok(b)) => b.to_bytes(),
+        _ => {
             return err(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                "request body over 32 MiB or unreadable",
+                "request body over 16 MiB, unreadable, or not sent within 60 s",
             );
         }
     };
@@ -219,25 +265,65 @@ async fn answer(ctx: &Arc<Context>, req: Request<Incoming>) -> Response<Body> {
             ),
         );
     }
+    // `model` is replaced without building the whole document in memory: the top
+    // level is kept as raw JSON; only the fields that could make the provider fetch
+    // something are read.
     let body = if method == hyper::Method::POST {
-        match serde_json::from_slice::<serde_json::Value>(&body) {
-            Ok(mut v) if v.is_object() => {
-                v["model"] = serde_json::Value::String(route.model.clone());
-                Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
-            }
-            _ => {
-                return err(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "the body must be a JSON object",
-                );
+        let raw: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
+            match serde_json::from_slice(&body) {
+                Ok(m) => m,
+                Err(_) => {
+                    return err(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "the body must be a JSON object",
+                    );
+                }
+            };
+        let mut small = serde_json::Map::new();
+        for k in ["tools", "mcp_servers", "container", "web_search_options"] {
+            if let Some(v) = raw.get(k) {
+                small.insert(k.into(), serde_json::from_str(v.get()).unwrap_or_default());
             }
         }
+        if let Some(what) = provider_side_fetch(&small) {
+            return err(
+                StatusCode::FORBIDDEN,
+                "provider_side_fetch_refused",
+                &format!(
+                    "{what} would make the provider reach hosts the sandbox's policy does not allow"
+                ),
+            );
+        }
+        let mut out = raw;
+        match serde_json::value::to_raw_value(&route.model) {
+            Ok(m) => {
+                out.insert("model".into(), m);
+            }
+            Err(_) => return err(StatusCode::BAD_REQUEST, "bad_request", "bad model name"),
+        }
+        Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
     } else {
         Bytes::new()
     };
     match forward(ctx, &route, &method, &path, &parts.headers, body).await {
-        Ok(resp) => with_usage(resp).await,
+        Ok(mut resp) => {
+            // A backend echoing the key (some local servers do in errors) does not
+            // hand it to the sandbox: headers always, small JSON bodies in with_usage.
+            let key = route.key.clone().filter(|k| !k.is_empty());
+            if let Some(k) = &key {
+                let hidden: Vec<_> = resp
+                    .headers()
+                    .iter()
+                    .filter(|(_, v)| String::from_utf8_lossy(v.as_bytes()).contains(k.as_str()))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for n in hidden {
+                    resp.headers_mut().remove(n);
+                }
+            }
+            with_usage(resp, key.as_deref()).await
+        }
         Err((status, code, message)) => err(status, code, &message),
     }
 }
@@ -249,7 +335,7 @@ struct Usage(u64, u64);
 /// A small JSON answer is read whole to find its `usage` (Anthropic `input_tokens` /
 /// `output_tokens`, OpenAI `prompt_tokens` / `completion_tokens`); streams and large
 /// answers pass through untouched, as they arrive.
-async fn with_usage(resp: Response<Incoming>) -> Response<Body> {
+async fn with_usage(resp: Response<Incoming>, key: Option<&str>) -> Response<Body> {
     let small_json = resp
         .headers()
         .get(header::CONTENT_TYPE)
@@ -273,6 +359,14 @@ async fn with_usage(resp: Response<Incoming>) -> Response<Body> {
                 "the backend's answer could not be read",
             );
         }
+    };
+    let bytes = match key {
+        Some(k) if bytes.windows(k.len()).any(|w| w == k.as_bytes()) => {
+            let text = String::from_utf8_lossy(&bytes).replace(k, "[REDACTED]");
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Bytes::from(text)
+        }
+        _ => bytes,
     };
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
         let u = &v["usage"];
@@ -317,10 +411,15 @@ async fn forward(
             b = b.header(k, v);
         }
     }
-    let authority = if (tls && port == 443) || (!tls && port == 80) {
-        host.clone()
+    let shown = if host.contains(':') {
+        format!("[{host}]")
     } else {
-        format!("{host}:{port}")
+        host.clone()
+    };
+    let authority = if (tls && port == 443) || (!tls && port == 80) {
+        shown
+    } else {
+        format!("{shown}:{port}")
     };
     b = b.header(header::HOST, authority.as_str());
     if let Some(k) = &route.key {
@@ -472,6 +571,26 @@ mod tests {
         assert_eq!(api_of(&Method::POST, "/v1/responses"), Some("openai"));
         assert_eq!(api_of(&Method::GET, "/v1/models/x"), Some("any"));
         assert_eq!(api_of(&Method::GET, "/v1/models/x/y"), None);
+        for bad in ["..", ".", "..%2F..%2Fx", "%2e%2e", "a;b", "a\\b", ""] {
+            assert_eq!(
+                api_of(&Method::GET, &format!("/v1/models/{bad}")),
+                None,
+                "{bad}"
+            );
+        }
+        let fetches = |v: serde_json::Value| provider_side_fetch(v.as_object().unwrap());
+        assert!(fetches(serde_json::json!({"mcp_servers": []})).is_some());
+        assert!(
+            fetches(
+                serde_json::json!({"tools": [{"type": "web_fetch_20250910", "name": "web_fetch"}]})
+            )
+            .is_some()
+        );
+        assert!(
+            fetches(serde_json::json!({"tools": [{"type": "mcp", "server_url": "https://x"}]}))
+                .is_some()
+        );
+        assert!(fetches(serde_json::json!({"tools": [{"name": "Write", "input_schema": {}}, {"type": "function"}]})).is_none());
         assert_eq!(api_of(&Method::POST, "/v1/files"), None);
         assert_eq!(api_of(&Method::GET, "/v1/messages"), None);
         assert!(passes("anthropic", "anthropic-beta") && !passes("openai", "anthropic-beta"));

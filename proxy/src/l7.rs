@@ -513,9 +513,18 @@ async fn handle(
 /// Read what is left of a refused request's body (1 MiB, 2 s at most) before the
 /// answer: closing a connection with unread data resets it, and the client would lose
 /// the answer.
-async fn drain(body: Incoming) {
-    let limited = http_body_util::Limited::new(body, 1 << 20);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), limited.collect()).await;
+async fn drain(mut body: Incoming) {
+    let read = async {
+        let mut left: usize = 1 << 20;
+        while left > 0 {
+            match body.frame().await {
+                // Read and dropped: nothing of it is kept.
+                Some(Ok(f)) => left = left.saturating_sub(f.data_ref().map_or(0, |d| d.len())),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), read).await;
 }
 
 /// Forward one absolute-form `http://` request of the explicit proxy over `upstream`

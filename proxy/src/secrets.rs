@@ -317,6 +317,24 @@ pub fn rewrite(
             place: "a path that is not canonical".into(),
         });
     };
+    // And the path sent must be that canonical one: servers that read `..;`, `\` or
+    // `%5C` as separators, or resolve dot segments, would otherwise serve another
+    // path than the one the binding allowed.
+    let plain = percent_decode_str(&raw_path)
+        .decode_utf8_lossy()
+        .into_owned();
+    if plain != canonical
+        || raw_path.contains([';', '\\'])
+        || ["%5c", "%25", "%00", "%2f"]
+            .iter()
+            .any(|e| raw_path.to_ascii_lowercase().contains(e))
+    {
+        return Err(Refusal::Misplaced {
+            place:
+                "a path that is not in canonical form (dot segments, `;`, `\\`, escaped separators)"
+                    .into(),
+        });
+    }
     let decoded_path = canonical;
     let mut new_path = None;
     if mentions(&decoded_path) {
@@ -446,7 +464,27 @@ fn header_value(
     if let Some((scheme, rest)) = t.split_once(' ') {
         let rest = rest.trim();
         if let Some(decoded) = basic(t) {
-            if !decoded.contains(PREFIX) {
+            // The whole user or the whole password is a placeholder, nothing else.
+            // (A user id has no `:`; a placeholder does: one as the user is read whole.)
+            let (user, pass) = match decoded.strip_prefix(PREFIX) {
+                Some(rest) => {
+                    let end = PREFIX.len()
+                        + rest
+                            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                            .unwrap_or(rest.len());
+                    let after = &decoded[end..];
+                    match after.strip_prefix(':') {
+                        Some(p) => (&decoded[..end], p),
+                        None if after.is_empty() => (&decoded[..end], ""),
+                        None => (decoded.as_str(), "x"),
+                    }
+                }
+                None => decoded.split_once(':').unwrap_or((decoded.as_str(), "")),
+            };
+            let fits = |part: &str| !mentions(part) || whole(part);
+            let straddles = decoded.matches(PREFIX).count()
+                != user.matches(PREFIX).count() + pass.matches(PREFIX).count();
+            if !decoded.contains(PREFIX) || straddles || !fits(user) || !fits(pass) {
                 return Err(Refusal::Misplaced {
                     place: String::new(),
                 });

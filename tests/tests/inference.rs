@@ -118,6 +118,8 @@ import json, urllib.request
 r = urllib.request.Request("https://inference.local/v1/chat/completions", data=json.dumps({"model": "x", "messages": [{"role": "user", "content": "from python"}]}).encode(), headers={"content-type": "application/json", "authorization": "Bearer py-key"})
 print("python:", json.load(urllib.request.urlopen(r))["choices"][0]["message"]["content"])
 ' 
+echo "fetch: $(curl -sS -d '{"model":"x","tools":[{"type":"mcp","server_url":"https://elsewhere.example"}]}' https://inference.local/v1/responses)"
+echo "traversal: $(curl -sS --path-as-is -o /dev/null -w '%{http_code}' https://inference.local/v1/models/..%2F..%2Fheaders)"
 for p in "POST /v1/messages" "GET /v1/files" "POST /v1/chat/completions/x" "DELETE /v1/models"; do
   set -- $p
   echo "$1 $2: $(curl -sS -X $1 -d '{}' -w ' %{http_code}' https://inference.local$2 | tr -d '\n')"
@@ -145,6 +147,11 @@ done
         text.contains("models: ") && !text.contains("models: 0"),
         "{text}"
     );
+    assert!(
+        text.contains("fetch: {\"error\":\"provider_side_fetch_refused\""),
+        "{text}"
+    );
+    assert!(text.contains("traversal: 403"), "{text}");
     assert!(
         text.contains("POST /v1/messages: {\"error\":\"no_compatible_route\""),
         "{text}"

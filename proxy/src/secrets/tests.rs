@@ -276,3 +276,47 @@ fn placement_scheme_inspection_and_canonical_paths_decide() {
     redact_response(&mut h, &["sk-real-123".into()], &c);
     assert!(!format!("{h:?}").contains("sk-real"), "{h:?}");
 }
+
+#[test]
+fn paths_not_in_canonical_form_and_partial_basic_parts_are_refused() {
+    for p in [
+        "/v1/..;/api/x",
+        "/v1/a\\..\\..\\api",
+        "/v1/a%5c..%5capi",
+        "/v1//m",
+        "/v1/%252e%252e/api",
+        "/v1/m%00",
+    ] {
+        let e = run(p, &[("x-api-key", PH)], "api.test.openshell", "/x");
+        assert!(e.is_err(), "{p}: {e:?}");
+    }
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    for bad in [
+        format!("x{PH}:p"),
+        format!("u:{PH}-x"),
+        format!("u:{PH}x"),
+        format!("{PH}{PH}:p"),
+        format!("{PH}-u:p"),
+    ] {
+        let v = format!("Basic {}", b64(&bad));
+        let e = run(
+            "/v1/m",
+            &[("authorization", &v)],
+            "api.test.openshell",
+            "/x",
+        );
+        assert!(e.is_err(), "{bad}: {e:?}");
+    }
+    let v = format!("Basic {}", b64(&format!("{PH}:x")));
+    let p = run(
+        "/v1/m",
+        &[("authorization", &v)],
+        "api.test.openshell",
+        "/x",
+    )
+    .unwrap();
+    assert_eq!(
+        p.headers["authorization"],
+        format!("Basic {}", b64("sk-real-123:x")).as_str()
+    );
+}
