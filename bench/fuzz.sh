@@ -3,8 +3,8 @@
 # L7 path rules (policy/tests/prop.rs), the DNS parser, the strict HTTP head check
 # against hyper, host-name normalisation (proxy/tests/prop.rs), and the layer unpacker
 # (images/tests/prop.rs). Release build; no panic, no hang, properties hold.
-# CASES (default 150000) cases per parser property, UNPACK_CASES (default 20000) for
-# the unpacker, which writes files per case: 7 x 150000 + 20000 = 1.07 M inputs.
+# CASES (default 150000) cases per parser property (8 of them), UNPACK_CASES (default 20000) for
+# the unpacker, which writes files per case: 8 x 150000 + 20000 = 1.22 M inputs.
 # Each crate's run has a watchdog (LIMIT seconds, default 1800): a hang fails it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,6 @@ run() {
   total=$((total + n * tests))
 }
 run openshell-policy "$cases" 4
-run openshell-proxy "$cases" 3
+run openshell-proxy "$cases" 4
 run openshell-images "$unpack_cases" 1
 echo "fuzz: $total generated inputs, no failure"

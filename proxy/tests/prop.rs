@@ -228,3 +228,107 @@ proptest! {
         }
     }
 }
+
+mod credential_placement {
+    //! Whatever head a sandboxed program builds around placeholders, a swapped value
+    //! only ever lands in a place its binding allows (here: the `x-api-key` and
+    //! `authorization` headers), never in another header, the path or the query.
+    use openshell_proxy::secrets::{Binding, Credential, Destination, rewrite};
+    use proptest::prelude::*;
+
+    const VALUE: &str = "sk-VALUE-7d1f";
+
+    fn vault() -> Vec<Credential> {
+        vec![Credential {
+            key: "K".into(),
+            value: VALUE.into(),
+            provider: "p".into(),
+            bindings: vec![Binding {
+                headers: vec!["x-api-key".into(), "authorization".into()],
+                ..Binding::new("api.test.openshell", 443, "/v1/**")
+            }],
+            binaries: vec![],
+        }]
+    }
+
+    fn piece() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "openshell:resolve:env:K",
+            "openshell:resolve:env:",
+            "OPENSHELL:RESOLVE:ENV:K",
+            "Bearer ",
+            "Basic ",
+            "b3BlbnNoZWxsOnJlc29sdmU6ZW52Oks=",
+            "dTpvcGVuc2hlbGw6cmVzb2x2ZTplbnY6Sw==",
+            "%3A",
+            "%6F",
+            " ",
+            ":",
+            "x",
+            "K",
+            "=",
+            "&",
+            "..",
+            "/",
+            ";",
+        ])
+        .prop_map(String::from)
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop::collection::vec(piece(), 0..5).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn a_value_lands_only_where_allowed(
+            headers in prop::collection::vec((prop::sample::select(vec!["x-api-key", "authorization", "anthropic-beta", "cookie", "x-other"]), text()), 0..4),
+            path in text(),
+            query in text(),
+            tls in any::<bool>(),
+        ) {
+            let target = format!("/v1/{}?q={}", path.replace(['?', '#', ' '], ""), query.replace(['#', ' '], ""));
+            let Ok(uri) = target.parse::<hyper::Uri>() else { return Ok(()) };
+            let mut b = hyper::Request::builder().uri(uri);
+            for (k, v) in &headers {
+                b = b.header(*k, v.as_str());
+            }
+            let Ok(req) = b.body(()) else { return Ok(()) };
+            let (mut parts, ()) = req.into_parts();
+            let chain = vec!["/usr/bin/x".to_string()];
+            let dest = Destination { host: "api.test.openshell", port: 443, chain: &chain, tls, inspected: true };
+            if rewrite(&mut parts, &dest, &vault()).is_err() {
+                return Ok(());
+            }
+            prop_assert!(!parts.uri.to_string().contains(VALUE), "{}", parts.uri);
+            for (k, v) in parts.headers.iter() {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                let decoded = v
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|b| base64_decode(b))
+                    .unwrap_or_default();
+                if v.contains(VALUE) || decoded.contains(VALUE) {
+                    prop_assert!(tls && (k == "x-api-key" || k == "authorization"), "{k}: {v}");
+                }
+            }
+        }
+    }
+
+    fn base64_decode(s: &str) -> Option<String> {
+        const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut bits = 0u32;
+        let mut n = 0;
+        let mut out = Vec::new();
+        for c in s.bytes().filter(|c| *c != b'=') {
+            let v = T.iter().position(|t| *t == c)? as u32;
+            bits = (bits << 6) | v;
+            n += 6;
+            if n >= 8 {
+                n -= 8;
+                out.push((bits >> n) as u8);
+            }
+        }
+        String::from_utf8(out).ok()
+    }
+}

@@ -31,7 +31,8 @@ pub enum Level {
 pub enum Source {
     /// The supervisor: policy loads and network decisions.
     Supervisor,
-    /// The sandboxed processes' own output (only detached sandboxes keep one).
+    /// The sandboxed processes' own output (not kept yet: they write to the terminal
+    /// that started them).
     Sandbox,
     /// Both.
     All,
