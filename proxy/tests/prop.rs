@@ -306,7 +306,7 @@ mod credential_placement {
                 let decoded = v
                     .split_whitespace()
                     .nth(1)
-                    .and_then(|b| base64_decode(b))
+                    .and_then(base64_decode)
                     .unwrap_or_default();
                 if v.contains(VALUE) || decoded.contains(VALUE) {
                     prop_assert!(tls && (k == "x-api-key" || k == "authorization"), "{k}: {v}");
