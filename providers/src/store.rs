@@ -155,6 +155,17 @@ pub fn save(dir: &Path, p: &Provider, create: bool) -> Result<(), ProviderError>
         .mode(0o700)
         .create(dir)
         .map_err(io("create", dir))?;
+    // A real directory of ours, never a link (whose target the chmod would change) nor
+    // one another user made.
+    let m = std::fs::symlink_metadata(dir).map_err(io("stat", dir))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_dir() || std::os::unix::fs::MetadataExt::uid(&m) != me {
+        return Err(ProviderError::Invalid(format!(
+            "{} must be a directory of yours (not a symlink, not another user's): move it away",
+            dir.display()
+        )));
+    }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(io("chmod 0700", dir))?;
     let path = path_of(dir, &p.name)?;

@@ -103,6 +103,10 @@ impl Router {
 
     /// Keep a connection for later calls (it becomes ready once its response ends).
     fn give(&self, base: &str, s: Sender) {
+        // A connection of a route replaced meanwhile is not kept.
+        if self.get().is_none_or(|r| r.base_url != base) {
+            return;
+        }
         if let Ok(mut p) = self.idle.lock() {
             p.retain(|(_, s)| !s.is_closed());
             if p.len() < POOL {
