@@ -276,6 +276,15 @@ mod tests {
         assert!(matches!(get(&dir, "../x"), Err(ProviderError::Invalid(_))));
         delete(&dir, "work").unwrap();
         assert!(matches!(get(&dir, "work"), Err(ProviderError::NotFound(_))));
+        // A providers directory that is a symlink is refused, its target untouched.
+        let target = dir.join("elsewhere");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = save(&link, &p, true).unwrap_err().to_string();
+        assert!(e.contains("must be a directory of yours"), "{e}");
+        assert_eq!(std::fs::metadata(&target).unwrap().mode() & 0o777, 0o755);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
