@@ -54,6 +54,12 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Write the man pages (openshell.1 and one per command group) into DIR.
+    #[command(hide = true)]
+    Man {
+        /// Where the pages go.
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Commands that only print: a closed pipe (`| head`) ends them quietly, as other
@@ -64,6 +70,32 @@ fn quiet_on_closed_pipe(c: &Command) -> bool {
         c,
         Command::Completions { .. } | Command::Logs(_) | Command::Status | Command::Doctor
     )
+}
+
+/// `openshell man DIR`: `openshell.1`, and `openshell-GROUP.1` for each command.
+fn man_pages(dir: &std::path::Path) -> i32 {
+    let root = <Cli as clap::CommandFactory>::command();
+    let write = |name: &str, cmd: clap::Command| -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        // clap names are `&'static str`; this one-shot command leaks a few bytes.
+        let name: &'static str = Box::leak(name.to_string().into_boxed_str());
+        clap_mangen::Man::new(cmd.name(name)).render(&mut buf)?;
+        std::fs::write(dir.join(format!("{name}.1")), buf)
+    };
+    let result = std::fs::create_dir_all(dir).and_then(|()| {
+        write("openshell", root.clone())?;
+        for sub in root.get_subcommands().filter(|s| !s.is_hide_set()) {
+            write(&format!("openshell-{}", sub.get_name()), sub.clone())?;
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("openshell: man pages in {}: {e}", dir.display());
+            125
+        }
+    }
 }
 
 fn main() {
@@ -82,6 +114,7 @@ fn main() {
         Command::Status => cmd::status::run(cli.output),
         Command::System(c) => cmd::system::run(c, cli.output),
         Command::Logs(args) => cmd::logs::run(args, cli.output),
+        Command::Man { dir } => man_pages(&dir),
         Command::Completions { shell } => {
             let mut c = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut c, "openshell", &mut std::io::stdout());
