@@ -32,8 +32,10 @@ done
 echo "deb: installed, ran as $user, man and completions present, removed cleanly"
 
 command -v rpm >/dev/null || fail "rpm missing (apt-get install rpm)"
-rpm -qpl "$rpm" 2>/dev/null | grep -qx /usr/bin/openshell || fail "rpm: /usr/bin/openshell not listed"
-rpm -qpl "$rpm" 2>/dev/null | grep -q '/usr/share/man/man1/openshell.1.gz' || fail "rpm: man page not listed"
+# (Read whole first: `grep -q` closing the pipe early would fail the pipeline.)
+rpm_files=$(rpm -qpl "$rpm" 2>/dev/null)
+grep -qx /usr/bin/openshell <<<"$rpm_files" || fail "rpm: /usr/bin/openshell not listed"
+grep -qx /usr/share/man/man1/openshell.1.gz <<<"$rpm_files" || fail "rpm: man page not listed"
 scripts=$(rpm -qp --scripts "$rpm" 2>/dev/null)
 [ -z "$scripts" ] || fail "rpm has scripts: $scripts"
 echo "rpm: files listed, no scripts"
