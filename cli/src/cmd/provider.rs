@@ -428,6 +428,18 @@ pub fn resolve(
     command: &[String],
     base: Policy,
 ) -> Result<Attachment, String> {
+    let none = || Attachment {
+        names: vec![],
+        env: vec![],
+        credentials: vec![],
+        policy: None,
+    };
+    // Most runs attach nothing: no profile is even read then.
+    let agent_like =
+        !args.no_auto_providers && command.first().is_some_and(|c| profile::maybe_agent(c));
+    if args.providers.is_empty() && !agent_like {
+        return Ok(none());
+    }
     let dir = store::dir();
     let all = profiles().map_err(|e| e.to_string())?;
     let mut chosen: Vec<(Provider, Profile)> = Vec::new();
@@ -495,12 +507,7 @@ pub fn resolve(
         }
     }
     if chosen.is_empty() {
-        return Ok(Attachment {
-            names: vec![],
-            env: vec![],
-            credentials: vec![],
-            policy: None,
-        });
+        return Ok(none());
     }
     let a = attach::attach(&chosen, &base).map_err(|e| e.to_string())?;
     for n in &a.notes {
