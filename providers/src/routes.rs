@@ -5,8 +5,6 @@
 //! starts or the route is pushed to a running one.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use openshell_proxy::inference::Route;
@@ -61,34 +59,8 @@ pub fn load() -> Result<Routes, ProviderError> {
 
 /// Write the routes (0600, atomically).
 pub fn save(r: &Routes) -> Result<(), ProviderError> {
-    let p = path();
-    let dir = crate::config_dir();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|source| ProviderError::Io {
-            what: "create",
-            path: dir.clone(),
-            source,
-        })?;
-    let tmp = dir.join(format!(".inference.{}.tmp", std::process::id()));
     let bytes = serde_json::to_vec_pretty(r).map_err(|e| ProviderError::Invalid(e.to_string()))?;
-    let io = |what, path: &PathBuf| {
-        let path = path.clone();
-        move |source| ProviderError::Io { what, path, source }
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io("create", &tmp))?;
-    f.write_all(&bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(io("write", &tmp))?;
-    std::fs::rename(&tmp, &p).map_err(io("replace", &p))
+    store::write_private(&crate::config_dir(), &path(), &bytes, None)
 }
 
 /// The API a provider type serves (`anthropic`, `openai`), if any.

@@ -148,15 +148,14 @@ pub fn list(dir: &Path) -> Result<Vec<Provider>, ProviderError> {
     Ok(out)
 }
 
-/// Write a provider (0600, atomically); `create` refuses an existing name.
-pub fn save(dir: &Path, p: &Provider, create: bool) -> Result<(), ProviderError> {
+/// Make `dir` (0700) if needed and check it is a real directory of ours: never a link
+/// (whose target the chmod would change) nor one another user made.
+pub fn private_dir(dir: &Path) -> Result<(), ProviderError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .map_err(io("create", dir))?;
-    // A real directory of ours, never a link (whose target the chmod would change) nor
-    // one another user made.
     let m = std::fs::symlink_metadata(dir).map_err(io("stat", dir))?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
@@ -167,13 +166,25 @@ pub fn save(dir: &Path, p: &Provider, create: bool) -> Result<(), ProviderError>
         )));
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(io("chmod 0700", dir))?;
-    let path = path_of(dir, &p.name)?;
-    if create && path.exists() {
-        return Err(ProviderError::Exists(p.name.clone()));
-    }
-    let tmp = dir.join(format!(".{}.{}.tmp", p.name, std::process::id()));
-    let bytes = serde_json::to_vec_pretty(p).map_err(|e| ProviderError::Invalid(e.to_string()))?;
+        .map_err(io("chmod 0700", dir))
+}
+
+/// Write `bytes` to `path` in the private directory `dir`: a 0600 temporary file,
+/// synced, then renamed over `path` — or, with `exclusive`, linked to it only if it
+/// does not exist yet (`Exists` names `what` then).
+pub fn write_private(
+    dir: &Path,
+    path: &Path,
+    bytes: &[u8],
+    exclusive: Option<&str>,
+) -> Result<(), ProviderError> {
+    private_dir(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
     {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -181,25 +192,31 @@ pub fn save(dir: &Path, p: &Provider, create: bool) -> Result<(), ProviderError>
             .mode(0o600)
             .open(&tmp)
             .map_err(io("create", &tmp))?;
-        f.write_all(&bytes)
+        f.write_all(bytes)
             .and_then(|()| f.sync_all())
             .map_err(io("write", &tmp))?;
     }
-    if create {
-        // No replacing a provider created meanwhile.
-        std::fs::hard_link(&tmp, &path).map_err(|e| {
+    match exclusive {
+        Some(what) => {
+            let linked = std::fs::hard_link(&tmp, path);
             let _ = std::fs::remove_file(&tmp);
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                ProviderError::Exists(p.name.clone())
-            } else {
-                io("create", &path)(e)
-            }
-        })?;
-        let _ = std::fs::remove_file(&tmp);
-    } else {
-        std::fs::rename(&tmp, &path).map_err(io("replace", &path))?;
+            linked.map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    ProviderError::Exists(what.to_string())
+                } else {
+                    io("create", path)(e)
+                }
+            })
+        }
+        None => std::fs::rename(&tmp, path).map_err(io("replace", path)),
     }
-    Ok(())
+}
+
+/// Write a provider (0600, atomically); `create` refuses an existing name.
+pub fn save(dir: &Path, p: &Provider, create: bool) -> Result<(), ProviderError> {
+    let path = path_of(dir, &p.name)?;
+    let bytes = serde_json::to_vec_pretty(p).map_err(|e| ProviderError::Invalid(e.to_string()))?;
+    write_private(dir, &path, &bytes, create.then_some(p.name.as_str()))
 }
 
 /// Delete a provider.

@@ -201,16 +201,7 @@ async fn serve(
             let Ok(up) = upgrade.await else { return };
             crate::inference::serve_tls(ctx, TokioIo::new(up), who).await;
         });
-        let mut ok = Response::new(
-            Full::new(Bytes::new())
-                .map_err(|never| match never {})
-                .boxed(),
-        );
-        ok.extensions_mut()
-            .insert(hyper::ext::ReasonPhrase::from_static(
-                b"Connection Established",
-            ));
-        return ok;
+        return established();
     }
     let active = ctx.policy.current();
     let what = if connect {
@@ -271,6 +262,11 @@ async fn serve(
         let Ok(up) = upgrade.await else { return };
         tunnel(ctx, up, upstream, g, inspected, relays).await;
     });
+    established()
+}
+
+/// The 200 answer to a CONNECT whose tunnel is served once hyper hands it over.
+fn established() -> Response<Body> {
     let mut ok = Response::new(
         Full::new(Bytes::new())
             .map_err(|never| match never {})

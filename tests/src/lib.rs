@@ -2,6 +2,7 @@
 //! give each test its own state directory, run sandboxes, and skip (with a printed
 //! reason) or fail when the kernel lacks a feature, per `OPENSHELL_TEST_REQUIRE`.
 
+pub mod agents;
 pub mod archive;
 
 use std::io::Write;

@@ -4,72 +4,17 @@
 //! testenv model API stand-in, whose answers carry the fingerprint of the key that
 //! arrived. As root and (in CI) as an unprivileged user.
 
-use std::process::{Command, Output, Stdio};
+mod common;
 
-use openshell_tests::{Sandbox, TempDir, need_upstream, policy_file, required, stderr, stdout, up};
-use sha2::{Digest, Sha256};
+use std::process::Command;
+
+use openshell_tests::agents::{ProviderEnv, fingerprint as fp, ok};
+use openshell_tests::{need_upstream, policy_file, required, stderr, stdout, up};
 
 const KEY: &str = "sk-ant-test-123";
 const OPENAI_KEY: &str = "sk-openai-test-456";
 
-/// The stand-in's fingerprint of a credential.
-fn fp(s: &str) -> String {
-    Sha256::digest(s.as_bytes())
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// A sandbox environment with its own providers (XDG_CONFIG_HOME).
-struct Env {
-    sb: Sandbox,
-    config: TempDir,
-    dir: TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        Self {
-            sb: Sandbox::new(),
-            config: TempDir::new("xdg"),
-            dir: TempDir::new("cred"),
-        }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = self.sb.cmd();
-        c.env("XDG_CONFIG_HOME", self.config.path())
-            .env_remove("ANTHROPIC_API_KEY")
-            .env_remove("ANTHROPIC_BASE_URL")
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("OPENAI_BASE_URL")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
-    }
-
-    /// `run` with the proxy trusting the test CA.
-    fn run(&self, opts: &[&str], argv: &[&str]) -> Output {
-        let ca = up("OS_UPSTREAM_CA");
-        self.cmd()
-            .arg("run")
-            .args(["--upstream-ca", &ca])
-            .args(opts)
-            .arg("--")
-            .args(argv)
-            .output()
-            .unwrap()
-    }
-}
-
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "failed: {}{}", stdout(o), stderr(o));
-    stdout(o)
-}
+type Env = ProviderEnv;
 
 /// The upstream's access log lines holding `marker`.
 fn upstream_saw(marker: &str) -> Vec<String> {
@@ -175,7 +120,7 @@ echo "cleartext: $(curl -sS -H "x-api-key: $ANTHROPIC_API_KEY" "http://{host}:44
         .arg(format!("https://{host}/v1/_testenv/last?kind=models"))
         .output()
         .unwrap();
-    let basic_value = format!("Basic {}", openshell_b64(&format!("user:{KEY}")));
+    let basic_value = format!("Basic {}", common::base64(&format!("user:{KEY}")));
     assert!(
         stdout(&last).contains(&format!("sha256:{}", fp(&basic_value))),
         "{}",
@@ -206,26 +151,6 @@ echo "cleartext: $(curl -sS -H "x-api-key: $ANTHROPIC_API_KEY" "http://{host}:44
     let line = lines.iter().find(|l| l.starts_with("unknown")).unwrap();
     assert!(line.contains("credential_unavailable"), "{text}");
     assert!(!text.contains(KEY) && !stderr(&out).contains(KEY), "{text}");
-}
-
-/// Base64 (standard, padded) for the test's own expectations.
-fn openshell_b64(s: &str) -> String {
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// `provider update` reaches a running sandbox at once; `provider delete` makes its

@@ -8,58 +8,14 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 
-use openshell_tests::{Sandbox, TempDir, need_upstream, required, stderr, stdout, up};
-use sha2::{Digest, Sha256};
+use openshell_tests::agents::{ProviderEnv, fingerprint as fp, ok};
+use openshell_tests::{need_upstream, required, stderr, stdout, up};
 
-fn fp(s: &str) -> String {
-    Sha256::digest(s.as_bytes())
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+type Env = ProviderEnv;
 
-struct Env {
-    sb: Sandbox,
-    config: TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        Self {
-            sb: Sandbox::new(),
-            config: TempDir::new("xdg-inf"),
-        }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = self.sb.cmd();
-        c.env("XDG_CONFIG_HOME", self.config.path())
-            .env_remove("ANTHROPIC_API_KEY")
-            .env_remove("OPENAI_API_KEY")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
-    }
-
-    fn run(&self, opts: &[&str], argv: &[&str]) -> Output {
-        let ca = up("OS_UPSTREAM_CA");
-        self.cmd()
-            .args(["run", "--no-auto-providers", "--upstream-ca", &ca])
-            .args(opts)
-            .arg("--")
-            .args(argv)
-            .output()
-            .unwrap()
-    }
-}
-
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "failed: {}{}", stdout(o), stderr(o));
-    stdout(o)
+/// `run` without auto-providers: these tests use only the route's key.
+fn run(e: &Env, opts: &[&str], argv: &[&str]) -> Output {
+    e.run(&[&["--no-auto-providers"], opts].concat(), argv)
 }
 
 #[test]
@@ -69,7 +25,8 @@ fn calls_reach_the_route_with_its_key_and_model_and_errors_are_json() {
     let host = up("OS_UPSTREAM_HOST");
     let key = "sk-route-key-1";
     // No route yet: 503.
-    let o = e.run(
+    let o = run(
+        &e,
         &[],
         &[
             "curl",
@@ -125,8 +82,9 @@ for p in "POST /v1/messages" "GET /v1/files" "POST /v1/chat/completions/x" "DELE
   echo "$1 $2: $(curl -sS -X $1 -d '{}' -w ' %{http_code}' https://inference.local$2 | tr -d '\n')"
 done
 "#;
-    let o = e.run(
-        &["--log-dir", e.config.path().to_str().unwrap()],
+    let o = run(
+        &e,
+        &["--log-dir", e.dir.path().to_str().unwrap()],
         &["sh", "-c", script],
     );
     let text = stdout(&o);
@@ -168,7 +126,7 @@ done
         );
     }
     // One API:INFERENCE line per call, never the key.
-    let logs = std::fs::read_dir(e.config.path())
+    let logs = std::fs::read_dir(e.dir.path())
         .unwrap()
         .flatten()
         .filter_map(|f| std::fs::read_to_string(f.path()).ok())
@@ -198,7 +156,8 @@ done
         "--timeout",
         "2",
     ]));
-    let o = e.run(
+    let o = run(
+        &e,
         &[],
         &[
             "curl",
@@ -335,7 +294,7 @@ curl -sSN -d '{"model":"x","stream":true}' https://inference.local/v1/messages |
   case "$line" in *model=*) curl -sS https://inference.local/v1/models >/dev/null ;; esac
 done
 "#;
-    let o = e.run(&[], &["timeout", "60", "sh", "-c", script]);
+    let o = run(&e, &[], &["timeout", "60", "sh", "-c", script]);
     let text = stdout(&o);
     assert!(
         text.contains("got: data: model=llama-local"),
@@ -351,7 +310,7 @@ done
         "curl -sS -x \"$HTTP_PROXY\" --noproxy '' -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{}/v1/models",
         b.1
     );
-    let o2 = e.run(&[], &["sh", "-c", &direct]);
+    let o2 = run(&e, &[], &["sh", "-c", &direct]);
     assert_eq!(stdout(&o2), "403", "{}", stderr(&o2));
 }
 
@@ -389,7 +348,8 @@ fn claude_code_uses_inference_local() {
         "--model",
         "claude-sonnet-4-5",
     ]));
-    let o = e.run(
+    let o = run(
+        &e,
         &[
             "-e",
             "ANTHROPIC_BASE_URL=https://inference.local",
