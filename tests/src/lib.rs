@@ -4,6 +4,9 @@
 
 pub mod agents;
 pub mod archive;
+pub mod harness;
+
+pub use harness::{need, skip};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -74,9 +77,9 @@ impl Drop for TempDir {
     }
 }
 
-/// Can sandboxes start here? Checked once. `None` means yes; `Some(reason)` means the
-/// test should skip (it panics instead when `userns` is required).
-pub fn unavailable() -> Option<String> {
+/// Can sandboxes start here? Checked once. When they cannot, the calling test is
+/// skipped with the reason (it fails instead when `userns` is required).
+pub fn require_sandboxes() {
     static WHY: OnceLock<Option<String>> = OnceLock::new();
     let why = WHY.get_or_init(|| {
         let state = TempDir::new("probe");
@@ -97,21 +100,19 @@ pub fn unavailable() -> Option<String> {
         }
     });
     if let Some(reason) = why {
-        if required("userns") {
-            panic!("sandboxes are required (OPENSHELL_TEST_REQUIRE) but unavailable: {reason}");
-        }
-        eprintln!("skipped: {reason}");
+        need(
+            "userns",
+            false,
+            &format!("sandboxes cannot start here: {reason}"),
+        );
     }
-    why.clone()
 }
 
-/// Skip the current test (return early) when sandboxes cannot start.
+/// Skip the current test (reported as ignored, with the reason) when sandboxes cannot start.
 #[macro_export]
 macro_rules! need_sandbox {
     () => {
-        if $crate::unavailable().is_some() {
-            return;
-        }
+        $crate::require_sandboxes()
     };
 }
 
@@ -120,28 +121,21 @@ pub fn up(k: &str) -> String {
     std::env::var(k).unwrap_or_else(|_| panic!("{k} unset (eval \"$(upstream.sh env)\")"))
 }
 
-/// Are the upstream test hosts there? Says why not (and fails when they are required).
-pub fn upstream_ok() -> bool {
-    if std::env::var("OS_UPSTREAM_IP").is_ok() {
-        return true;
-    }
-    if required("upstream") {
-        panic!("OS_UPSTREAM_IP unset but OPENSHELL_TEST_REQUIRE asks for the upstream hosts");
-    }
-    eprintln!(
-        "skipped: no upstream test hosts (sudo ../shared/testenv/upstream.sh start; eval \"$(upstream.sh env)\")"
+/// Skip the calling test without the upstream test hosts (fail when they are required).
+pub fn require_upstream() {
+    need(
+        "upstream",
+        std::env::var("OS_UPSTREAM_IP").is_ok(),
+        "no upstream test hosts (sudo tests/env/up.sh; eval \"$(tests/env/env.sh)\")",
     );
-    false
 }
 
-/// Skip the current test (return early) without sandboxes or upstream test hosts.
+/// Skip the current test (reported as ignored) without sandboxes or upstream test hosts.
 #[macro_export]
 macro_rules! need_upstream {
     () => {
         $crate::need_sandbox!();
-        if !$crate::upstream_ok() {
-            return;
-        }
+        $crate::require_upstream();
     };
 }
 

@@ -38,7 +38,6 @@ fn escapes_on_host(name: &str, args: &[&str]) -> bool {
     String::from_utf8_lossy(&out.stdout).starts_with("ESCAPED")
 }
 
-#[test]
 fn secret_in_invoking_users_home_is_unreachable() {
     need_sandbox!();
     let home = std::env::var("HOME").expect("HOME");
@@ -57,14 +56,12 @@ fn secret_in_invoking_users_home_is_unreachable() {
     assert!(text.contains("ENOENT"), "{text}");
 }
 
-#[test]
 fn etc_shadow_is_unreadable() {
     need_sandbox!();
     blocked("read", &["/etc/shadow", "root:"]);
     blocked("read", &["/etc/gshadow", "root:"]);
 }
 
-#[test]
 fn system_dirs_are_read_only() {
     need_sandbox!();
     for p in [
@@ -77,7 +74,6 @@ fn system_dirs_are_read_only() {
     }
 }
 
-#[test]
 fn host_home_root_var_run_are_absent() {
     need_sandbox!();
     for p in ["/root", "/home", "/var", "/sys", "/proc/1/root/root"] {
@@ -94,7 +90,6 @@ fn host_home_root_var_run_are_absent() {
     );
 }
 
-#[test]
 fn symlink_planted_in_workspace_cannot_reach_host_files() {
     need_sandbox!();
     let proj = TempDir::new("proj");
@@ -113,14 +108,12 @@ fn symlink_planted_in_workspace_cannot_reach_host_files() {
     assert!(text.contains("ENOENT"), "{text}");
 }
 
-#[test]
 fn mount_is_refused() {
     need_sandbox!();
     let t = blocked("mount", &[]);
     assert!(t.contains("EPERM"), "{t}");
 }
 
-#[test]
 fn new_user_namespace_is_refused() {
     need_sandbox!();
     assert!(
@@ -137,14 +130,12 @@ fn nix_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-#[test]
 fn setns_and_chroot_are_refused() {
     need_sandbox!();
     blocked("setns", &[]);
     blocked("chroot", &[]);
 }
 
-#[test]
 fn ptrace_of_a_sibling_is_refused() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -174,7 +165,6 @@ fn ptrace_of_a_sibling_is_refused() {
     assert!(stdout(&out).starts_with("BLOCKED"), "{}", stdout(&out));
 }
 
-#[test]
 fn kernel_keyring_is_refused() {
     need_sandbox!();
     assert!(
@@ -185,14 +175,12 @@ fn kernel_keyring_is_refused() {
     assert!(t.contains("EPERM"), "{t}");
 }
 
-#[test]
 fn io_uring_is_refused() {
     need_sandbox!();
     let t = blocked("io-uring", &[]);
     assert!(t.contains("EPERM"), "{t}");
 }
 
-#[test]
 fn bpf_and_perf_are_refused() {
     need_sandbox!();
     assert!(blocked("bpf", &[]).contains("EPERM"));
@@ -200,7 +188,6 @@ fn bpf_and_perf_are_refused() {
     assert!(blocked("userfaultfd", &[]).contains("EPERM"));
 }
 
-#[test]
 fn handles_modules_and_kexec_are_refused() {
     need_sandbox!();
     assert!(blocked("open-by-handle", &[]).contains("EPERM"));
@@ -208,7 +195,6 @@ fn handles_modules_and_kexec_are_refused() {
     assert!(blocked("kexec", &[]).contains("EPERM"));
 }
 
-#[test]
 fn raw_and_packet_sockets_are_refused() {
     need_sandbox!();
     let s = |v: i32| v.to_string();
@@ -242,17 +228,14 @@ fn raw_and_packet_sockets_are_refused() {
     );
 }
 
-#[test]
 fn setuid_binary_does_not_regain_root() {
     need_sandbox!();
     let mount_bin = "/usr/bin/mount";
     let Ok(meta) = std::fs::metadata(mount_bin) else {
-        eprintln!("skipped: no {mount_bin}");
-        return;
+        openshell_tests::skip(format!("no {mount_bin} (apt install mount)"));
     };
     if meta.permissions().mode() & 0o4000 == 0 {
-        eprintln!("skipped: {mount_bin} is not setuid here");
-        return;
+        openshell_tests::skip(format!("{mount_bin} is not setuid here"));
     }
     let sb = Sandbox::new();
     let out = sb.run(&[], &[mount_bin, "-t", "tmpfs", "none", "/tmp"]);
@@ -268,7 +251,6 @@ fn setuid_binary_does_not_regain_root() {
     assert_eq!(stdout(&out), "1000\nNoNewPrivs:\t1\n");
 }
 
-#[test]
 fn host_process_cannot_be_killed_or_seen() {
     need_sandbox!();
     let mut victim = Command::new("sleep").arg("321.5").spawn().unwrap();
@@ -281,7 +263,6 @@ fn host_process_cannot_be_killed_or_seen() {
     let _ = victim.wait();
 }
 
-#[test]
 fn only_sandbox_processes_are_visible() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -290,7 +271,6 @@ fn only_sandbox_processes_are_visible() {
     assert!(n <= 4, "saw {n} processes: {}", stdout(&out));
 }
 
-#[test]
 fn host_loopback_service_is_unreachable() {
     need_sandbox!();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -306,7 +286,6 @@ fn host_loopback_service_is_unreachable() {
     );
 }
 
-#[test]
 fn outside_addresses_are_unreachable_at_once_without_network() {
     need_sandbox!();
     // A UDP connect only looks up the route: nothing is sent, whatever the outcome.
@@ -316,7 +295,6 @@ fn outside_addresses_are_unreachable_at_once_without_network() {
     assert!(t.contains("ENETUNREACH"), "{t}");
 }
 
-#[test]
 fn direct_connections_are_caught_and_reset_at_once() {
     need_sandbox!();
     // With the proxy, a program that ignores it is redirected to the bypass listener,
@@ -327,7 +305,6 @@ fn direct_connections_are_caught_and_reset_at_once() {
     assert!(t.contains("ECONNRESET") || t.contains("EOF"), "{t}");
 }
 
-#[test]
 fn abstract_unix_socket_on_host_is_unreachable() {
     need_sandbox!();
     let name = format!("openshell-test-{}", std::process::id());
@@ -339,7 +316,6 @@ fn abstract_unix_socket_on_host_is_unreachable() {
     blocked("abstract-connect", &[&name]);
 }
 
-#[test]
 fn proc_and_sysctl_are_masked_or_read_only() {
     need_sandbox!();
     blocked("read", &["/proc/kcore", "ELF"]);
@@ -347,13 +323,11 @@ fn proc_and_sysctl_are_masked_or_read_only() {
     blocked("write", &["/proc/sysrq-trigger"]).contains("EACCES");
 }
 
-#[test]
 fn device_nodes_cannot_be_made() {
     need_sandbox!();
     blocked("mknod", &[]);
 }
 
-#[test]
 fn terminal_injection_is_refused() {
     need_sandbox!();
     // Without the filter this would be ENOTTY (stdin is a pipe); EPERM proves seccomp.
@@ -364,7 +338,6 @@ fn terminal_injection_is_refused() {
 /// modify_ldt refused; personality only for the default persona and the query (ASLR
 /// cannot be switched off for what the sandbox execs); memfd_create stays allowed
 /// (docs/security.md says why).
-#[test]
 fn modify_ldt_and_personality_are_refused_memfd_is_not() {
     need_sandbox!();
     #[cfg(target_arch = "x86_64")]
@@ -398,19 +371,16 @@ fn modify_ldt_and_personality_are_refused_memfd_is_not() {
     }
 }
 
-#[test]
 fn clone3_reports_enosys_so_libc_falls_back() {
     need_sandbox!();
     blocked("clone3", &[]);
 }
 
-#[test]
 fn hostname_cannot_be_changed() {
     need_sandbox!();
     blocked("sethostname", &[]);
 }
 
-#[test]
 fn landlock_denies_paths_outside_the_policy() {
     need_sandbox!();
     let dir = TempDir::new("pol");
@@ -429,7 +399,6 @@ fn landlock_denies_paths_outside_the_policy() {
     assert!(t.contains("EACCES"), "{t}");
 }
 
-#[test]
 fn read_only_user_mount_cannot_be_written() {
     need_sandbox!();
     let d = TempDir::new("ro");
@@ -439,7 +408,6 @@ fn read_only_user_mount_cannot_be_written() {
     assert!(!d.path().join("x").exists());
 }
 
-#[test]
 fn nothing_survives_the_run() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -464,3 +432,36 @@ fn nothing_survives_the_run() {
         stdout(&ps)
     );
 }
+
+openshell_tests::suite!(
+    secret_in_invoking_users_home_is_unreachable,
+    etc_shadow_is_unreadable,
+    system_dirs_are_read_only,
+    host_home_root_var_run_are_absent,
+    symlink_planted_in_workspace_cannot_reach_host_files,
+    mount_is_refused,
+    new_user_namespace_is_refused,
+    setns_and_chroot_are_refused,
+    ptrace_of_a_sibling_is_refused,
+    kernel_keyring_is_refused,
+    io_uring_is_refused,
+    bpf_and_perf_are_refused,
+    handles_modules_and_kexec_are_refused,
+    raw_and_packet_sockets_are_refused,
+    setuid_binary_does_not_regain_root,
+    host_process_cannot_be_killed_or_seen,
+    only_sandbox_processes_are_visible,
+    host_loopback_service_is_unreachable,
+    outside_addresses_are_unreachable_at_once_without_network,
+    direct_connections_are_caught_and_reset_at_once,
+    abstract_unix_socket_on_host_is_unreachable,
+    proc_and_sysctl_are_masked_or_read_only,
+    device_nodes_cannot_be_made,
+    terminal_injection_is_refused,
+    modify_ldt_and_personality_are_refused_memfd_is_not,
+    clone3_reports_enosys_so_libc_falls_back,
+    hostname_cannot_be_changed,
+    landlock_denies_paths_outside_the_policy,
+    read_only_user_mount_cannot_be_written,
+    nothing_survives_the_run,
+);

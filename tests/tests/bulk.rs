@@ -61,14 +61,17 @@ fn check(out: &Output) {
     assert_eq!(lines[6], "25165824");
 }
 
-#[test]
 fn bulk_data_is_intact_through_tunnels_and_inspection() {
     need_upstream!();
     check(&run(false));
 }
 
-#[test]
 fn bulk_data_is_intact_through_the_splice_relay() {
     need_upstream!();
     check(&run(true));
 }
+
+openshell_tests::suite!(
+    bulk_data_is_intact_through_tunnels_and_inspection,
+    bulk_data_is_intact_through_the_splice_relay,
+);

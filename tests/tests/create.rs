@@ -15,7 +15,6 @@ fn phase(sb: &Sandbox, name: &str) -> String {
     v["phase"].as_str().unwrap().to_string()
 }
 
-#[test]
 fn create_detached_attached_and_no_keep() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -109,7 +108,6 @@ fn create_detached_attached_and_no_keep() {
     );
 }
 
-#[test]
 fn start_brings_a_stopped_sandbox_back_with_its_files_and_policy() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -170,17 +168,15 @@ fn start_brings_a_stopped_sandbox_back_with_its_files_and_policy() {
     assert!(sb.cli(&["sandbox", "delete", "--all"]).status.success());
 }
 
-#[test]
 fn an_image_sandbox_starts_again_on_its_own_upper_dir() {
     need_sandbox!();
-    let Ok(reg) = std::env::var("OS_TEST_REGISTRY") else {
-        assert!(
-            !openshell_tests::required("registry"),
-            "OS_TEST_REGISTRY unset but OPENSHELL_TEST_REQUIRE asks for the registry"
-        );
-        eprintln!("skipped: no test registry (../shared/testenv/registry.sh start)");
-        return;
-    };
+    let reg = std::env::var("OS_TEST_REGISTRY");
+    openshell_tests::need(
+        "registry",
+        reg.is_ok(),
+        "no test registry (sudo tests/env/up.sh; eval \"$(tests/env/env.sh)\")",
+    );
+    let reg = reg.unwrap_or_default();
     let sb = Sandbox::new();
     let img = format!("{reg}/busybox:latest");
     let os = |args: &[&str]| {
@@ -221,7 +217,6 @@ fn an_image_sandbox_starts_again_on_its_own_upper_dir() {
     assert!(os(&["sandbox", "delete", "bb"]).status.success());
 }
 
-#[test]
 fn a_killed_supervisor_reads_as_error_and_start_revives_it() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -257,7 +252,6 @@ fn a_killed_supervisor_reads_as_error_and_start_revives_it() {
     assert!(sb.cli(&["sandbox", "delete", "k"]).status.success());
 }
 
-#[test]
 fn twenty_parallel_execs_each_get_their_own_answer() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -285,7 +279,6 @@ fn twenty_parallel_execs_each_get_their_own_answer() {
     assert!(sb.cli(&["sandbox", "delete", "par"]).status.success());
 }
 
-#[test]
 fn secrets_given_to_create_never_show_in_a_command_line_or_a_readable_file() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -354,3 +347,12 @@ fn secrets_given_to_create_never_show_in_a_command_line_or_a_readable_file() {
     );
     let _ = sb.cli(&["sandbox", "delete", "sec"]);
 }
+
+openshell_tests::suite!(
+    create_detached_attached_and_no_keep,
+    start_brings_a_stopped_sandbox_back_with_its_files_and_policy,
+    an_image_sandbox_starts_again_on_its_own_upper_dir,
+    a_killed_supervisor_reads_as_error_and_start_revives_it,
+    twenty_parallel_execs_each_get_their_own_answer,
+    secrets_given_to_create_never_show_in_a_command_line_or_a_readable_file,
+);

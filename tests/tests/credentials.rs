@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 
 use openshell_tests::agents::{ProviderEnv, fingerprint as fp, ok};
-use openshell_tests::{need_upstream, policy_file, required, stderr, stdout, up};
+use openshell_tests::{need_upstream, policy_file, stderr, stdout, up};
 
 const KEY: &str = "sk-ant-test-123";
 const OPENAI_KEY: &str = "sk-openai-test-456";
@@ -26,7 +26,6 @@ fn upstream_saw(marker: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
 fn placeholders_are_swapped_only_where_bound() {
     need_upstream!();
     let e = Env::new();
@@ -155,7 +154,6 @@ echo "cleartext: $(curl -sS -H "x-api-key: $ANTHROPIC_API_KEY" "http://{host}:44
 
 /// `provider update` reaches a running sandbox at once; `provider delete` makes its
 /// placeholders fail closed; the sandbox's state never holds the value.
-#[test]
 fn rotation_and_deletion_reach_running_sandboxes() {
     need_upstream!();
     let e = Env::new();
@@ -222,7 +220,6 @@ fn rotation_and_deletion_reach_running_sandboxes() {
 }
 
 /// Bad input is refused with what to do.
-#[test]
 fn bad_provider_input_is_refused_clearly() {
     need_upstream!();
     let e = Env::new();
@@ -351,28 +348,21 @@ fn bad_provider_input_is_refused_clearly() {
     assert!(stderr(&o).contains("without inspection"), "{}", stderr(&o));
 }
 
-fn have(bin: &str, feature: &str) -> bool {
-    if std::path::Path::new(bin).exists() {
-        return true;
-    }
-    assert!(
-        !required(feature),
-        "{bin} missing but OPENSHELL_TEST_REQUIRE asks for {feature}"
+fn need_bin(bin: &str, feature: &str) {
+    openshell_tests::need(
+        feature,
+        std::path::Path::new(bin).exists(),
+        &format!("no {bin} (npm install -g @anthropic-ai/claude-code @openai/codex)"),
     );
-    eprintln!("skipped: no {bin} (npm install -g @anthropic-ai/claude-code @openai/codex)");
-    false
 }
 
 /// `openshell run -- claude` with the key only in the user's environment: the
 /// provider is created by itself, Claude Code answers with the real key's fingerprint,
 /// and no process inside holds the key. Then the walkthrough's task in a created
 /// sandbox, with a policy naming the symlink `/usr/bin/claude`.
-#[test]
 fn claude_code_works_on_placeholders() {
     need_upstream!();
-    if !have("/usr/bin/claude", "agents") {
-        return;
-    }
+    need_bin("/usr/bin/claude", "agents");
     let e = Env::new();
     let host = up("OS_UPSTREAM_HOST");
     let base = format!("https://{host}");
@@ -448,12 +438,9 @@ fn claude_code_works_on_placeholders() {
 /// Codex with a provider (its config.toml naming the test endpoint), and a user policy
 /// naming only the launcher script `/usr/bin/codex` (the connecting program is the
 /// vendored binary it starts: the ancestor rule covers it).
-#[test]
 fn codex_works_on_placeholders_and_its_launcher_names_it() {
     need_upstream!();
-    if !have("/usr/bin/codex", "agents") {
-        return;
-    }
+    need_bin("/usr/bin/codex", "agents");
     let e = Env::new();
     let host = up("OS_UPSTREAM_HOST");
     let home = e.dir.path().join(".codex");
@@ -525,3 +512,11 @@ fn codex_works_on_placeholders_and_its_launcher_names_it() {
         stderr(&o)
     );
 }
+
+openshell_tests::suite!(
+    placeholders_are_swapped_only_where_bound,
+    rotation_and_deletion_reach_running_sandboxes,
+    bad_provider_input_is_refused_clearly,
+    claude_code_works_on_placeholders,
+    codex_works_on_placeholders_and_its_launcher_names_it,
+);

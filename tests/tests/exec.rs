@@ -17,7 +17,6 @@ fn exec(sb: &Sandbox, name: &str, opts: &[&str], argv: &[&str]) -> Output {
     sb.cli(&a)
 }
 
-#[test]
 fn exec_joins_the_sandbox_with_the_same_confinement() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -156,7 +155,6 @@ fn exec_joins_the_sandbox_with_the_same_confinement() {
     child.wait().unwrap();
 }
 
-#[test]
 fn exec_says_why_it_cannot_run() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -179,7 +177,6 @@ fn exec_says_why_it_cannot_run() {
     assert_eq!(o.status.code(), Some(2), "no command: usage error");
 }
 
-#[test]
 fn connect_gives_a_terminal_in_the_sandbox() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -220,3 +217,9 @@ fn connect_gives_a_terminal_in_the_sandbox() {
     assert!(sb.cli(&["sandbox", "delete", "term"]).status.success());
     main.wait().unwrap();
 }
+
+openshell_tests::suite!(
+    exec_joins_the_sandbox_with_the_same_confinement,
+    exec_says_why_it_cannot_run,
+    connect_gives_a_terminal_in_the_sandbox,
+);

@@ -53,7 +53,6 @@ fn image_with(dir: &Path, name: &str, extra: archive::Layer, config: serde_json:
     docker_archive(&dir.join(format!("{name}.tar")), &[first, extra], config)
 }
 
-#[test]
 fn image_user_ids_the_kernel_treats_specially_never_run() {
     need_sandbox!();
     let sb = sb();
@@ -114,7 +113,6 @@ fn image_user_ids_the_kernel_treats_specially_never_run() {
     );
 }
 
-#[test]
 fn policy_ids_the_kernel_treats_specially_are_refused_before_anything_runs() {
     need_sandbox!();
     let sb = sb();
@@ -149,7 +147,6 @@ fn policy_ids_the_kernel_treats_specially_are_refused_before_anything_runs() {
     }
 }
 
-#[test]
 fn account_files_are_read_from_the_image_only() {
     need_sandbox!();
     let sb = sb();
@@ -225,7 +222,6 @@ fn listing(dir: &Path) -> Vec<String> {
 /// A host path outside /tmp that no run may create.
 const OUTSIDE_TMP: &str = "/var/openshell-canary-image-tmp";
 
-#[test]
 fn setup_never_creates_opens_or_mounts_outside_the_root() {
     need_sandbox!();
     let sb = sb();
@@ -353,7 +349,6 @@ fn setup_never_creates_opens_or_mounts_outside_the_root() {
     );
 }
 
-#[test]
 fn non_regular_files_and_loops_are_refused_without_blocking() {
     need_sandbox!();
     let sb = sb();
@@ -413,7 +408,6 @@ fn non_regular_files_and_loops_are_refused_without_blocking() {
     }
 }
 
-#[test]
 fn the_store_and_state_are_private_so_setuid_files_of_images_are_out_of_reach() {
     need_sandbox!();
     use std::os::unix::fs::PermissionsExt;
@@ -478,3 +472,12 @@ fn nix_is_root() -> bool {
         .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
         .unwrap_or(false)
 }
+
+openshell_tests::suite!(
+    image_user_ids_the_kernel_treats_specially_never_run,
+    policy_ids_the_kernel_treats_specially_are_refused_before_anything_runs,
+    account_files_are_read_from_the_image_only,
+    setup_never_creates_opens_or_mounts_outside_the_root,
+    non_regular_files_and_loops_are_refused_without_blocking,
+    the_store_and_state_are_private_so_setuid_files_of_images_are_out_of_reach,
+);

@@ -10,7 +10,6 @@ use std::time::Duration;
 use common::*;
 use openshell_tests::{TempDir, need_sandbox, stderr, stdout};
 
-#[test]
 fn pulls_every_manifest_and_compression_kind() {
     let e = need_registry!();
     let sb = sb();
@@ -87,7 +86,6 @@ fn pulls_every_manifest_and_compression_kind() {
     assert!(ok(&out).contains("busybox:zstd"));
 }
 
-#[test]
 fn bearer_basic_and_credentials() {
     let _e = need_registry!();
     let sb = sb();
@@ -182,7 +180,6 @@ fn bearer_basic_and_credentials() {
     assert!(stderr(&out).contains("refused access"), "{}", stderr(&out));
 }
 
-#[test]
 fn tls_needs_a_trusted_ca() {
     let _e = need_registry!();
     let sb = sb();
@@ -215,7 +212,6 @@ fn tls_needs_a_trusted_ca() {
     ));
 }
 
-#[test]
 fn missing_things_fail_with_one_clear_line() {
     let e = need_registry!();
     let sb = sb();
@@ -245,7 +241,6 @@ fn missing_things_fail_with_one_clear_line() {
     }
 }
 
-#[test]
 fn run_from_image_honours_the_config() {
     let e = need_registry!();
     need_sandbox!();
@@ -309,7 +304,6 @@ fn run_from_image_honours_the_config() {
     assert!(stderr(&out).contains("--pull never"), "{}", stderr(&out));
 }
 
-#[test]
 fn sandboxes_of_one_image_share_layers_but_not_changes() {
     let e = need_registry!();
     need_sandbox!();
@@ -359,7 +353,6 @@ fn sandboxes_of_one_image_share_layers_but_not_changes() {
     );
 }
 
-#[test]
 fn private_copy_when_overlay_is_unavailable() {
     let e = need_registry!();
     need_sandbox!();
@@ -382,7 +375,6 @@ fn private_copy_when_overlay_is_unavailable() {
     assert_eq!(ok(&out), "version 2 (layer 3)\nnew.txt\nnowget\n");
 }
 
-#[test]
 fn offline_sources() {
     let _e = need_registry!();
     need_sandbox!();
@@ -417,7 +409,6 @@ fn offline_sources() {
     assert_eq!(ok(&out), "from a dir\n");
 }
 
-#[test]
 fn store_commands_and_in_use_protection() {
     let e = need_registry!();
     need_sandbox!();
@@ -461,3 +452,15 @@ fn store_commands_and_in_use_protection() {
         0
     );
 }
+
+openshell_tests::suite!(
+    pulls_every_manifest_and_compression_kind,
+    bearer_basic_and_credentials,
+    tls_needs_a_trusted_ca,
+    missing_things_fail_with_one_clear_line,
+    run_from_image_honours_the_config,
+    sandboxes_of_one_image_share_layers_but_not_changes,
+    private_copy_when_overlay_is_unavailable,
+    offline_sources,
+    store_commands_and_in_use_protection,
+);

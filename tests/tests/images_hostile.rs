@@ -10,7 +10,6 @@ use std::time::Duration;
 use common::*;
 use openshell_tests::{need_sandbox, stderr, stdout};
 
-#[test]
 fn hostile_layers_never_write_outside() {
     let e = need_registry!();
     let sb = sb();
@@ -68,7 +67,6 @@ fn hostile_layers_never_write_outside() {
     assert_eq!(stdout(&out), "");
 }
 
-#[test]
 fn decompression_bomb_is_stopped() {
     let e = need_registry!();
     let sb = sb();
@@ -106,7 +104,6 @@ fn decompression_bomb_is_stopped() {
     );
 }
 
-#[test]
 fn interrupted_and_concurrent_pulls() {
     let e = need_registry!();
     let sb = sb();
@@ -138,7 +135,6 @@ fn interrupted_and_concurrent_pulls() {
     assert_eq!(std::fs::read_dir(&layers).unwrap().count(), 4);
 }
 
-#[test]
 fn inconsistent_images_are_refused_and_nothing_is_kept() {
     let e = need_registry!();
     let sb = sb();
@@ -183,7 +179,6 @@ fn inconsistent_images_are_refused_and_nothing_is_kept() {
     assert_eq!(ok(&os(&sb, &["image", "list", "-q"])), "");
 }
 
-#[test]
 fn a_full_disk_is_a_clear_error() {
     let e = need_registry!();
     need_sandbox!();
@@ -230,7 +225,6 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-#[test]
 fn unpacked_layers_give_the_expected_tree() {
     let e = need_registry!();
     need_sandbox!();
@@ -293,7 +287,6 @@ fn unpacked_layers_give_the_expected_tree() {
     );
 }
 
-#[test]
 fn image_ownership_is_kept_where_ids_allow() {
     let e = need_registry!();
     need_sandbox!();
@@ -328,3 +321,13 @@ fn image_ownership_is_kept_where_ids_allow() {
         eprintln!("ownership flattened (no subordinate ids for this user): {text}");
     }
 }
+
+openshell_tests::suite!(
+    hostile_layers_never_write_outside,
+    decompression_bomb_is_stopped,
+    interrupted_and_concurrent_pulls,
+    inconsistent_images_are_refused_and_nothing_is_kept,
+    a_full_disk_is_a_clear_error,
+    unpacked_layers_give_the_expected_tree,
+    image_ownership_is_kept_where_ids_allow,
+);

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 
 use openshell_tests::agents::{ProviderEnv, fingerprint as fp, ok};
-use openshell_tests::{need_upstream, required, stderr, stdout, up};
+use openshell_tests::{need_upstream, stderr, stdout, up};
 
 type Env = ProviderEnv;
 
@@ -18,7 +18,6 @@ fn run(e: &Env, opts: &[&str], argv: &[&str]) -> Output {
     e.run(&[&["--no-auto-providers"], opts].concat(), argv)
 }
 
-#[test]
 fn calls_reach_the_route_with_its_key_and_model_and_errors_are_json() {
     need_upstream!();
     let e = Env::new();
@@ -260,7 +259,6 @@ fn backend() -> Backend {
     Backend(c, line.trim().parse().unwrap())
 }
 
-#[test]
 fn a_loopback_backend_streams_through_the_route_and_stays_unreachable_otherwise() {
     need_upstream!();
     let e = Env::new();
@@ -314,17 +312,13 @@ done
     assert_eq!(stdout(&o2), "403", "{}", stderr(&o2));
 }
 
-#[test]
 fn claude_code_uses_inference_local() {
     need_upstream!();
-    if !std::path::Path::new("/usr/bin/claude").exists() {
-        assert!(
-            !required("agents"),
-            "claude missing but OPENSHELL_TEST_REQUIRE asks for agents"
-        );
-        eprintln!("skipped: no /usr/bin/claude");
-        return;
-    }
+    openshell_tests::need(
+        "agents",
+        std::path::Path::new("/usr/bin/claude").exists(),
+        "no /usr/bin/claude (npm install -g @anthropic-ai/claude-code)",
+    );
     let e = Env::new();
     let host = up("OS_UPSTREAM_HOST");
     let key = "sk-ant-route-2";
@@ -369,3 +363,9 @@ fn claude_code_uses_inference_local() {
         stderr(&o)
     );
 }
+
+openshell_tests::suite!(
+    calls_reach_the_route_with_its_key_and_model_and_errors_are_json,
+    a_loopback_backend_streams_through_the_route_and_stays_unreachable_otherwise,
+    claude_code_uses_inference_local,
+);

@@ -6,7 +6,7 @@
 
 use std::process::Output;
 
-use openshell_tests::{Sandbox, TempDir, need_upstream, policy_file, required, stderr, stdout, up};
+use openshell_tests::{Sandbox, TempDir, need_upstream, policy_file, stderr, stdout, up};
 
 struct L7 {
     sb: Sandbox,
@@ -69,7 +69,6 @@ fn policy(endpoints: &str, binaries: &[&str]) -> String {
     )
 }
 
-#[test]
 fn read_only_denies_post_before_it_reaches_upstream() {
     need_upstream!();
     let t = L7::new();
@@ -128,7 +127,6 @@ fn read_only_denies_post_before_it_reaches_upstream() {
     );
 }
 
-#[test]
 fn rules_paths_queries_deny_rules_and_audit() {
     need_upstream!();
     let t = L7::new();
@@ -183,7 +181,6 @@ fn rules_paths_queries_deny_rules_and_audit() {
     );
 }
 
-#[test]
 fn the_sandbox_ca_is_trusted_by_clients_unmodified() {
     need_upstream!();
     let t = L7::new();
@@ -271,7 +268,6 @@ except Exception as e:
     print('closed', type(e).__name__)
 "#;
 
-#[test]
 fn domain_fronting_smuggling_and_oversized_heads_are_refused() {
     need_upstream!();
     let t = L7::new();
@@ -354,7 +350,6 @@ fn domain_fronting_smuggling_and_oversized_heads_are_refused() {
     );
 }
 
-#[test]
 fn http2_streams_are_each_decided_and_forwarded_as_http2() {
     need_upstream!();
     let t = L7::new();
@@ -463,7 +458,6 @@ send(8, struct.pack(">H", 1000))
 print("close", recv()[0])
 "#;
 
-#[test]
 fn websocket_upgrade_is_decided_then_relayed() {
     need_upstream!();
     let t = L7::new();
@@ -521,18 +515,14 @@ const get = (mod, url) => new Promise((done) => {
 })();
 "#;
 
-#[test]
 fn node_goes_through_the_proxy_unmodified() {
     need_upstream!();
     let node = std::path::Path::new("/usr/bin/node");
-    if !node.exists() {
-        assert!(
-            !required("node"),
-            "/usr/bin/node missing but OPENSHELL_TEST_REQUIRE asks for node"
-        );
-        eprintln!("skipped: no /usr/bin/node (apt install nodejs)");
-        return;
-    }
+    openshell_tests::need(
+        "node",
+        node.exists(),
+        "no /usr/bin/node (apt install nodejs)",
+    );
     let t = L7::new();
     let host = up("OS_UPSTREAM_HOST");
     let other = up("OS_UPSTREAM_OTHER_HOST");
@@ -594,3 +584,13 @@ fn node_goes_through_the_proxy_unmodified() {
         "{log}"
     );
 }
+
+openshell_tests::suite!(
+    read_only_denies_post_before_it_reaches_upstream,
+    rules_paths_queries_deny_rules_and_audit,
+    the_sandbox_ca_is_trusted_by_clients_unmodified,
+    domain_fronting_smuggling_and_oversized_heads_are_refused,
+    http2_streams_are_each_decided_and_forwarded_as_http2,
+    websocket_upgrade_is_decided_then_relayed,
+    node_goes_through_the_proxy_unmodified,
+);

@@ -56,7 +56,6 @@ fn held_run(sb: &Sandbox, name: &str, timeout: &str) -> Child {
 
 /// A setup that never finishes (init held before it) ends by the setup timeout with a
 /// message, and nothing of the sandbox is left: no init, no state, the name free.
-#[test]
 fn a_setup_that_hangs_ends_by_its_timeout() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -93,7 +92,6 @@ fn a_setup_that_hangs_ends_by_its_timeout() {
 
 /// SIGTERM, SIGINT and SIGHUP to openshell while setup hangs end it at once (they are
 /// blocked for the relay, so before the fix they were never seen).
-#[test]
 fn signals_end_a_setup_that_hangs() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -125,7 +123,6 @@ fn signals_end_a_setup_that_hangs() {
 /// With stdin /dev/null, `run -t`, `exec -t` and `connect` end (an interactive bash
 /// and python3 read end-of-file), and a pty command that ignores SIGTERM and SIGHUP is
 /// killed after the grace time when openshell is told to stop.
-#[test]
 fn pty_sessions_end_with_dev_null_input_and_on_sigterm() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -199,7 +196,6 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// A relay with nothing to do stays idle: after its piped input ended (a pipe without
 /// writer reports POLLHUP for ever), and when the command closed its terminal but
 /// lives on (the pty reports POLLHUP/EIO for ever). A busy loop would use a core.
-#[test]
 fn an_idle_pty_relay_does_not_spin() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -227,7 +223,6 @@ fn an_idle_pty_relay_does_not_spin() {
 /// `create --detach -o json` prints JSON and keeps `-o` out of the saved options, so
 /// `start` works; a failed create (bad upload, a setup that fails in the supervisor)
 /// leaves no sandbox and the name free, with or without --no-keep.
-#[test]
 fn create_saves_only_its_own_options_and_failures_leave_nothing() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -325,7 +320,6 @@ fn create_saves_only_its_own_options_and_failures_leave_nothing() {
 }
 
 /// A state or image directory that cannot be written names the path and what to do.
-#[test]
 fn unwritable_state_says_which_path_and_what_to_do() {
     let sb = Sandbox::new();
     // A regular file as a parent fails for root too (no permission bypass).
@@ -355,7 +349,6 @@ fn unwritable_state_says_which_path_and_what_to_do() {
 /// the last name removes the image and the layers no other image uses (not shared
 /// ones); `system df` counts, `system reset` refuses without a terminal or --force,
 /// then removes everything (rootless: files of subordinate ids too).
-#[test]
 fn image_rm_per_reference_and_system_reset() {
     let e = need_registry!();
     need_sandbox!();
@@ -438,3 +431,13 @@ fn image_rm_per_reference_and_system_reset() {
         "sandboxes left"
     );
 }
+
+openshell_tests::suite!(
+    a_setup_that_hangs_ends_by_its_timeout,
+    signals_end_a_setup_that_hangs,
+    pty_sessions_end_with_dev_null_input_and_on_sigterm,
+    an_idle_pty_relay_does_not_spin,
+    create_saves_only_its_own_options_and_failures_leave_nothing,
+    unwritable_state_says_which_path_and_what_to_do,
+    image_rm_per_reference_and_system_reset,
+);

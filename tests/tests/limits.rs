@@ -28,7 +28,6 @@ fn started(text: &str) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-#[test]
 fn a_memory_hog_and_a_fork_bomb_end_inside() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -70,7 +69,6 @@ fn a_memory_hog_and_a_fork_bomb_end_inside() {
     );
 }
 
-#[test]
 fn tmpfs_are_sized_from_the_memory_limit() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -91,7 +89,6 @@ fn tmpfs_are_sized_from_the_memory_limit() {
     );
 }
 
-#[test]
 fn exec_gets_the_same_limits_and_explain_says_how() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -160,7 +157,6 @@ fn exec_gets_the_same_limits_and_explain_says_how() {
     }
 }
 
-#[test]
 fn bad_limits_are_refused_with_the_flag_named() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -183,7 +179,6 @@ fn bad_limits_are_refused_with_the_flag_named() {
 /// Decision logs are a host resource too: a flood of identical denials is counted, not
 /// written 5000 times, and names a sandboxed program chooses (its executable's path)
 /// cannot forge a line or send escape sequences to the terminal of `run -v`.
-#[test]
 fn decision_logs_are_bounded_and_escaped() {
     openshell_tests::need_upstream!();
     let sb = Sandbox::new();
@@ -231,3 +226,11 @@ for i in range(5000):
     assert!(log.contains("/sandbox/x\\nNET:OPEN ALLOWED"), "{log}");
     assert!(log.contains("\\x{1b}[31m"), "{log}");
 }
+
+openshell_tests::suite!(
+    a_memory_hog_and_a_fork_bomb_end_inside,
+    tmpfs_are_sized_from_the_memory_limit,
+    exec_gets_the_same_limits_and_explain_says_how,
+    bad_limits_are_refused_with_the_flag_named,
+    decision_logs_are_bounded_and_escaped,
+);

@@ -91,7 +91,6 @@ fn bin(path: &str) -> String {
     format!("      - {{ path: \"{path}\" }}\n")
 }
 
-#[test]
 fn no_policy_denies_everything_with_a_clear_answer() {
     need_upstream!();
     let n = Net::new();
@@ -142,7 +141,6 @@ fn no_policy_denies_everything_with_a_clear_answer() {
     );
 }
 
-#[test]
 fn host_port_and_binary_decide() {
     need_upstream!();
     let n = Net::new();
@@ -183,7 +181,6 @@ fn host_port_and_binary_decide() {
     assert_eq!(stdout(&out), "method=GET\n", "{}", stderr(&out));
 }
 
-#[test]
 fn wildcards_private_addresses_and_allowed_ips() {
     need_upstream!();
     let n = Net::new();
@@ -229,7 +226,6 @@ fn wildcards_private_addresses_and_allowed_ips() {
     );
 }
 
-#[test]
 fn ssrf_targets_are_refused_whatever_the_policy() {
     need_upstream!();
     let n = Net::new();
@@ -250,7 +246,6 @@ fn ssrf_targets_are_refused_whatever_the_policy() {
     assert!(log.contains("link-local address (cloud metadata)"), "{log}");
 }
 
-#[test]
 fn forward_proxy_and_malformed_requests() {
     need_upstream!();
     let n = Net::new();
@@ -294,7 +289,6 @@ fn forward_proxy_and_malformed_requests() {
 /// Requests two HTTP parsers could read differently, a Host naming another host than
 /// the URI, pipelined tails: refused (or never forwarded) by the explicit proxy, on a
 /// plain endpoint and on a `protocol: rest` one (whose rules then decide each request).
-#[test]
 fn forward_proxy_refuses_ambiguous_requests_and_fronting() {
     need_upstream!();
     let n = Net::new();
@@ -384,7 +378,6 @@ fn forward_proxy_refuses_ambiguous_requests_and_fronting() {
 
 /// A program whose executable is too large to hash (here a sparse 1.1 GiB copy of
 /// curl) is refused with the reason, and the proxy keeps serving everyone else.
-#[test]
 fn a_huge_executable_is_refused_without_stalling_the_proxy() {
     need_upstream!();
     let n = Net::new();
@@ -408,7 +401,6 @@ fn a_huge_executable_is_refused_without_stalling_the_proxy() {
     );
 }
 
-#[test]
 fn bypass_is_refused_and_logged_transparent_tcp_is_relayed() {
     need_upstream!();
     bypass_and_transparent_tcp(&[]);
@@ -416,14 +408,13 @@ fn bypass_is_refused_and_logged_transparent_tcp_is_relayed() {
 
 /// The same with the rules loaded by the host's `nft` (the fallback when the kernel
 /// refuses our netlink batch), which init starts before its root filesystem is pivoted.
-#[test]
 fn bypass_is_caught_with_the_nft_binary_fallback_too() {
     need_upstream!();
-    if !std::path::Path::new("/usr/sbin/nft").exists() {
-        assert!(!openshell_tests::required("nft"), "/usr/sbin/nft missing");
-        eprintln!("skipped: no /usr/sbin/nft (apt install nftables)");
-        return;
-    }
+    openshell_tests::need(
+        "nft",
+        std::path::Path::new("/usr/sbin/nft").exists(),
+        "no /usr/sbin/nft (apt install nftables)",
+    );
     bypass_and_transparent_tcp(&[("OPENSHELL_NFT_FALLBACK", "1")]);
 }
 
@@ -459,7 +450,6 @@ fn bypass_and_transparent_tcp(env: &[(&str, &str)]) {
     );
 }
 
-#[test]
 fn dns_answers_only_allowed_names() {
     need_upstream!();
     let n = Net::new();
@@ -485,7 +475,6 @@ fn dns_answers_only_allowed_names() {
     );
 }
 
-#[test]
 fn a_binary_changed_after_first_use_is_denied() {
     need_upstream!();
     let n = Net::new();
@@ -506,7 +495,6 @@ fn a_binary_changed_after_first_use_is_denied() {
     );
 }
 
-#[test]
 fn git_and_curl_through_the_proxy() {
     need_upstream!();
     let n = Net::new();
@@ -548,7 +536,6 @@ fn control(sock: &PathBuf, method: &str, body: Option<&str>) -> Output {
     c.arg("http://openshell/v1/policy").output().unwrap()
 }
 
-#[test]
 fn hot_reload_changes_decisions_closes_old_tunnels_and_keeps_a_good_policy() {
     need_upstream!();
     let n = Net::new();
@@ -684,7 +671,6 @@ wait"
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
 fn network_none_has_no_proxy() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -695,7 +681,6 @@ fn network_none_has_no_proxy() {
     assert_eq!(stdout(&out), "0\n# openshell: no DNS in this sandbox\n");
 }
 
-#[test]
 fn an_allowed_hosts_address_is_not_an_allowed_destination() {
     need_upstream!();
     let n = Net::new();
@@ -718,7 +703,6 @@ fn an_allowed_hosts_address_is_not_an_allowed_destination() {
     );
 }
 
-#[test]
 fn slow_clients_do_not_stall_the_proxy() {
     need_upstream!();
     let n = Net::new();
@@ -742,7 +726,6 @@ PY"
     assert_eq!(stdout(&out).trim(), "fast=200", "{}", stderr(&out));
 }
 
-#[test]
 fn a_socket_shared_with_an_allowed_program_is_not_laundered() {
     need_upstream!();
     let n = Net::new();
@@ -775,3 +758,23 @@ EOF"
         n.log()
     );
 }
+
+openshell_tests::suite!(
+    no_policy_denies_everything_with_a_clear_answer,
+    host_port_and_binary_decide,
+    wildcards_private_addresses_and_allowed_ips,
+    ssrf_targets_are_refused_whatever_the_policy,
+    forward_proxy_and_malformed_requests,
+    forward_proxy_refuses_ambiguous_requests_and_fronting,
+    a_huge_executable_is_refused_without_stalling_the_proxy,
+    bypass_is_refused_and_logged_transparent_tcp_is_relayed,
+    bypass_is_caught_with_the_nft_binary_fallback_too,
+    dns_answers_only_allowed_names,
+    a_binary_changed_after_first_use_is_denied,
+    git_and_curl_through_the_proxy,
+    hot_reload_changes_decisions_closes_old_tunnels_and_keeps_a_good_policy,
+    network_none_has_no_proxy,
+    an_allowed_hosts_address_is_not_an_allowed_destination,
+    slow_clients_do_not_stall_the_proxy,
+    a_socket_shared_with_an_allowed_program_is_not_laundered,
+);

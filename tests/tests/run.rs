@@ -10,7 +10,6 @@ use openshell_tests::{
     Sandbox, TempDir, need_sandbox, openpty, policy_file, read_until, stderr, stdout,
 };
 
-#[test]
 fn identity_cwd_and_root_view() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -36,7 +35,6 @@ fn identity_cwd_and_root_view() {
     }
 }
 
-#[test]
 fn exit_codes_and_signals() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -53,7 +51,6 @@ fn exit_codes_and_signals() {
     assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
 }
 
-#[test]
 fn sigterm_to_openshell_reaches_the_command() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -71,7 +68,6 @@ fn sigterm_to_openshell_reaches_the_command() {
     assert_eq!(status.code(), Some(143));
 }
 
-#[test]
 fn pid1_reaps_orphans() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -82,7 +78,6 @@ fn pid1_reaps_orphans() {
     assert_eq!(stdout(&out).trim(), "0", "zombies left: {}", stderr(&out));
 }
 
-#[test]
 fn environment_is_clean_and_extendable() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -122,7 +117,6 @@ fn environment_is_clean_and_extendable() {
     );
 }
 
-#[test]
 fn workdir_and_hostname_flags() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -136,7 +130,6 @@ fn workdir_and_hostname_flags() {
     assert!(stderr(&out).contains("/nope"), "{}", stderr(&out));
 }
 
-#[test]
 fn live_mount_and_upload_with_gitignore() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -184,7 +177,6 @@ fn live_mount_and_upload_with_gitignore() {
 /// A mount's destination gets the Landlock rights of its mode, wherever it is (the
 /// default policy grants neither /data nor /ro); `exec` builds its rules from the same
 /// recorded grants.
-#[test]
 fn mount_destinations_get_the_rights_of_their_mode() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -225,7 +217,6 @@ fn mount_destinations_get_the_rights_of_their_mode() {
     assert!(sb.cli(&["sandbox", "delete", "mnt"]).status.success());
 }
 
-#[test]
 fn bad_arguments_fail_clearly() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -261,7 +252,6 @@ fn bad_arguments_fail_clearly() {
     let _ = first.wait();
 }
 
-#[test]
 fn bad_policy_stops_before_anything_starts() {
     need_sandbox!();
     let dir = TempDir::new("badpol");
@@ -295,7 +285,6 @@ fn bad_policy_stops_before_anything_starts() {
     );
 }
 
-#[test]
 fn policy_identity_is_honoured() {
     need_sandbox!();
     let dir = TempDir::new("idpol");
@@ -312,7 +301,6 @@ fn policy_identity_is_honoured() {
     assert_eq!(stdout(&out), "1500\n1600\n", "{}", stderr(&out));
 }
 
-#[test]
 fn policy_validate_command() {
     let sb = Sandbox::new();
     let compat =
@@ -359,7 +347,6 @@ fn policy_validate_command() {
     );
 }
 
-#[test]
 fn streams_100_mb_both_ways_without_buffering_it_all() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -373,7 +360,6 @@ fn streams_100_mb_both_ways_without_buffering_it_all() {
     assert_eq!(out.stdout.len(), size);
 }
 
-#[test]
 fn single_id_mapping_still_runs_as_the_sandbox_user() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -395,7 +381,6 @@ fn single_id_mapping_still_runs_as_the_sandbox_user() {
     );
 }
 
-#[test]
 fn probe_reports_full_confinement() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -424,7 +409,6 @@ fn probe_reports_full_confinement() {
 
 // ---- pty, driven from a pty the test owns ----
 
-#[test]
 fn pty_session_job_control_winsize_and_ctrl_c() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -482,7 +466,6 @@ fn pty_session_job_control_winsize_and_ctrl_c() {
     assert_eq!(status.code(), Some(3));
 }
 
-#[test]
 fn version_help_doctor_completions() {
     let sb = Sandbox::new();
     let out = sb.cmd().arg("--version").output().unwrap();
@@ -515,7 +498,6 @@ fn version_help_doctor_completions() {
 
 const NO_ETC: &str = "version: 1\nfilesystem_policy:\n  read_only: [/usr, /lib, /lib64, /bin, /proc]\n  read_write: [/sandbox, /tmp, /dev/null]\nlandlock:\n  compatibility: MODE\n";
 
-#[test]
 fn best_effort_says_what_it_cannot_enforce_and_keeps_the_rest() {
     need_sandbox!();
     let dir = TempDir::new("be");
@@ -562,7 +544,6 @@ fn best_effort_says_what_it_cannot_enforce_and_keeps_the_rest() {
     );
 }
 
-#[test]
 fn hard_requirement_refuses_to_start_when_landlock_falls_short() {
     need_sandbox!();
     let dir = TempDir::new("hard");
@@ -600,7 +581,6 @@ fn hard_requirement_refuses_to_start_when_landlock_falls_short() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
-#[test]
 fn killing_the_supervisor_kills_the_sandbox() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -629,7 +609,6 @@ fn killing_the_supervisor_kills_the_sandbox() {
     assert!(seen(false), "sandbox processes outlived their supervisor");
 }
 
-#[test]
 fn pty_ends_with_its_input_or_its_terminal() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -680,7 +659,6 @@ fn pty_ends_with_its_input_or_its_terminal() {
 /// The files only init's setup needs go to a scratch directory (on tmpfs where one of
 /// ours exists) and nothing of it is left after the run — nor inside the sandbox's own
 /// directory of a kept sandbox.
-#[test]
 fn setup_scratch_files_do_not_outlive_the_run() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -716,7 +694,6 @@ fn setup_scratch_files_do_not_outlive_the_run() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
-#[test]
 fn printing_into_a_closed_pipe_ends_quietly() {
     // `openshell completions bash | head -1`, `logs | head`: no panic message.
     for args in [
@@ -741,3 +718,29 @@ fn printing_into_a_closed_pipe_ends_quietly() {
         assert!(!err.contains("Broken pipe"), "{args:?}: {err}");
     }
 }
+
+openshell_tests::suite!(
+    identity_cwd_and_root_view,
+    exit_codes_and_signals,
+    sigterm_to_openshell_reaches_the_command,
+    pid1_reaps_orphans,
+    environment_is_clean_and_extendable,
+    workdir_and_hostname_flags,
+    live_mount_and_upload_with_gitignore,
+    mount_destinations_get_the_rights_of_their_mode,
+    bad_arguments_fail_clearly,
+    bad_policy_stops_before_anything_starts,
+    policy_identity_is_honoured,
+    policy_validate_command,
+    streams_100_mb_both_ways_without_buffering_it_all,
+    single_id_mapping_still_runs_as_the_sandbox_user,
+    probe_reports_full_confinement,
+    pty_session_job_control_winsize_and_ctrl_c,
+    version_help_doctor_completions,
+    best_effort_says_what_it_cannot_enforce_and_keeps_the_rest,
+    hard_requirement_refuses_to_start_when_landlock_falls_short,
+    killing_the_supervisor_kills_the_sandbox,
+    pty_ends_with_its_input_or_its_terminal,
+    setup_scratch_files_do_not_outlive_the_run,
+    printing_into_a_closed_pipe_ends_quietly,
+);

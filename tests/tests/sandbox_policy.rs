@@ -64,7 +64,6 @@ fn stop(ws: &Path, mut child: Child) {
     }
 }
 
-#[test]
 fn policy_set_get_list_on_a_running_sandbox() {
     need_upstream!();
     let host = up("OS_UPSTREAM_HOST");
@@ -174,7 +173,6 @@ fn policy_set_get_list_on_a_running_sandbox() {
     );
 }
 
-#[test]
 fn policy_verbs_explain_what_is_wrong() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -213,7 +211,6 @@ fn policy_verbs_explain_what_is_wrong() {
     child.wait().unwrap();
 }
 
-#[test]
 fn logs_show_follow_and_filter_the_decisions() {
     need_upstream!();
     let host = up("OS_UPSTREAM_HOST");
@@ -286,7 +283,6 @@ fn logs_show_follow_and_filter_the_decisions() {
     assert!(stderr(&o).contains("--since"), "{}", stderr(&o));
 }
 
-#[test]
 fn policy_update_adds_and_removes_endpoints_live() {
     need_upstream!();
     let host = up("OS_UPSTREAM_HOST");
@@ -380,7 +376,6 @@ fn policy_update_adds_and_removes_endpoints_live() {
 /// sandbox's init: the proxy must still find them (in the sandbox's pid namespace) and
 /// decide by their binary — allowed for curl, denied for python3 — not refuse every
 /// connection as coming from an unknown process.
-#[test]
 fn exec_processes_are_identified_by_the_proxy() {
     need_upstream!();
     let host = up("OS_UPSTREAM_HOST");
@@ -444,3 +439,11 @@ fn exec_processes_are_identified_by_the_proxy() {
     let o = sb.cli(&["sandbox", "delete", "exnet"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+openshell_tests::suite!(
+    policy_set_get_list_on_a_running_sandbox,
+    policy_verbs_explain_what_is_wrong,
+    logs_show_follow_and_filter_the_decisions,
+    policy_update_adds_and_removes_endpoints_live,
+    exec_processes_are_identified_by_the_proxy,
+);

@@ -27,7 +27,6 @@ fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
-#[test]
 fn upload_and_download_round_trip_a_tree() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -132,7 +131,6 @@ fn upload_and_download_round_trip_a_tree() {
     child.wait().unwrap();
 }
 
-#[test]
 fn planted_symlinks_never_redirect_a_copy() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -282,7 +280,6 @@ fn blocks(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().blocks() * 512
 }
 
-#[test]
 fn holes_stay_holes_both_ways() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -354,7 +351,6 @@ fn holes_stay_holes_both_ways() {
     assert!(sb.cli(&["sandbox", "delete", "sp"]).status.success());
 }
 
-#[test]
 fn special_files_are_refused_on_both_sides_without_blocking() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -459,7 +455,6 @@ fn special_files_are_refused_on_both_sides_without_blocking() {
     assert!(sb.cli(&["sandbox", "delete", "ff"]).status.success());
 }
 
-#[test]
 fn dash_streams_a_tar_out_and_in() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -530,3 +525,11 @@ fn dash_streams_a_tar_out_and_in() {
     assert!(!ws.join("escape").exists() && !ws.parent().unwrap().join("escape").exists());
     assert!(sb.cli(&["sandbox", "delete", "ts"]).status.success());
 }
+
+openshell_tests::suite!(
+    upload_and_download_round_trip_a_tree,
+    planted_symlinks_never_redirect_a_copy,
+    holes_stay_holes_both_ways,
+    special_files_are_refused_on_both_sides_without_blocking,
+    dash_streams_a_tar_out_and_in,
+);

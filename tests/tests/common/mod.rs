@@ -4,23 +4,19 @@
 
 use std::process::{Output, Stdio};
 
-use openshell_tests::{Sandbox, required, stderr, stdout};
+use openshell_tests::{Sandbox, stderr, stdout};
 
-/// The testenv registry variables, or None (skip, or fail when `registry` is required).
-pub fn registry() -> Option<Env> {
-    match std::env::var("OS_TEST_REGISTRY") {
-        Ok(plain) => Some(Env { plain }),
-        Err(_) => {
-            if required("registry") {
-                panic!(
-                    "OS_TEST_REGISTRY is unset but OPENSHELL_TEST_REQUIRE asks for the registry"
-                );
-            }
-            eprintln!(
-                "skipped: no test registry (run ../shared/testenv/registry.sh start and export its env)"
-            );
-            None
-        }
+/// The test registry variables (the test is skipped without them, or fails when
+/// `registry` is required).
+pub fn registry() -> Env {
+    let plain = std::env::var("OS_TEST_REGISTRY");
+    openshell_tests::need(
+        "registry",
+        plain.is_ok(),
+        "no test registry (sudo tests/env/up.sh; eval \"$(tests/env/env.sh)\")",
+    );
+    Env {
+        plain: plain.unwrap_or_default(),
     }
 }
 
@@ -76,9 +72,6 @@ pub fn base64(s: &str) -> String {
 #[macro_export]
 macro_rules! need_registry {
     () => {
-        match registry() {
-            Some(e) => e,
-            None => return,
-        }
+        registry()
     };
 }
