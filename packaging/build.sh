@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build openshell's packages: `packaging/build.sh deb|rpm|tar|all` -> target/packages/.
 # One staged tree (release binary, man pages generated from the CLI definitions,
-# bash/zsh/fish completions, docs, license) packed by Debian's own tools: dpkg-deb for
+# bash/zsh/fish completions, the systemd user unit, docs, license) packed by Debian's own tools: dpkg-deb for
 # the .deb, rpmbuild (Debian's `rpm` package) for the .rpm, tar for install.sh.
 # Depends: uidmap (newuidmap/newgidmap); Recommends: nftables. No maintainer scripts:
 # installing adds files only; removing leaves nothing but users' own data.
@@ -29,6 +29,7 @@ install -d "$root/usr/share/bash-completion/completions" "$root/usr/share/zsh/ve
 "$bin" completions bash > "$root/usr/share/bash-completion/completions/openshell"
 "$bin" completions zsh > "$root/usr/share/zsh/vendor-completions/_openshell"
 "$bin" completions fish > "$root/usr/share/fish/vendor_completions.d/openshell.fish"
+install -D -m 0644 packaging/systemd/openshell.service "$root/usr/lib/systemd/user/openshell.service"
 install -D -m 0644 README.md "$root/usr/share/doc/openshell/README.md"
 for d in docs/*.md; do install -D -m 0644 "$d" "$root/usr/share/doc/openshell/$d"; done
 cat > "$root/usr/share/doc/openshell/copyright" <<COPY
@@ -97,7 +98,7 @@ fi
 
 if [ "$what" = tar ] || [ "$what" = all ]; then
   tarball=$out/openshell-$version-$arch_rpm-linux.tar.gz
-  tar -C "$root/usr" -czf "$tarball" bin share
+  tar -C "$root/usr" -czf "$tarball" bin share lib
   (cd "$out" && sha256sum "$(basename "$tarball")" > "$(basename "$tarball").sha256")
   echo "$tarball"
 fi

@@ -40,11 +40,22 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 tar -C "$tmp" -xzf "$from"
 mkdir -p "$prefix/share/openshell"
 (cd "$tmp" && find . -type f | sed 's|^\./||' | sort) > "$tmp/files"
+: > "$tmp/installed"
 while IFS= read -r f; do
+  [ "$f" = files ] && continue
   mode=0644; case "$f" in bin/*) mode=0755;; esac
-  install -D -m "$mode" "$tmp/$f" "$prefix/$f"
+  dest=$f
+  if [ "$f" = lib/systemd/user/openshell.service ]; then
+    # The user unit runs this prefix's binary; under ~/.local it goes where the user's
+    # systemd looks ($XDG_DATA_HOME/systemd/user).
+    [ "$prefix" = "$HOME/.local" ] && dest=share/systemd/user/openshell.service
+    sed -i "s|^ExecStart=/usr/bin/openshell|ExecStart=$prefix/bin/openshell|" "$tmp/$f"
+  fi
+  install -D -m "$mode" "$tmp/$f" "$prefix/$dest"
+  echo "$dest" >> "$tmp/installed"
 done < "$tmp/files"
-cp "$tmp/files" "$record"
+cp "$tmp/installed" "$record"
 echo "installed openshell into $prefix ($(wc -l < "$record") files)"
 "$prefix/bin/openshell" doctor || echo "install.sh: see what doctor says above: sandboxes may not start on this host"
 case ":$PATH:" in *":$prefix/bin:"*) ;; *) echo "note: add $prefix/bin to PATH";; esac
+echo "optional: systemctl --user daemon-reload && systemctl --user enable --now openshell (openshell serve)"

@@ -18,6 +18,12 @@ dpkg -i "$deb" >/dev/null
    /usr/bin/openshell run --network none -- true) || fail "openshell run -- true failed as $user"
 man -w openshell >/dev/null || fail "man openshell: no page"
 man -w openshell-sandbox >/dev/null || fail "man openshell-sandbox: no page"
+unit=/usr/lib/systemd/user/openshell.service
+[ -f "$unit" ] || fail "no systemd user unit at $unit"
+# Verified as systemd's user manager reads it; any complaint (even a warning) fails.
+verify=$(XDG_RUNTIME_DIR=$(mktemp -d) systemd-analyze verify --user "$unit" 2>&1) \
+  || fail "systemd-analyze verify $unit: $verify"
+[ -z "$verify" ] || fail "systemd-analyze verify $unit: $verify"
 bash -c 'source /usr/share/bash-completion/completions/openshell && complete -p openshell' >/dev/null \
   || fail "bash completion does not load"
 [ -s /usr/share/zsh/vendor-completions/_openshell ] || fail "zsh completion missing"
@@ -25,7 +31,7 @@ bash -c 'source /usr/share/bash-completion/completions/openshell && complete -p 
 listed=$(dpkg -L openshell | sort)
 dpkg -r openshell >/dev/null
 for f in $listed; do
-  case "$f" in /usr/bin/*|/usr/share/man/*|/usr/share/doc/openshell/*|*completion*/openshell*|*completions/_openshell)
+  case "$f" in /usr/bin/*|/usr/lib/systemd/user/openshell*|/usr/share/man/*|/usr/share/doc/openshell/*|*completion*/openshell*|*completions/_openshell)
     [ -d "$f" ] || [ ! -e "$f" ] || fail "$f left after dpkg -r";;
   esac
 done
@@ -36,6 +42,7 @@ command -v rpm >/dev/null || fail "rpm missing (apt-get install rpm)"
 rpm_files=$(rpm -qpl "$rpm" 2>/dev/null)
 grep -qx /usr/bin/openshell <<<"$rpm_files" || fail "rpm: /usr/bin/openshell not listed"
 grep -qx /usr/share/man/man1/openshell.1.gz <<<"$rpm_files" || fail "rpm: man page not listed"
+grep -qx /usr/lib/systemd/user/openshell.service <<<"$rpm_files" || fail "rpm: systemd user unit not listed"
 scripts=$(rpm -qp --scripts "$rpm" 2>/dev/null)
 [ -z "$scripts" ] || fail "rpm has scripts: $scripts"
 echo "rpm: files listed, no scripts"
@@ -44,6 +51,8 @@ prefix=$(mktemp -d /tmp/openshell-prefix.XXXXXX)
 packaging/install.sh --prefix "$prefix" >/dev/null
 [ -x "$prefix/bin/openshell" ] || fail "install.sh: no binary"
 "$prefix/bin/openshell" --version >/dev/null
+grep -qx "ExecStart=$prefix/bin/openshell serve" "$prefix/lib/systemd/user/openshell.service" \
+  || fail "install.sh: the user unit does not run the installed binary"
 packaging/install.sh --prefix "$prefix" >/dev/null   # again: idempotent
 packaging/install.sh --prefix "$prefix" --uninstall >/dev/null
 left=$(find "$prefix" -type f | wc -l)

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod cmd;
+mod complete;
 mod output;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,15 @@ pub struct Cli {
     /// Output format for commands that print data.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = output::Format::Table)]
     pub output: output::Format,
+    /// Run this command on an `openshell serve` (unix:///path/to/api.sock) instead of
+    /// here: its sandboxes, its environment, no terminal.
+    #[arg(
+        long,
+        global = true,
+        env = "OPENSHELL_HOST",
+        value_name = "unix:///PATH"
+    )]
+    pub host: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,7 +59,11 @@ enum Command {
     System(cmd::system::SystemCommand),
     /// Show a sandbox's log: policy loads and every network decision.
     Logs(cmd::logs::LogsArgs),
-    /// Print a shell completion script.
+    /// Serve the API for all of this user's sandboxes on a unix socket (docs/api.md);
+    /// restart `--restart` sandboxes, prune idle ones. Optional: the CLI needs no server.
+    Serve(cmd::serve::ServeArgs),
+    /// Print a shell completion script (commands, options, and the names of your
+    /// sandboxes, images and providers): e.g. `source <(openshell completions bash)`.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
@@ -98,8 +112,53 @@ fn man_pages(dir: &std::path::Path) -> i32 {
     }
 }
 
+/// The registration script of `shell`: it calls `openshell` (from PATH) with
+/// `COMPLETE=SHELL` for every completion, so names complete too.
+fn completions(shell: clap_complete::Shell) -> i32 {
+    let name = shell.to_string();
+    let shells = clap_complete::env::Shells::builtins();
+    let Some(sh) = shells.completer(&name) else {
+        eprintln!(
+            "openshell: completions for {name} are not supported (bash, zsh, fish, elvish, powershell)"
+        );
+        return 2;
+    };
+    let mut out = std::io::stdout().lock();
+    let mut written =
+        sh.write_registration("COMPLETE", "openshell", "openshell", "openshell", &mut out);
+    if shell == clap_complete::Shell::Zsh {
+        // Autoloaded from fpath as `_openshell`, the first completion runs this file:
+        // complete then too, not only from the second TAB on.
+        written = written.and_then(|()| {
+            std::io::Write::write_all(
+                &mut out,
+                b"if [ \"$funcstack[1]\" = \"_openshell\" ]; then\n    _clap_dynamic_completer_openshell \"$@\"\nfi\n",
+            )
+        });
+    }
+    match written {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("openshell: completions: {e}");
+            1
+        }
+    }
+}
+
 fn main() {
+    // `COMPLETE=SHELL openshell ...`: the completion scripts calling back (complete.rs).
+    clap_complete::CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command)
+        .completer("openshell")
+        .complete();
     let cli = Cli::parse();
+    if let Some(host) = &cli.host
+        && !matches!(
+            cli.command,
+            Command::Serve(_) | Command::Completions { .. } | Command::Man { .. }
+        )
+    {
+        std::process::exit(cmd::remote::forward(host, cmd::remote::args_without_host()));
+    }
     if quiet_on_closed_pipe(&cli.command) {
         openshell_runtime::spawn::default_sigpipe();
     }
@@ -115,11 +174,8 @@ fn main() {
         Command::System(c) => cmd::system::run(c, cli.output),
         Command::Logs(args) => cmd::logs::run(args, cli.output),
         Command::Man { dir } => man_pages(&dir),
-        Command::Completions { shell } => {
-            let mut c = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut c, "openshell", &mut std::io::stdout());
-            0
-        }
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::Completions { shell } => completions(shell),
     };
     std::process::exit(code);
 }

@@ -60,15 +60,6 @@ fn wait_ready(
 
 /// `openshell sandbox start NAME`: bring a stopped sandbox made by `create` back.
 pub fn start(name: &str) -> i32 {
-    #[derive(clap::Parser)]
-    struct Saved {
-        #[command(flatten)]
-        create: CreateArgs,
-        /// A global option older versions saved with the rest (`create -o json`):
-        /// accepted and ignored.
-        #[arg(short = 'o', long)]
-        output: Option<String>,
-    }
     let base = state::base_dir();
     let e = match store::find(&base, name) {
         Ok(e) => e,
@@ -77,17 +68,14 @@ pub fn start(name: &str) -> i32 {
     if matches!(e.phase().0, Phase::Ready | Phase::Provisioning) {
         return fail(format!("sandbox {name} is already running"));
     }
-    let Ok(text) = std::fs::read_to_string(e.dir.join(ARGS_FILE)) else {
+    if !e.dir.join(ARGS_FILE).exists() {
         return fail(format!(
             "sandbox {name} was made by `run --keep`, not `sandbox create`: it cannot be started; see its files with `sandbox download`"
         ));
-    };
-    let saved: Vec<String> = serde_json::from_str(&text).unwrap_or_default();
-    let parsed =
-        <Saved as clap::Parser>::try_parse_from(std::iter::once("create".to_string()).chain(saved));
-    let mut args = match parsed {
-        Ok(s) => s.create,
-        Err(err) => return fail(format!("sandbox {name}: its saved options: {err}")),
+    }
+    let mut args = match saved_args(&e.dir) {
+        Ok(a) => a,
+        Err(err) => return fail(format!("sandbox {name}: {err}")),
     };
     args.run.name = Some(name.to_string());
     args.run.command.clear();
@@ -130,6 +118,46 @@ pub struct CreateArgs {
     /// Return once the sandbox is Ready; run nothing in it.
     #[arg(long, short = 'd')]
     detach: bool,
+    /// Let `openshell serve` start it again when its supervisor dies (killed, crashed,
+    /// host rebooted): `always` or `on-failure` (the same here: a sandbox only stops
+    /// by `sandbox stop`, which is respected). Without serve running, nothing restarts.
+    #[arg(long, value_enum, default_value_t = Restart::No, conflicts_with = "no_keep")]
+    restart: Restart,
+}
+
+/// `--restart`: what `openshell serve` does when the sandbox's supervisor dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Restart {
+    /// Nothing.
+    No,
+    /// Start it again.
+    Always,
+    /// Start it again (a death is always a failure).
+    OnFailure,
+}
+
+/// The `--restart` a sandbox was created with (`No` when it was not created by
+/// `sandbox create`, or its saved options cannot be read).
+pub fn restart_policy(dir: &std::path::Path) -> Restart {
+    saved_args(dir).map_or(Restart::No, |a| a.restart)
+}
+
+/// The options a sandbox was created with, parsed again.
+fn saved_args(dir: &std::path::Path) -> Result<CreateArgs, String> {
+    #[derive(clap::Parser)]
+    struct Saved {
+        #[command(flatten)]
+        create: CreateArgs,
+        /// A global option older versions saved with the rest (`create -o json`):
+        /// accepted and ignored.
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+    }
+    let text = std::fs::read_to_string(dir.join(ARGS_FILE)).map_err(|e| e.to_string())?;
+    let saved: Vec<String> = serde_json::from_str(&text).unwrap_or_default();
+    <Saved as clap::Parser>::try_parse_from(std::iter::once("create".to_string()).chain(saved))
+        .map(|s| s.create)
+        .map_err(|e| format!("its saved options: {e}"))
 }
 
 fn fail(e: impl std::fmt::Display) -> i32 {

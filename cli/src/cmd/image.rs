@@ -81,12 +81,14 @@ pub enum ImageCommand {
     /// Show an image's record and config.
     Inspect {
         /// Name or digest (prefix).
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::images))]
         image: String,
     },
     /// Remove images (refused while a sandbox uses one, unless --force).
     Rm {
         /// Names or digests.
         #[arg(required = true)]
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::images))]
         images: Vec<String>,
         /// Remove even if a sandbox uses it.
         #[arg(short, long)]

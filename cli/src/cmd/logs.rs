@@ -42,6 +42,7 @@ pub enum Source {
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     /// The sandbox.
+    #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
     name: String,
     /// Keep printing new lines until the sandbox stops.
     #[arg(short, long)]

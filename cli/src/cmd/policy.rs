@@ -21,6 +21,7 @@ pub enum PolicyCommand {
     /// `---` (running: the active one; stopped: the stored one).
     Get {
         /// The sandbox.
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
         name: String,
         /// Accepted for OpenShell compatibility: the whole policy is always printed
         /// (static sections included), so the output can be fed back to `policy set`.
@@ -34,6 +35,7 @@ pub enum PolicyCommand {
     /// stays active). Static sections (filesystem, landlock, process) cannot change.
     Set {
         /// The sandbox.
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
         name: String,
         /// The new policy file.
         #[arg(long, value_name = "FILE")]
@@ -49,6 +51,7 @@ pub enum PolicyCommand {
     /// remove one (exit 0: loaded; 1: refused — the old one stays active).
     Update {
         /// The sandbox.
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
         name: String,
         /// host:port[:access[:protocol[:enforcement]]]. Repeatable.
         #[arg(long, value_name = "SPEC")]
@@ -69,6 +72,7 @@ pub enum PolicyCommand {
     /// List a running sandbox's policy revisions (loaded, superseded, rejected).
     List {
         /// The sandbox.
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
         name: String,
         /// Seconds to wait for the sandbox's supervisor.
         #[arg(long, default_value_t = 10)]

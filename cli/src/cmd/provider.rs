@@ -26,7 +26,10 @@ pub enum ProviderCommand {
     #[command(alias = "ls")]
     List,
     /// Show one provider (key names and fingerprints, never values).
-    Get { name: String },
+    Get {
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::providers))]
+        name: String,
+    },
     /// Change a provider's credentials or settings; running sandboxes using it get the
     /// new values at once.
     Update(Box<UpdateArgs>),
@@ -34,6 +37,7 @@ pub enum ProviderCommand {
     #[command(alias = "rm")]
     Delete {
         #[arg(required = true)]
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::providers))]
         names: Vec<String>,
     },
     /// The provider types: built-in profiles and yours.
@@ -58,6 +62,7 @@ pub struct CreateArgs {
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
     /// Provider name.
+    #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::providers))]
     name: String,
     #[command(flatten)]
     values: ValueArgs,
@@ -401,6 +406,7 @@ fn go(cmd: ProviderCommand, format: Format) -> Result<i32, ProviderError> {
 pub struct ProviderArgs {
     /// Attach a provider (its credentials as placeholders, its network rules).
     /// Repeatable.
+    #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::providers))]
     #[arg(long = "provider", value_name = "NAME")]
     pub providers: Vec<String>,
     /// Attach the provider of a known agent command (claude, codex, opencode,

@@ -35,6 +35,7 @@ pub struct RunArgs {
     /// name@sha256:...) or a directory holding a rootfs. Default: the host's own
     /// /usr, /etc, ... read-only (no image needed).
     #[arg(long, value_name = "IMAGE|DIR")]
+    #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::images))]
     pub from: Option<String>,
     /// When to pull the --from image.
     #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]

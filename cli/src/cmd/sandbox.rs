@@ -23,13 +23,14 @@ pub enum SandboxCommand {
         /// Only sandboxes with this label (k=v). Repeatable; all must match.
         #[arg(long, short = 'l', value_name = "K=V")]
         selector: Vec<String>,
-        /// Print names only.
-        #[arg(long, short)]
+        /// Print names only (`--names`: OpenShell's spelling).
+        #[arg(long, short, visible_alias = "names")]
         quiet: bool,
     },
     /// Show one sandbox.
     Get {
         /// Its name.
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
         name: String,
         /// Print only its policy (YAML): the active one while it runs, else the stored.
         #[arg(long)]
@@ -40,6 +41,7 @@ pub enum SandboxCommand {
     Delete {
         /// Names.
         #[arg(required_unless_present = "all")]
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
         names: Vec<String>,
         /// Every sandbox.
         #[arg(long, conflicts_with = "names")]
@@ -48,6 +50,7 @@ pub enum SandboxCommand {
     /// Copy a local file or tree into the sandbox's workspace (.gitignore honoured).
     Upload {
         /// The sandbox.
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
         name: String,
         /// Local file or directory.
         local: std::path::PathBuf,
@@ -60,6 +63,7 @@ pub enum SandboxCommand {
     /// Copy a file or tree out of the sandbox's workspace.
     Download {
         /// The sandbox.
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
         name: String,
         /// Path under /sandbox.
         path: String,
@@ -70,6 +74,7 @@ pub enum SandboxCommand {
     /// and stderr are this terminal's pipes; the exit status is the command's.
     Exec {
         /// The sandbox.
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
         name: String,
         /// Working directory inside (default: the sandbox's).
         #[arg(long, short = 'w', value_name = "DIR")]
@@ -90,11 +95,13 @@ pub enum SandboxCommand {
     /// Open an interactive login shell in a running sandbox (exec with a pty).
     Connect {
         /// The sandbox.
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
         name: String,
     },
     /// Bring a stopped sandbox made by `create` back (same files, current policy).
     Start {
         /// Its name.
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
         name: String,
     },
     /// Stop a running sandbox's processes (SIGTERM, SIGKILL after 5 s); a kept
@@ -102,11 +109,13 @@ pub enum SandboxCommand {
     Stop {
         /// Names.
         #[arg(required = true)]
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
         names: Vec<String>,
     },
     /// The effective policy and what this kernel enforces of it.
     Explain {
         /// Its name.
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
         name: String,
     },
     /// Delete sandboxes that are not running and idle or old (default: idle 24h).

@@ -1,5 +1,6 @@
 //! `openshell status`: how many sandboxes and which run, where things are stored, and
-//! the kernel features sandboxes get on this host (the same probes as `doctor`).
+//! whether `openshell serve` runs, and the kernel features sandboxes get on this host
+//! (the same probes as `doctor`).
 
 use openshell_images::store::Store;
 use openshell_runtime::features::{Level, probe};
@@ -18,7 +19,17 @@ struct Status {
     state_dir: String,
     image_dir: String,
     images: usize,
+    serve: Serve,
     features: Vec<Feature>,
+}
+
+/// Whether `openshell serve` runs for the default socket.
+#[derive(Serialize)]
+struct Serve {
+    running: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<i32>,
+    socket: String,
 }
 
 #[derive(Serialize)]
@@ -58,6 +69,15 @@ pub fn run(format: Format) -> i32 {
         state_dir: base.display().to_string(),
         image_dir: image_dir.display().to_string(),
         images,
+        serve: {
+            let socket = super::serve::default_socket();
+            let pid = super::serve::running(&socket);
+            Serve {
+                running: pid.is_some(),
+                pid,
+                socket: socket.display().to_string(),
+            }
+        },
         features: probe()
             .into_iter()
             .map(|c| Feature {
@@ -82,6 +102,12 @@ pub fn run(format: Format) -> i32 {
         );
         println!("State:     {}", status.state_dir);
         println!("Images:    {} ({} images)", status.image_dir, status.images);
+        match status.serve.pid {
+            Some(pid) => println!("Serve:     running (pid {pid}) on {}", status.serve.socket),
+            None => println!(
+                "Serve:     not running (optional: openshell serve, or systemctl --user start openshell)"
+            ),
+        }
         println!("Kernel:");
         for f in &status.features {
             let mark = if f.ok { "ok  " } else { "warn" };
