@@ -86,6 +86,16 @@ fn read(path: &str) -> Option<String> {
 /// Probe everything.
 pub fn probe() -> Vec<Check> {
     let mut out = Vec::new();
+    let platform = crate::platform::detect(Path::new("/"));
+    out.push(match platform {
+        crate::platform::Platform::Wsl1 => check(
+            "platform",
+            Level::Fail,
+            platform.describe(),
+            platform.userns_fix(""),
+        ),
+        _ => check("platform", Level::Ok, platform.describe(), ""),
+    });
     // User namespaces.
     let userns = in_child(|| enter_userns(0));
     out.push(if userns {
@@ -98,6 +108,7 @@ pub fn probe() -> Vec<Check> {
         if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
             fix = "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 (or an AppArmor profile for openshell)".into();
         }
+        let fix = platform.userns_fix(&fix);
         check("user namespaces", Level::Fail, "cannot create a user namespace", fix)
     });
     // Landlock.
@@ -108,14 +119,14 @@ pub fn probe() -> Vec<Check> {
             "landlock",
             Level::Warn,
             "not available: best_effort policies run without filesystem rules, hard_requirement ones refuse",
-            "boot with lsm=...,landlock (Linux >= 5.13)",
+            platform.landlock_fix("boot with lsm=...,landlock (Linux >= 5.13)"),
         ),
         _ if missing.is_empty() => check("landlock", Level::Ok, format!("ABI {abi}"), ""),
         _ => check(
             "landlock",
             Level::Warn,
             format!("ABI {abi}: not enforced: {}", missing.join(", ")),
-            "Linux >= 6.12 for scoping",
+            platform.landlock_fix("Linux >= 6.12 for scoping"),
         ),
     });
     // Seccomp.

@@ -15,6 +15,7 @@ pub mod image;
 pub mod init;
 pub mod limits;
 pub mod netsvc;
+pub mod platform;
 pub mod proctitle;
 pub mod record;
 pub mod relay;

@@ -125,7 +125,7 @@ nginx_conf() {
   local proxy_headers="" h
   for h in "Scheme \$scheme" "Uri \$request_uri" "Request-Line \$request" "Sni \$ssl_server_name" \
     "Protocol \$server_protocol" "Tls \$ssl_protocol" "Server-Addr \$server_addr" "Server-Port \$server_port" \
-    "Client-Addr \$remote_addr"; do
+    "Client-Addr \$remote_addr" "Connection \$http_connection"; do
     proxy_headers+="            proxy_set_header X-Testenv-${h% *} ${h#* };
 "
   done

@@ -38,7 +38,7 @@ pid_of() {
   local pid
   pid="$(cat "$1" 2>/dev/null)" || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$2" || return 1
+  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$2" || return 1
   echo "$pid"
 }
 
@@ -55,16 +55,17 @@ launch() {
   die "$* did not start; see $log"
 }
 
-# stop_pid PIDFILE PATTERN: TERM, KILL after 5 s; only a process whose command line matches.
+# stop_pid PIDFILE PATTERN: TERM, KILL after 5 s; only a process whose command line
+# matches (a zombie has none: it is gone for us, whenever init reaps it).
 stop_pid() {
   local pid i
   if pid="$(pid_of "$1" "$2")"; then
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
+    for i in $(seq 100); do
+      pid_of "$1" "$2" >/dev/null || break
+      sleep 0.05
     done
-    kill -KILL "$pid" 2>/dev/null || true
+    ! pid_of "$1" "$2" >/dev/null || kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$1"
 }

@@ -149,9 +149,17 @@ class Handler(BaseHTTPRequestHandler):
                 left -= len(data)
         return n, h.hexdigest(), bytes(head)
 
+    def meta(self):
+        return {k.lower()[len(META):]: v for k, v in self.headers.items() if k.lower().startswith(META)}
+
+    def header_list(self):
+        """the client's headers in order (nginx's own Connection replaced by the client's)"""
+        hl = [[k, v] for k, v in self.headers.items() if not k.lower().startswith(META) and k.lower() != "connection"]
+        conn = self.meta().get("connection")
+        return hl + [["Connection", conn]] if conn else hl
+
     def info(self):
-        meta = {k.lower()[len(META):]: v for k, v in self.headers.items() if k.lower().startswith(META)}
-        hl = [[k, v] for k, v in self.headers.items() if not k.lower().startswith(META)]
+        meta, hl = self.meta(), self.header_list()
         headers = {}
         for k, v in hl:
             headers[k] = headers[k] + ", " + v if k in headers else v
@@ -299,7 +307,7 @@ class Handler(BaseHTTPRequestHandler):
         self.remember(kind, req)
         if kind == "count_tokens":
             return self.send_json({"input_tokens": len(json.dumps(req.get("messages", []))) // 4 + 1})
-        return getattr(self, kind)(req, key)
+        return getattr(self, "api_" + kind)(req, key)
 
     @staticmethod
     def model(m):
@@ -307,11 +315,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def remember(self, kind, req):
         headers = {}
-        for k, v in self.headers.items():
+        for k, v in self.header_list():
             if k.lower() in ("x-api-key", "authorization", "api-key"):
                 v = "sha256:" + fp(v[7:].strip() if v[:7].lower() == "bearer " else v)
-            if not k.lower().startswith(META):
-                headers[k] = v
+            headers[k] = v
         with LAST_LOCK:
             LAST[kind] = {"time": time.time(), "path": urlsplit(self.path).path, "headers": headers, "body": req}
 
@@ -328,7 +335,7 @@ class Handler(BaseHTTPRequestHandler):
                 yield (("event: %s\n" % name) if name else "").encode() + b"data: " + line.encode() + b"\n\n"
         self.stream(encode(), 0, "text/event-stream")
 
-    def messages(self, req, key):
+    def api_messages(self, req, key):
         model, msgs = req.get("model", ""), req.get("messages", [])
         said = last_user_text(msgs)
         asked = [last_user_text([m]).lower() for m in msgs if isinstance(m, dict) and m.get("role") == "user"]
@@ -367,7 +374,7 @@ class Handler(BaseHTTPRequestHandler):
                ("message_stop", {"type": "message_stop"})]
         self.sse(ev)
 
-    def chat(self, req, key):
+    def api_chat(self, req, key):
         model = req.get("model", "")
         text = answer(model, key, last_user_text(req.get("messages", [])))
         base = {"id": "chatcmpl-testenv-%d" % time.time_ns(), "created": int(time.time()), "model": model}
@@ -382,7 +389,7 @@ class Handler(BaseHTTPRequestHandler):
         self.sse([chunk({"role": "assistant", "content": ""})] + [chunk({"content": w}) for w in words(text)] +
                  [chunk({}, "stop", usage=usage), (None, "[DONE]")])
 
-    def responses(self, req, key):
+    def api_responses(self, req, key):
         model, inp = req.get("model", ""), req.get("input", "")
         if not isinstance(inp, str):
             inp = last_user_text([i for i in inp if isinstance(i, dict) and i.get("type", "message") == "message"]

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# install.sh - install the Debian packages tests/env needs, where missing (apt-get; root).
+# When everything is there it only checks (no root needed). Packages: docker-registry
+# (CNCF distribution 2.8), busybox-static (the images' content), zstd, apache2-utils
+# (htpasswd), openssl, curl, nginx, iproute2, util-linux, python3, ca-certificates.
+# If systemd runs, the docker-registry service the package starts on :5000 is disabled,
+# and so is nginx's when this script installed it (upstream.sh runs its own).
+#
+#   install.sh [--quiet]
+set -euo pipefail
+[ "${1:-}" != --quiet ] || QUIET=1
+. "$(dirname "$0")/lib/common.sh"
+
+PACKAGES=(docker-registry busybox-static zstd apache2-utils openssl curl nginx iproute2 util-linux
+  python3 ca-certificates)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -gt 0 ] || exit 0
+[ "$(id -u)" = 0 ] || die "missing packages: ${missing[*]}; run tests/env/install.sh as root"
+info "installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null ||
+  { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; } ||
+  die "apt-get install ${missing[*]} failed"
+if [ -d /run/systemd/system ]; then
+  for p in "${missing[@]}"; do
+    case "$p" in docker-registry | nginx) systemctl disable --now "$p" >/dev/null 2>&1 || true ;; esac
+  done
+fi
