@@ -27,8 +27,10 @@ pub fn spawn_supervisor(opts: RunOptions, log: &Path) -> Result<Pid, String> {
         .open(log)
         .map_err(|e| format!("open {}: {e}", log.display()))?;
     let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    crate::threads::check("sandbox create: fork of the supervisor")?;
     // SAFETY: the caller is single-threaded (no thread has been started; image pulls
-    // run in child processes), so the child gets a consistent copy of memory.
+    // run in child processes; checked above), so the child gets a consistent copy of
+    // memory.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             let _ = nix::unistd::setsid();
@@ -56,7 +58,11 @@ pub fn spawn_supervisor(opts: RunOptions, log: &Path) -> Result<Pid, String> {
 
 /// `exec` from a child process; returns its exit status.
 pub fn exec_in_child(dir: &Path, rec: &Record, req: &ExecRequest) -> i32 {
-    // SAFETY: the caller is single-threaded, as above.
+    if let Err(e) = crate::threads::check("sandbox create: fork for exec") {
+        eprintln!("openshell: {e}");
+        return EXIT_SETUP;
+    }
+    // SAFETY: the caller is single-threaded, as above (checked).
     match unsafe { fork() } {
         Err(e) => {
             eprintln!("openshell: fork: {e}");

@@ -212,8 +212,9 @@ pub fn exec(dir: &Path, rec: &Record, req: &ExecRequest) -> Result<i32, String> 
     } else {
         None
     };
-    // SAFETY: the CLI is single-threaded here (no thread was started), so the child
-    // gets a consistent copy of memory.
+    crate::threads::check("sandbox exec: fork")?;
+    // SAFETY: the CLI is single-threaded here (checked just above), so the child gets
+    // a consistent copy of memory.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             // SAFETY: prctl with integer arguments only: die with the CLI.

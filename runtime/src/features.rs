@@ -48,7 +48,12 @@ fn check(
 
 /// Run `f` in a forked child; true when it exits 0.
 fn in_child(f: impl FnOnce() -> bool) -> bool {
-    // SAFETY: doctor runs single-threaded; the child only makes syscalls and _exits.
+    if let Err(e) = crate::threads::check("doctor probe: fork") {
+        eprintln!("openshell: {e}");
+        return false;
+    }
+    // SAFETY: doctor runs single-threaded (checked above); the child only makes
+    // syscalls and _exits.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             let ok = f();

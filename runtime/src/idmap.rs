@@ -277,7 +277,12 @@ pub fn run_mapped(plan: &IdPlan, f: impl FnOnce() -> i32) -> Result<i32, IdMapEr
     };
     let (ready_r, ready_w) = nix::unistd::pipe().map_err(pipe_err)?;
     let (go_r, go_w) = nix::unistd::pipe().map_err(pipe_err)?;
-    // SAFETY: the CLI calls this before starting any thread, so fork is sound.
+    crate::threads::check("mapped child: fork").map_err(|e| IdMapError::Write {
+        file: "fork".into(),
+        source: std::io::Error::other(e),
+    })?;
+    // SAFETY: the CLI calls this before starting any thread (checked above), so fork
+    // is sound.
     match unsafe { nix::unistd::fork() }.map_err(pipe_err)? {
         nix::unistd::ForkResult::Child => {
             drop(ready_r);

@@ -190,7 +190,9 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, String> 
         let _ = nix::unistd::write(sync, &[msg::READY]);
         return Ok(keep_alive(&set));
     }
-    // SAFETY: init is single-threaded, so fork is sound.
+    crate::threads::check("init: fork of the command").map_err(|e| e.to_string())?;
+    // SAFETY: init is single-threaded (its network thread has been joined; checked
+    // above), so fork is sound.
     let main = match unsafe { fork() }.map_err(e("fork"))? {
         ForkResult::Child => exec_confined(&cfg.exec, &cfg.confinement, slave),
         ForkResult::Parent { child } => child,

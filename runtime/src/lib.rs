@@ -26,6 +26,7 @@ pub mod spawn;
 pub mod state;
 pub mod store;
 pub mod supervise;
+pub mod threads;
 pub mod transfer;
 pub mod trim;
 pub mod trust;

@@ -192,7 +192,11 @@ mod tests {
     fn fixes_name_the_platform_remedy() {
         let wsl = Platform::Wsl2 { kernel: "x".into() };
         assert!(wsl.landlock_fix("boot").contains(".wslconfig"));
-        assert!(Platform::Wsl1.userns_fix("sysctl").contains("--set-version"));
+        assert!(
+            Platform::Wsl1
+                .userns_fix("sysctl")
+                .contains("--set-version")
+        );
         let docker = Platform::Container {
             engine: "docker".into(),
         };

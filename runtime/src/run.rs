@@ -102,6 +102,9 @@ pub enum RunError {
     /// Bad argument.
     #[error("{0}")]
     Invalid(String),
+    /// A fork was about to happen in a multi-threaded process (a bug: see threads.rs).
+    #[error("{0}")]
+    Threads(String),
 }
 
 pub(crate) fn sys(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> RunError {

@@ -64,8 +64,10 @@ pub(crate) fn start_and_wait(
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWCGROUP;
+    crate::threads::check("supervisor: clone of init").map_err(RunError::Threads)?;
     // SAFETY: a fork-style clone (no new stack): this process is single-threaded (no
-    // thread has been started yet), so the child gets a consistent copy of memory.
+    // thread has been started yet; checked above), so the child gets a consistent copy
+    // of memory.
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone,
