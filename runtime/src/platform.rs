@@ -142,10 +142,13 @@ mod tests {
         r
     }
 
+    /// Files of a fake root, and what it should be detected as.
+    type Case = (Vec<(&'static str, &'static [u8])>, Platform);
+
     #[test]
     fn detects_each_platform() {
         let rel = "proc/sys/kernel/osrelease";
-        let cases: Vec<(Vec<(&str, &[u8])>, Platform)> = vec![
+        let cases: Vec<Case> = vec![
             (vec![(rel, b"6.1.0-26-amd64\n")], Platform::Linux),
             (
                 vec![(rel, b"5.15.167.4-microsoft-standard-WSL2\n")],
