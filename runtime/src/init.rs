@@ -19,6 +19,7 @@ use nix::unistd::{ForkResult, Pid, fork};
 use openshell_fs::MountPlan;
 use openshell_netns::NetworkMode;
 
+use crate::setup::{SetupError, Step};
 use crate::spawn::{Confinement, EXIT_SETUP, ExecSpec, exec_confined};
 
 /// Messages on the sync socket, first byte.
@@ -29,7 +30,7 @@ pub mod msg {
     pub const PTY: u8 = b'P';
     /// init → supervisor: the command has been started.
     pub const READY: u8 = b'R';
-    /// init → supervisor: setup failed; the rest is the message.
+    /// init → supervisor: setup failed; the rest is a `setup::SetupError` as JSON.
     pub const ERROR: u8 = b'E';
     /// init → supervisor: the router's listeners ride along (proxy, bypass, dns);
     /// the second byte is 1 when the nftables rules are in place.
@@ -76,7 +77,7 @@ pub fn run(cfg: &InitConfig, sync: OwnedFd) -> ! {
         Ok(code) => code,
         Err(e) => {
             let mut m = vec![msg::ERROR];
-            m.extend_from_slice(e.as_bytes());
+            m.extend_from_slice(&e.encode());
             let _ = nix::unistd::write(&sync, &m);
             EXIT_SETUP
         }
@@ -85,8 +86,8 @@ pub fn run(cfg: &InitConfig, sync: OwnedFd) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, String> {
-    let e = |what: &'static str| move |err: Errno| format!("{what}: {err}");
+fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, SetupError> {
+    let e = |step: Step, what: &'static str| move |err: Errno| SetupError::sys(step, what, err);
     // 1. Nothing of the sandbox may outlive the supervisor. The parent lives in another
     //    pid namespace (getppid() is 0 here), so the check that it is still there is the
     //    sync socket: EOF below means it died before we got going.
@@ -103,7 +104,7 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, String> 
     }
     // 3. Our host supplementary groups mean nothing here; drop them where allowed.
     if cfg.setgroups {
-        nix::unistd::setgroups(&[]).map_err(e("setgroups"))?;
+        nix::unistd::setgroups(&[]).map_err(e(Step::Groups, "setgroups"))?;
     }
     // 4+5. Network and root filesystem, side by side: a thread of ours (network
     //    namespaces are per thread) sets up the router namespace we were created in —
@@ -122,9 +123,9 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, String> 
                 let mut r = openshell_netns::setup_router(nft.as_deref(), move || {
                     let _ = paths_tx.send(());
                 })
-                .map_err(|err| err.to_string())?;
-                r.enter_agent().map_err(|err| err.to_string())?;
-                Ok::<_, String>(r)
+                .map_err(|err| SetupError::net(&err))?;
+                r.enter_agent().map_err(|err| SetupError::net(&err))?;
+                Ok::<_, SetupError>(r)
             })),
         };
         // A failed thread drops its sender: recv returns at once.
@@ -135,19 +136,19 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, String> 
             None => Ok(None),
             Some(h) => h
                 .join()
-                .map_err(|_| "network setup thread panicked".to_string())
+                .map_err(|_| SetupError::new(Step::Network, "the network setup thread panicked"))
                 .and_then(|r| r.map(Some)),
         };
         (fs, router)
     });
     let mut router = router?;
-    fs_result.map_err(|err| format!("filesystem: {err}"))?;
+    fs_result.map_err(|err| SetupError::fs(&err))?;
     match &router {
-        None => openshell_netns::setup_isolated().map_err(|err| err.to_string())?,
-        Some(r) => r.join_agent().map_err(|err| err.to_string())?,
+        None => openshell_netns::setup_isolated().map_err(|err| SetupError::net(&err))?,
+        Some(r) => r.join_agent().map_err(|err| SetupError::net(&err))?,
     }
     // 6. Hostname (own uts namespace).
-    nix::unistd::sethostname(&cfg.hostname).map_err(e("sethostname"))?;
+    nix::unistd::sethostname(&cfg.hostname).map_err(e(Step::Hostname, "sethostname"))?;
     // 6b. The route out exists only once the router's rules do, and before the command
     //     starts (so that even its first bypass attempt is caught and logged). The rules
     //     loaded while we mounted. Then the listeners go to the supervisor (the router
@@ -161,7 +162,10 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, String> 
             None => r.rules_loaded(),
         };
         if rules {
-            r.route_out().map_err(|err| err.to_string())?;
+            r.route_out().map_err(|err| SetupError {
+                step: Step::Route,
+                ..SetupError::net(&err)
+            })?;
         }
         if let Some(l) = r.take_listeners() {
             let mut fds = vec![l.proxy.as_raw_fd(), l.bypass.as_raw_fd(), l.dns.as_raw_fd()];
@@ -174,7 +178,7 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, String> 
                 MsgFlags::empty(),
                 None,
             )
-            .map_err(|e| format!("send the listeners: {e}"))?;
+            .map_err(e(Step::Listeners, "send the listeners"))?;
         }
     }
     // 7. A pty from the sandbox's own devpts, its master handed to the supervisor.
@@ -185,15 +189,17 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, String> 
         set.add(s);
     }
     set.add(Signal::SIGCHLD);
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(e("sigprocmask"))?;
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+        .map_err(e(Step::Signals, "sigprocmask"))?;
     if cfg.keepalive {
         let _ = nix::unistd::write(sync, &[msg::READY]);
         return Ok(keep_alive(&set));
     }
-    crate::threads::check("init: fork of the command").map_err(|e| e.to_string())?;
+    crate::threads::check("init: fork of the command")
+        .map_err(|m| SetupError::new(Step::Start, m))?;
     // SAFETY: init is single-threaded (its network thread has been joined; checked
     // above), so fork is sound.
-    let main = match unsafe { fork() }.map_err(e("fork"))? {
+    let main = match unsafe { fork() }.map_err(e(Step::Start, "fork"))? {
         ForkResult::Child => exec_confined(&cfg.exec, &cfg.confinement, slave),
         ForkResult::Parent { child } => child,
     };
@@ -253,21 +259,31 @@ fn supervise(main: Pid, set: &SigSet) -> i32 {
 }
 
 /// Open a pty pair in the sandbox's devpts; send the master up, return the slave.
-fn open_pty(sync: &OwnedFd) -> Result<RawFd, String> {
+fn open_pty(sync: &OwnedFd) -> Result<RawFd, SetupError> {
     use nix::fcntl::OFlag;
     use nix::pty::{grantpt, posix_openpt, unlockpt};
-    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
-        .map_err(|e| format!("open /dev/ptmx: {e}"))?;
-    grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
-    unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
+    let e = |what: &'static str| move |err: Errno| SetupError::sys(Step::Pty, what, err);
+    let master =
+        posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(|err| {
+            SetupError {
+                path: Some("/dev/ptmx".into()),
+                ..SetupError::sys(Step::Pty, "open /dev/ptmx", err)
+            }
+        })?;
+    grantpt(&master).map_err(e("grantpt"))?;
+    unlockpt(&master).map_err(e("unlockpt"))?;
     // SAFETY: ptsname_r would be better, but init is single-threaded so the static
     // buffer of ptsname cannot race.
-    let name = unsafe { nix::pty::ptsname(&master) }.map_err(|e| format!("ptsname: {e}"))?;
-    let cname = CString::new(name).map_err(|_| "pty name".to_string())?;
+    let name = unsafe { nix::pty::ptsname(&master) }.map_err(e("ptsname"))?;
+    let cname = CString::new(name.clone())
+        .map_err(|_| SetupError::new(Step::Pty, format!("pty name {name:?}")))?;
     // SAFETY: open on a valid path; the fd returned is owned below.
     let slave = unsafe { libc::open(cname.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
     if slave < 0 {
-        return Err(format!("open pty slave: {}", Errno::last()));
+        return Err(SetupError {
+            path: Some(name.into()),
+            ..SetupError::sys(Step::Pty, "open pty slave", Errno::last())
+        });
     }
     let fds = [master.as_raw_fd()];
     let cmsg = [ControlMessage::ScmRights(&fds)];
@@ -278,7 +294,7 @@ fn open_pty(sync: &OwnedFd) -> Result<RawFd, String> {
         MsgFlags::empty(),
         None,
     )
-    .map_err(|e| format!("send pty: {e}"))?;
+    .map_err(e("send pty"))?;
     drop(master);
     // SAFETY: `slave` was just opened and is owned by nobody else.
     let owned = unsafe { OwnedFd::from_raw_fd(slave) };

@@ -22,6 +22,7 @@ pub mod relay;
 pub mod run;
 pub mod scratch;
 pub mod seccomp;
+pub mod setup;
 pub mod spawn;
 pub mod state;
 pub mod store;

@@ -96,7 +96,10 @@ pub enum RunError {
     /// Writing the id maps failed.
     #[error("user namespace id map: {0}")]
     IdMap(#[from] idmap::IdMapError),
-    /// init reported a setup failure.
+    /// init reported a setup failure: which step, errno, path (a hint in its message).
+    #[error("sandbox setup failed: {0}")]
+    Init(#[from] crate::setup::SetupError),
+    /// The supervisor's side of setup failed (init gone, proxy not started, ...).
     #[error("sandbox setup failed: {0}")]
     Setup(String),
     /// Bad argument.

@@ -166,9 +166,9 @@ pub(crate) fn start_and_wait(
             }
             Some(&msg::READY) => break,
             Some(&msg::ERROR) => {
-                let text = String::from_utf8_lossy(&data[1..]).into_owned();
+                let err = crate::setup::SetupError::decode(&data[1..]);
                 let _ = nix::sys::wait::waitpid(init_pid, None);
-                return Err(RunError::Setup(text));
+                return Err(RunError::Init(err));
             }
             _ => {
                 // EOF: init died without a word.

@@ -235,6 +235,27 @@ fn bad_arguments_fail_clearly() {
     );
     let out = sb.cmd().args(["run"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // A hostname the kernel would refuse is refused before anything starts.
+    for bad in ["a".repeat(70), "bad_host".into(), "-x".into()] {
+        let out = sb.run(&[&format!("--hostname={bad}")], &["true"]);
+        assert_eq!(out.status.code(), Some(125));
+        assert!(
+            stderr(&out).starts_with(&format!("openshell: --hostname {bad:?}: not a hostname")),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // A failure inside init's setup names its step and path (a typed message from
+    // init, not a bare string).
+    let out = sb.run(&["--mount", "/tmp:/etc/hostname/x"], &["true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).starts_with(
+            "openshell: sandbox setup failed: root filesystem: create /etc/hostname/x"
+        ),
+        "{}",
+        stderr(&out)
+    );
     // A name in use is refused while the first sandbox runs.
     let mut first = sb
         .cmd()

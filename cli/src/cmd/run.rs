@@ -167,6 +167,9 @@ pub fn load_policy(path: &PathBuf) -> Result<Policy, String> {
 }
 
 pub fn options(args: RunArgs) -> Result<RunOptions, String> {
+    if let Some(h) = &args.hostname {
+        check_hostname(h)?;
+    }
     let policy = match &args.policy {
         Some(p) if args.stored_policy => {
             let src =
@@ -368,6 +371,37 @@ pub fn run(args: RunArgs) -> i32 {
         Err(e) => {
             eprintln!("openshell: {e}");
             EXIT_SETUP
+        }
+    }
+}
+
+/// A hostname the kernel takes (RFC 1123 labels; at most 64 bytes, the UTS limit).
+fn check_hostname(h: &str) -> Result<(), String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if h.len() <= 64 && h.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(format!(
+            "--hostname {h:?}: not a hostname (letters, digits and '-', dot-separated labels, at most 64 characters)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod hostname_tests {
+    #[test]
+    fn hostnames() {
+        for ok in ["a", "box-1", "dev.example", &"a".repeat(63)] {
+            assert!(super::check_hostname(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "a..b", "a_b", "ü", &"a".repeat(65), "a b"] {
+            assert!(super::check_hostname(bad).is_err(), "{bad}");
         }
     }
 }
