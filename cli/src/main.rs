@@ -27,6 +27,10 @@ pub struct Cli {
         value_name = "unix:///PATH"
     )]
     pub host: Option<String>,
+    /// Say more: -v shows the fallbacks setup takes (overlayfs copied, nftables by the
+    /// host's nft, ...) and, for `run`, every network decision; -vv adds debug detail.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -145,6 +149,22 @@ fn completions(shell: clap_complete::Shell) -> i32 {
     }
 }
 
+/// Messages of the supervisor, proxy and image code (`tracing`) on stderr: warnings
+/// always, information with -v, debug detail with -vv.
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
 fn main() {
     // `COMPLETE=SHELL openshell ...`: the completion scripts calling back (complete.rs).
     clap_complete::CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command)
@@ -159,11 +179,15 @@ fn main() {
     {
         std::process::exit(cmd::remote::forward(host, cmd::remote::args_without_host()));
     }
+    init_tracing(cli.verbose);
     if quiet_on_closed_pipe(&cli.command) {
         openshell_runtime::spawn::default_sigpipe();
     }
     let code = match cli.command {
-        Command::Run(args) => cmd::run::run(*args),
+        Command::Run(mut args) => {
+            args.verbose = cli.verbose > 0;
+            cmd::run::run(*args)
+        }
         Command::Policy(c) => cmd::policy::run(c, cli.output),
         Command::Provider(c) => cmd::provider::run(c, cli.output),
         Command::Inference(c) => cmd::inference::run(c, cli.output),

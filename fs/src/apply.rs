@@ -6,6 +6,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, ResolveFlag};
@@ -51,14 +52,26 @@ pub enum FsError {
     },
 }
 
+/// What applying a plan had to do differently from the plan (for `-v` and `sandbox
+/// explain`: a fallback is never silent).
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// One sentence per fallback taken.
+    pub notes: Vec<String>,
+}
+
+/// Set by [`overlay`] when it copied the layers instead of mounting them.
+static ROOT_COPIED: AtomicBool = AtomicBool::new(false);
+
 /// Apply a whole plan: slave `/`, the pre-pivot steps, pivot_root, the post-pivot steps.
-pub fn apply(plan: &MountPlan) -> Result<(), FsError> {
+pub fn apply(plan: &MountPlan) -> Result<Applied, FsError> {
     apply_with(plan, || {})
 }
 
 /// [`apply`], calling `before_pivot` right before pivot_root (while the host's paths are
 /// still there: init waits there for its network thread to be done with them).
-pub fn apply_with(plan: &MountPlan, before_pivot: impl FnOnce()) -> Result<(), FsError> {
+pub fn apply_with(plan: &MountPlan, before_pivot: impl FnOnce()) -> Result<Applied, FsError> {
+    ROOT_COPIED.store(false, Ordering::Relaxed);
     // First, before any mount: nothing we do may propagate back to the host's mount
     // table, while host unmounts still propagate in (so a removed USB stick goes away).
     mount(
@@ -77,7 +90,13 @@ pub fn apply_with(plan: &MountPlan, before_pivot: impl FnOnce()) -> Result<(), F
     for op in &plan.after_pivot {
         run(op, Path::new("/"))?;
     }
-    Ok(())
+    let mut applied = Applied::default();
+    if ROOT_COPIED.load(Ordering::Relaxed) {
+        applied.notes.push(
+            "overlayfs: the image root is a private copy of its layers (the kernel refused overlayfs here, or OPENSHELL_NO_OVERLAY=1): slower to start, more disk".into(),
+        );
+    }
+    Ok(applied)
 }
 
 fn create_err(path: &Path) -> impl FnOnce(std::io::Error) -> FsError + '_ {
@@ -360,6 +379,7 @@ fn overlay(lowers: &[PathBuf], upper: &Path, work: &Path, at: &Path) -> Result<(
             }
         }
     }
+    ROOT_COPIED.store(true, Ordering::Relaxed);
     crate::flatten::flatten(lowers, upper).map_err(|source| FsError::Create {
         path: upper.to_path_buf(),
         source,

@@ -10,7 +10,7 @@ pub mod inroot;
 pub mod landlock;
 pub mod plan;
 
-pub use apply::{FsError, apply, apply_with};
+pub use apply::{Applied, FsError, apply, apply_with};
 pub use plan::{HostFacts, ImageLayers, MountOp, MountPlan, RootSpec, UserMount};
 
 /// Read what the host-view plan needs to know about the host.

@@ -35,6 +35,9 @@ pub mod msg {
     /// init → supervisor: the router's listeners ride along (proxy, bypass, dns);
     /// the second byte is 1 when the nftables rules are in place.
     pub const NET: u8 = b'N';
+    /// init → supervisor: a fallback setup took (one sentence, UTF-8); init itself stays
+    /// silent, the supervisor logs and records it.
+    pub const NOTE: u8 = b'W';
 }
 
 /// Everything init needs; built by the supervisor before clone.
@@ -142,7 +145,15 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, SetupErr
         (fs, router)
     });
     let mut router = router?;
-    fs_result.map_err(|err| SetupError::fs(&err))?;
+    let applied = fs_result.map_err(|err| SetupError::fs(&err))?;
+    let note = |text: &str| {
+        let mut m = vec![msg::NOTE];
+        m.extend_from_slice(text.as_bytes());
+        let _ = nix::unistd::write(sync, &m);
+    };
+    for n in &applied.notes {
+        note(n);
+    }
     match &router {
         None => openshell_netns::setup_isolated().map_err(|err| SetupError::net(&err))?,
         Some(r) => r.join_agent().map_err(|err| SetupError::net(&err))?,
@@ -161,6 +172,17 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, SetupErr
             ),
             None => r.rules_loaded(),
         };
+        if r.rules_loader().is_some() {
+            note(if rules {
+                "nftables: the kernel refused the rules over netlink; the host's nft loaded them"
+            } else {
+                "nftables: no rules could be loaded; connections that ignore the proxy fail with 'network unreachable' and are not logged"
+            });
+        } else if !rules {
+            note(
+                "nftables: no rules could be loaded (no nft binary for the fallback); connections that ignore the proxy fail with 'network unreachable' and are not logged",
+            );
+        }
         if rules {
             r.route_out().map_err(|err| SetupError {
                 step: Step::Route,

@@ -51,6 +51,8 @@ pub struct NetConfig {
     pub credentials: Vec<openshell_proxy::secrets::Credential>,
     /// The inference.local route.
     pub inference: Option<openshell_proxy::inference::Route>,
+    /// Fallbacks init's setup took: logged once at start (`SETUP:FALLBACK`).
+    pub notes: Vec<String>,
 }
 
 impl NetService {
@@ -66,6 +68,9 @@ impl NetService {
         let state = PolicyState::new(cfg.policy);
         let cur = state.current();
         log.config(cur.version, &cur.sha256, true, "initial policy");
+        for n in &cfg.notes {
+            log.note("SETUP:FALLBACK", n);
+        }
         if !cfg.rules {
             log.note(
                 "NET:MODE",

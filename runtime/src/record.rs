@@ -202,6 +202,9 @@ pub struct Enforced {
     /// `--mount` destinations (Landlock grants them; `exec` too).
     #[serde(default)]
     pub mounts: Vec<MountGrant>,
+    /// Fallbacks setup took (overlayfs refused, nftables by the host's binary, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// A `--mount` destination and its mode.

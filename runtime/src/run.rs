@@ -383,6 +383,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             workdir: workdir.clone(),
             limits: limits.clone(),
             mounts: mount_grants.clone(),
+            notes: Vec::new(),
         },
     };
     // Only a kept sandbox's files must survive a crash of the host (fsync).
@@ -576,10 +577,11 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         },
         confinement,
     };
-    let ready = |r: &mut Record, init: i32| {
+    let ready = |r: &mut Record, init: i32, notes: &[String]| {
         if opts.keep {
             cleanup.keep.set(true);
         }
+        r.enforced.notes = notes.to_vec();
         r.recorded = Recorded::Running;
         r.init_pid = Some(init);
         r.last_active = record::now();
@@ -587,9 +589,17 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             let _ = r.save_as(&dir.path, durable);
         }
     };
-    let result = start_and_wait(&cfg, &ids, cgroup.as_ref(), net_setup, &mut |init| {
-        ready(&mut record.clone(), init)
-    })
+    let mut setup_notes = Vec::new();
+    let result = start_and_wait(
+        &cfg,
+        &ids,
+        cgroup.as_ref(),
+        net_setup,
+        &mut |init, notes| {
+            setup_notes = notes.to_vec();
+            ready(&mut record.clone(), init, notes)
+        },
+    )
     .map_err(|e| {
         if state::identity(&dir.path) == ident {
             e
@@ -601,6 +611,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     });
     record.supervisor = None;
     record.last_active = record::now();
+    record.enforced.notes = setup_notes;
     match &result {
         Ok(code) => {
             record.recorded = Recorded::Stopped;

@@ -36,7 +36,7 @@ pub(crate) fn start_and_wait(
     ids: &idmap::IdPlan,
     cgroup: Option<&crate::limits::Cgroup>,
     net: Option<NetSetup>,
-    on_ready: &mut dyn FnMut(i32),
+    on_ready: &mut dyn FnMut(i32, &[String]),
 ) -> Result<i32, RunError> {
     // A bad OPENSHELL_SETUP_TIMEOUT is refused before anything exists.
     let timeout = setup_timeout()?;
@@ -113,6 +113,7 @@ pub(crate) fn start_and_wait(
     let deadline = std::time::Instant::now() + timeout;
     let mut master = None;
     let mut listeners: Option<([OwnedFd; 3], Option<OwnedFd>, bool)> = None;
+    let mut notes: Vec<String> = Vec::new();
     loop {
         if let Err(e) = wait_for_init(&ours, &sfd, deadline) {
             let _ = nix::sys::signal::kill(init_pid, Signal::SIGKILL);
@@ -164,6 +165,11 @@ pub(crate) fn start_and_wait(
                     listeners = Some(([p, b, d], diag, data.get(1) == Some(&1)));
                 }
             }
+            Some(&msg::NOTE) => {
+                let note = String::from_utf8_lossy(&data[1..]).into_owned();
+                tracing::info!("{note}");
+                notes.push(note);
+            }
             Some(&msg::READY) => break,
             Some(&msg::ERROR) => {
                 let err = crate::setup::SetupError::decode(&data[1..]);
@@ -192,12 +198,13 @@ pub(crate) fn start_and_wait(
                 credentials: n.credentials,
                 inference: n.inference,
                 rules,
+                notes: notes.clone(),
             })
             .map_err(|e| RunError::Setup(format!("start the proxy: {e}")))?,
         ),
         _ => None,
     };
-    on_ready(init_pid.as_raw());
+    on_ready(init_pid.as_raw(), &notes);
     let code = match master {
         Some(m) => crate::relay::relay_pty(init_pid, &sfd, m),
         None => crate::relay::wait_plain(init_pid, &sfd),

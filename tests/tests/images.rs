@@ -362,6 +362,7 @@ fn private_copy_when_overlay_is_unavailable() {
         .env("OPENSHELL_IMAGE_DIR", sb.state.path().join("images"))
         .env("OPENSHELL_NO_OVERLAY", "1")
         .args([
+            "-v",
             "run",
             "--from",
             &format!("{}/busybox:multilayer", e.plain),
@@ -373,6 +374,12 @@ fn private_copy_when_overlay_is_unavailable() {
         .output()
         .unwrap();
     assert_eq!(ok(&out), "version 2 (layer 3)\nnew.txt\nnowget\n");
+    // The fallback is said with -v, not silent.
+    assert!(
+        stderr(&out).contains("overlayfs: the image root is a private copy"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 fn offline_sources() {

@@ -24,6 +24,8 @@ struct Explained {
     seccomp: Seccomp,
     process: Vec<&'static str>,
     limits: openshell_runtime::limits::Applied,
+    /// Fallbacks the setup took (from init's notes).
+    fallbacks: Vec<String>,
     network: Network,
 }
 
@@ -98,6 +100,7 @@ fn explain(e: &Entry, r: &Record, policy: &Policy) -> Explained {
             "own pid, mount, ipc, uts, cgroup and user namespaces",
         ],
         limits: en.limits.clone(),
+        fallbacks: en.notes.clone(),
         network: Network {
             mode: match r.network.as_str() {
                 "proxy" => {
@@ -182,6 +185,12 @@ pub fn run(name: &str, format: Format) -> i32 {
     println!("Network:   {}", x.network.mode);
     if !x.network.policies.is_empty() {
         println!("  policies: {}", x.network.policies.join(", "));
+    }
+    if !x.fallbacks.is_empty() {
+        println!("Fallbacks:");
+        for n in &x.fallbacks {
+            println!("  {n}");
+        }
     }
     0
 }

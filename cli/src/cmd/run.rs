@@ -80,8 +80,8 @@ pub struct RunArgs {
     /// or `none` (loopback only).
     #[arg(long, value_enum, default_value_t = NetworkArg::Proxy)]
     pub network: NetworkArg,
-    /// Print every network decision on stderr.
-    #[arg(short, long)]
+    /// Print every network decision on stderr: the global `-v`.
+    #[arg(skip)]
     pub verbose: bool,
     /// Write the decision logs (human and OCSF JSON lines) into this directory
     /// (default: the sandbox's logs/, removed with it unless --keep).
