@@ -130,7 +130,7 @@ pub fn exec(dir: &Path, rec: &Record, req: &ExecRequest) -> Result<i32, String> 
         &rec.enforced.mounts,
         rec.enforced.landlock_abi,
     );
-    if rec.network == "proxy" {
+    if rec.network == crate::record::NetworkKind::Proxy {
         landlock.read_only.push(PathBuf::from(crate::trust::DIR));
     }
     let ids = crate::idmap::plan(&crate::idmap::facts(), rec.uid, rec.gid);

@@ -49,8 +49,31 @@ pub struct IdPlan {
     pub gid_map: Vec<Extent>,
     /// How to write them.
     pub writer: Writer,
-    /// Layout name for `doctor`/logs: root, subids, single.
-    pub mode: &'static str,
+    /// The layout.
+    pub mode: IdMode,
+}
+
+/// How a sandbox's ids map to the host's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdMode {
+    /// openshell runs as root: a range of unprivileged host ids.
+    Root,
+    /// Rootless with /etc/subuid and newuidmap: several ids inside.
+    Subids,
+    /// Rootless without subordinate ids: only the sandbox user exists inside.
+    #[default]
+    Single,
+}
+
+impl std::fmt::Display for IdMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Root => "root",
+            Self::Subids => "subids",
+            Self::Single => "single",
+        })
+    }
 }
 
 impl IdPlan {
@@ -144,7 +167,7 @@ pub fn plan(facts: &IdFacts, uid: u32, gid: u32) -> IdPlan {
             writer: Writer::Direct {
                 deny_setgroups: false,
             },
-            mode: "root",
+            mode: IdMode::Root,
         };
     }
     match (facts.helpers, facts.subuid, facts.subgid) {
@@ -152,7 +175,7 @@ pub fn plan(facts: &IdFacts, uid: u32, gid: u32) -> IdPlan {
             uid_map: keep_id(uid, facts.euid, su),
             gid_map: keep_id(gid, facts.egid, sg),
             writer: Writer::Helper,
-            mode: "subids",
+            mode: IdMode::Subids,
         },
         _ => IdPlan {
             uid_map: vec![Extent {
@@ -168,7 +191,7 @@ pub fn plan(facts: &IdFacts, uid: u32, gid: u32) -> IdPlan {
             writer: Writer::Direct {
                 deny_setgroups: true,
             },
-            mode: "single",
+            mode: IdMode::Single,
         },
     }
 }
@@ -430,7 +453,7 @@ mod tests {
         // Ranges but no helper: still single.
         assert_eq!(
             plan(&facts(1234, Some((100000, 65536)), false), 1000, 1000).mode,
-            "single"
+            IdMode::Single
         );
     }
 

@@ -58,6 +58,25 @@ pub fn write_whole(path: &Path, body: &[u8], durable: bool) -> Result<(), String
     })
 }
 
+/// A sandbox's network, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkKind {
+    /// Every connection through the policy proxy.
+    Proxy,
+    /// Loopback only.
+    None,
+}
+
+impl std::fmt::Display for NetworkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Proxy => "proxy",
+            Self::None => "none",
+        })
+    }
+}
+
 /// What the supervisor last wrote about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -160,8 +179,8 @@ pub struct Record {
     pub uid: u32,
     /// Its group.
     pub gid: u32,
-    /// `proxy` or `none`.
-    pub network: String,
+    /// Its network.
+    pub network: NetworkKind,
     /// What the supervisor last wrote.
     pub recorded: Recorded,
     /// The supervisor while one runs.
@@ -192,8 +211,9 @@ pub struct Enforced {
     pub landlock_abi: i32,
     /// What `best_effort` left out at that ABI.
     pub landlock_dropped: Vec<String>,
-    /// Id mapping layout: `root`, `subids` or `single`.
-    pub id_mode: String,
+    /// Id mapping layout.
+    #[serde(default)]
+    pub id_mode: crate::idmap::IdMode,
     /// Working directory inside.
     pub workdir: String,
     /// Resource limits and how they were applied.
@@ -329,7 +349,7 @@ mod tests {
             providers: vec![],
             uid: 1000,
             gid: 1000,
-            network: "proxy".into(),
+            network: NetworkKind::Proxy,
             recorded,
             supervisor,
             exit_code: None,

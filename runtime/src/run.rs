@@ -334,7 +334,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         dir: dir.clone(),
         keep: std::cell::Cell::new(opts.keep && (opts.reuse || !opts.keepalive)),
         quiet: opts.keepalive,
-        mapped: (ids.mode == "subids").then(|| ids.clone()),
+        mapped: (ids.mode == idmap::IdMode::Subids).then(|| ids.clone()),
         ident: state::identity(&dir.path),
         material,
     };
@@ -369,7 +369,11 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         providers: opts.providers.clone(),
         uid,
         gid,
-        network: if opts.network { "proxy" } else { "none" }.into(),
+        network: if opts.network {
+            record::NetworkKind::Proxy
+        } else {
+            record::NetworkKind::None
+        },
         recorded: Recorded::Provisioning,
         supervisor: Supervisor::current(),
         exit_code: None,
@@ -379,7 +383,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         enforced: record::Enforced {
             landlock_abi: abi,
             landlock_dropped: missing.iter().map(|m| m.to_string()).collect(),
-            id_mode: ids.mode.to_string(),
+            id_mode: ids.mode,
             workdir: workdir.clone(),
             limits: limits.clone(),
             mounts: mount_grants.clone(),

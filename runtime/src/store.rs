@@ -210,7 +210,7 @@ fn remove_tree(name: &str, path: &Path, record: Option<&Record>) -> Result<(), S
     };
     if let Some(r) = record.filter(|_| path.join("upper").exists()) {
         let plan = idmap::plan(&idmap::facts(), r.uid, r.gid);
-        if plan.mode == "subids" {
+        if plan.mode == crate::idmap::IdMode::Subids {
             let d = dir.clone();
             let _ = idmap::run_mapped(&plan, || i32::from(d.remove().is_err()));
         }

@@ -75,7 +75,7 @@ fn explain(e: &Entry, r: &Record, policy: &Policy) -> Explained {
         identity: Identity {
             uid: r.uid,
             gid: r.gid,
-            id_mapping: en.id_mode.clone(),
+            id_mapping: en.id_mode.to_string(),
         },
         landlock: Landlock {
             compatibility: match policy.compatibility() {
@@ -102,8 +102,8 @@ fn explain(e: &Entry, r: &Record, policy: &Policy) -> Explained {
         limits: en.limits.clone(),
         fallbacks: en.notes.clone(),
         network: Network {
-            mode: match r.network.as_str() {
-                "proxy" => {
+            mode: match r.network {
+                openshell_runtime::record::NetworkKind::Proxy => {
                     "proxy: every connection through the policy proxy, deny by default".into()
                 }
                 _ => "none: loopback only".into(),

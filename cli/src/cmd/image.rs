@@ -135,7 +135,7 @@ pub fn in_store_userns(f: impl FnOnce(Ownership) -> i32) -> i32 {
             _ => Ownership::Flatten,
         });
     }
-    if ids.mode != "subids" {
+    if ids.mode != openshell_runtime::idmap::IdMode::Subids {
         return f(Ownership::Flatten);
     }
     let identity = Ownership::Shift {

@@ -292,7 +292,7 @@ fn view(e: &Entry) -> View {
                 age: record::age(now.saturating_sub(r.created)),
                 idle: record::age(now.saturating_sub(r.last_active)),
                 labels: r.labels.clone(),
-                network: r.network.clone(),
+                network: r.network.to_string(),
                 supervisor_pid: r.supervisor.filter(|s| s.alive()).map(|s| s.pid),
                 exit_code: r.exit_code,
                 path: e.dir.display().to_string(),
