@@ -1,4 +1,4 @@
-//! Network setup of a sandbox's namespaces (DESIGN.md §3).
+//! Network setup of a sandbox's namespaces (docs/network.md).
 //!
 //! Every sandbox gets two network namespaces inside its user namespace, joined by a
 //! veth pair: the *router* namespace (`vr` 10.200.0.1/30, the proxy, bypass and DNS

@@ -2,10 +2,11 @@
 //!
 //! Entered in the child of clone(NEWUSER|NEWNS|NEWPID|NEWNET|NEWUTS|NEWIPC|NEWCGROUP)
 //! while the supervisor is still single-threaded. Synchronous and small: it sets the
-//! sandbox up in DESIGN.md §1's order, starts the main command, reaps every orphan,
-//! forwards signals to the command, and exits with the command's status (which ends
-//! everything else in the pid namespace). It logs nothing: failures go up the sync
-//! socket as one line the supervisor prints.
+//! sandbox up in the order docs/security.md lays out, starts the main command, reaps
+//! every orphan, forwards signals to the command, and exits with the command's status
+//! (which ends everything else in the pid namespace). It logs nothing: a failure goes up
+//! the sync socket as a typed `setup::SetupError`, a fallback as a note, and the
+//! supervisor reports them.
 
 use std::ffi::CString;
 use std::io::IoSlice;

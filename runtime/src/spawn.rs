@@ -1,5 +1,5 @@
-//! Confine the current (freshly forked) process and exec the command: DESIGN.md §1
-//! step 6, in one ordered function.
+//! Confine the current (freshly forked) process and exec the command, in one ordered
+//! function (the per-process layers of docs/security.md, in that order).
 //!
 //! Runs in a child of init, inside every namespace and the pivoted root. Synchronous, no
 //! allocation-heavy work, no logging: a failure is written to the child's own stderr
