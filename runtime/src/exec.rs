@@ -25,7 +25,7 @@ use nix::unistd::{ForkResult, Pid, fork};
 use openshell_policy::Policy;
 
 use crate::record::{Phase, Record};
-use crate::spawn::{Confinement, ExecSpec, exec_confined};
+use crate::spawn::{ExecSpec, exec_confined};
 
 /// The sandbox's environment for new processes.
 const ENV_FILE: &str = "exec.env";
@@ -124,30 +124,24 @@ pub fn exec(dir: &Path, rec: &Record, req: &ExecRequest) -> Result<i32, String> 
     if !workdir.starts_with('/') {
         return Err(format!("--workdir {workdir}: must be absolute"));
     }
-    let mut landlock = crate::run::landlock_plan(
-        &policy,
-        &sandbox_workdir,
-        &rec.enforced.mounts,
-        rec.enforced.landlock_abi,
-    );
-    if rec.network == crate::record::NetworkKind::Proxy {
-        landlock.read_only.push(PathBuf::from(crate::trust::DIR));
-    }
     let ids = crate::idmap::plan(&crate::idmap::facts(), rec.uid, rec.gid);
     ids.check_identity(rec.uid, rec.gid)?;
-    let conf = Confinement {
+    let conf = crate::confine::build(&crate::confine::Inputs {
+        policy: &policy,
+        workdir: &sandbox_workdir,
+        mounts: &rec.enforced.mounts,
+        abi: rec.enforced.landlock_abi,
+        ca_inside: rec.network == crate::record::NetworkKind::Proxy,
         uid: rec.uid,
         gid: rec.gid,
         setgroups: ids.setgroups_allowed(),
-        landlock,
-        seccomp: crate::seccomp::compile(&crate::seccomp::rules()),
         // The sandbox's limits: its cgroup (joined below) or the same rlimits.
         rlimits: (rec.enforced.limits.cgroups.is_empty() && rec.enforced.limits.pids > 0)
             .then_some(crate::spawn::ProcessLimits {
                 nproc: rec.enforced.limits.pids,
                 data: rec.enforced.limits.memory,
             }),
-    };
+    });
     let mut env = load_env(dir)?;
     if req.tty {
         let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
@@ -193,13 +187,14 @@ pub fn exec(dir: &Path, rec: &Record, req: &ExecRequest) -> Result<i32, String> 
     drop(fds);
     // With a terminal: a pty from the sandbox's devpts (we are in its mount namespace
     // now), and the signals we relay blocked before the child exists.
-    let pty = if req.tty { Some(open_pty()?) } else { None };
+    let pty = if req.tty {
+        let (master, slave, _) = crate::confine::open_pty().map_err(|e| e.to_string())?;
+        Some((master, slave))
+    } else {
+        None
+    };
     let sfd = if req.tty {
-        let mut set = nix::sys::signal::SigSet::empty();
-        for s in crate::init::FORWARDED {
-            set.add(s);
-        }
-        set.add(Signal::SIGCHLD);
+        let set = crate::confine::relayed_signals();
         nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&set), None)
             .map_err(|e| format!("sigprocmask: {e}"))?;
         Some(
@@ -232,24 +227,6 @@ pub fn exec(dir: &Path, rec: &Record, req: &ExecRequest) -> Result<i32, String> 
             _ => Ok(wait(child, req.timeout)),
         },
     }
-}
-
-/// A pty pair from the devpts of the mount namespace we are in: (master, slave).
-fn open_pty() -> Result<(OwnedFd, OwnedFd), String> {
-    use nix::fcntl::OFlag;
-    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
-    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
-        .map_err(|e| format!("open /dev/ptmx: {e}"))?;
-    grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
-    unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
-    let name = ptsname_r(&master).map_err(|e| format!("ptsname: {e}"))?;
-    let slave = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY)
-        .open(&name)
-        .map_err(|e| format!("open {name}: {e}"))?;
-    Ok((master.into(), slave.into()))
 }
 
 /// Wait for the child; kill it when the timeout runs out.

@@ -8,9 +8,8 @@
 //! the sync socket as a typed `setup::SetupError`, a fallback as a note, and the
 //! supervisor reports them.
 
-use std::ffi::CString;
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
@@ -207,11 +206,7 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, SetupErr
     // 7. A pty from the sandbox's own devpts, its master handed to the supervisor.
     let slave = if cfg.tty { Some(open_pty(sync)?) } else { None };
     // 8. Block the signals we forward, then start the command.
-    let mut set = SigSet::empty();
-    for s in FORWARDED {
-        set.add(s);
-    }
-    set.add(Signal::SIGCHLD);
+    let set = crate::confine::relayed_signals();
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
         .map_err(e(Step::Signals, "sigprocmask"))?;
     if cfg.keepalive {
@@ -283,31 +278,10 @@ fn supervise(main: Pid, set: &SigSet) -> i32 {
 
 /// Open a pty pair in the sandbox's devpts; send the master up, return the slave.
 fn open_pty(sync: &OwnedFd) -> Result<RawFd, SetupError> {
-    use nix::fcntl::OFlag;
-    use nix::pty::{grantpt, posix_openpt, unlockpt};
-    let e = |what: &'static str| move |err: Errno| SetupError::sys(Step::Pty, what, err);
-    let master =
-        posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(|err| {
-            SetupError {
-                path: Some("/dev/ptmx".into()),
-                ..SetupError::sys(Step::Pty, "open /dev/ptmx", err)
-            }
-        })?;
-    grantpt(&master).map_err(e("grantpt"))?;
-    unlockpt(&master).map_err(e("unlockpt"))?;
-    // SAFETY: ptsname_r would be better, but init is single-threaded so the static
-    // buffer of ptsname cannot race.
-    let name = unsafe { nix::pty::ptsname(&master) }.map_err(e("ptsname"))?;
-    let cname = CString::new(name.clone())
-        .map_err(|_| SetupError::new(Step::Pty, format!("pty name {name:?}")))?;
-    // SAFETY: open on a valid path; the fd returned is owned below.
-    let slave = unsafe { libc::open(cname.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
-    if slave < 0 {
-        return Err(SetupError {
-            path: Some(name.into()),
-            ..SetupError::sys(Step::Pty, "open pty slave", Errno::last())
-        });
-    }
+    let (master, slave, name) = crate::confine::open_pty().map_err(|err| SetupError {
+        path: err.what.strip_prefix("open ").map(std::path::PathBuf::from),
+        ..SetupError::sys(Step::Pty, &err.what, err.source)
+    })?;
     let fds = [master.as_raw_fd()];
     let cmsg = [ControlMessage::ScmRights(&fds)];
     sendmsg::<()>(
@@ -317,10 +291,11 @@ fn open_pty(sync: &OwnedFd) -> Result<RawFd, SetupError> {
         MsgFlags::empty(),
         None,
     )
-    .map_err(e("send pty"))?;
+    .map_err(|err| SetupError {
+        path: Some(name.into()),
+        ..SetupError::sys(Step::Pty, "send the pty", err)
+    })?;
     drop(master);
-    // SAFETY: `slave` was just opened and is owned by nobody else.
-    let owned = unsafe { OwnedFd::from_raw_fd(slave) };
-    // Keep it open for the child; it is closed in init after the fork.
-    Ok(std::os::fd::IntoRawFd::into_raw_fd(owned))
+    // Kept open for the child (it becomes its stdio); closed in init after the fork.
+    Ok(std::os::fd::IntoRawFd::into_raw_fd(slave))
 }

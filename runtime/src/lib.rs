@@ -5,6 +5,7 @@
 //! the syscall filter as data; `state` owns the on-disk layout and `record` each sandbox's record and phase; `features` probes what
 //! the kernel offers (for `doctor`). The CLI calls in here and does no kernel work itself.
 
+pub mod confine;
 pub mod control;
 pub mod detach;
 pub mod exec;

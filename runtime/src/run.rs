@@ -9,7 +9,7 @@
 use std::ffi::CString;
 use std::path::PathBuf;
 
-use openshell_fs::landlock::{LandlockPlan, gaps, usable_abi};
+use openshell_fs::landlock::{gaps, usable_abi};
 use openshell_fs::{RootSpec, UserMount};
 use openshell_netns::NetworkMode;
 use openshell_policy::{Compatibility, Policy};
@@ -18,7 +18,7 @@ use crate::idmap;
 use crate::image::ImageSpec;
 use crate::init::InitConfig;
 use crate::record::{self, Record, Recorded, Supervisor};
-use crate::spawn::{Confinement, ExecSpec};
+use crate::spawn::ExecSpec;
 use crate::state::{self, SandboxDir, StateError};
 use crate::supervise::{NetSetup, start_and_wait};
 
@@ -475,23 +475,20 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             )
         }
     };
-    let confinement = Confinement {
+    let confinement = crate::confine::build(&crate::confine::Inputs {
+        policy: &policy,
+        workdir: &workdir,
+        mounts: &mount_grants,
+        abi,
+        ca_inside: trust.is_some(),
         uid,
         gid,
         setgroups: ids.setgroups_allowed(),
-        landlock: {
-            let mut l = landlock_plan(&policy, &workdir, &mount_grants, abi);
-            if trust.is_some() {
-                l.read_only.push(PathBuf::from(crate::trust::DIR));
-            }
-            l
-        },
-        seccomp: crate::seccomp::compile(&crate::seccomp::rules()),
         rlimits: cgroup.is_none().then_some(crate::spawn::ProcessLimits {
             nproc: limits.pids,
             data: limits.memory,
         }),
-    };
+    });
     let tty = opts.tty.unwrap_or_else(|| {
         nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
             && nix::unistd::isatty(std::io::stdout()).unwrap_or(false)
@@ -633,38 +630,6 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     result
 }
 
-/// The Landlock rules a policy asks for, at the ABI this host offers.
-///
-/// Every `--mount` destination gets the rights of its mode (`ro`: read, else read and
-/// write): a mount the user asked for is usable whatever the policy's paths.
-pub fn landlock_plan(
-    policy: &Policy,
-    workdir: &str,
-    mounts: &[record::MountGrant],
-    abi: i32,
-) -> LandlockPlan {
-    let (ro, rw) = policy.fs_paths(workdir);
-    let mut read_only: Vec<PathBuf> = ro.into_iter().map(PathBuf::from).collect();
-    let mut read_write: Vec<PathBuf> = rw.into_iter().map(PathBuf::from).collect();
-    for m in mounts {
-        let list = if m.readonly {
-            &mut read_only
-        } else {
-            &mut read_write
-        };
-        if !list.contains(&m.dest) {
-            list.push(m.dest.clone());
-        }
-    }
-    LandlockPlan {
-        read_only,
-        read_write,
-        list_only: vec![PathBuf::from("/")],
-        hard: policy.compatibility() == Compatibility::HardRequirement,
-        abi,
-    }
-}
-
 fn chown_tree(path: &std::path::Path, uid: Option<u32>, gid: Option<u32>) {
     let (u, g) = (
         uid.map(nix::unistd::Uid::from_raw),
@@ -699,10 +664,10 @@ mod tests {
             "version: 1\nfilesystem_policy:\n  include_workdir: true\n  read_only: [/usr]\n  read_write: [/tmp]\nlandlock:\n  compatibility: hard_requirement\n",
         )
         .unwrap();
-        let plan = landlock_plan(&p, "/work", &[], 7);
+        let plan = crate::confine::landlock_plan(&p, "/work", &[], 7);
         assert_eq!(
             plan,
-            LandlockPlan {
+            openshell_fs::landlock::LandlockPlan {
                 read_only: vec![PathBuf::from("/usr")],
                 read_write: vec![PathBuf::from("/tmp"), PathBuf::from("/work")],
                 list_only: vec![PathBuf::from("/")],
@@ -710,7 +675,7 @@ mod tests {
                 abi: 7,
             }
         );
-        let d = landlock_plan(&Policy::restrictive_default(), "/sandbox", &[], 6);
+        let d = crate::confine::landlock_plan(&Policy::restrictive_default(), "/sandbox", &[], 6);
         assert!(!d.hard);
         assert!(d.read_write.contains(&PathBuf::from("/sandbox")));
         assert!(!d.read_write.iter().any(|p| p == std::path::Path::new("/")));

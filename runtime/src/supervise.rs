@@ -6,7 +6,7 @@ use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signal::{SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{
     AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair,
@@ -49,11 +49,7 @@ pub(crate) fn start_and_wait(
     .map_err(sys("socketpair"))?;
     // Block the signals we handle before the child exists, so none is lost in between;
     // init sets its own mask, and the command gets a clean one.
-    let mut set = SigSet::empty();
-    for s in init::FORWARDED {
-        set.add(s);
-    }
-    set.add(Signal::SIGCHLD);
+    let set = crate::confine::relayed_signals();
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(sys("sigprocmask"))?;
     let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).map_err(sys("signalfd"))?;
 

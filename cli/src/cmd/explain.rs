@@ -9,7 +9,7 @@
 use openshell_policy::{Compatibility, Policy};
 use openshell_runtime::record::Record;
 use openshell_runtime::store::{self, Entry};
-use openshell_runtime::{control, run as runtime_run, seccomp, state};
+use openshell_runtime::{control, seccomp, state};
 use serde::Serialize;
 
 use crate::output::{Format, fail, structured};
@@ -66,7 +66,8 @@ fn explain(e: &Entry, r: &Record, policy: &Policy) -> Explained {
     } else {
         &en.workdir
     };
-    let plan = runtime_run::landlock_plan(policy, workdir, &en.mounts, en.landlock_abi);
+    let plan =
+        openshell_runtime::confine::landlock_plan(policy, workdir, &en.mounts, en.landlock_abi);
     let paths = |v: &[std::path::PathBuf]| v.iter().map(|p| p.display().to_string()).collect();
     Explained {
         sandbox: e.name.clone(),
