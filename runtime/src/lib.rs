@@ -1,36 +1,69 @@
 //! Sandbox lifecycle: supervisor, init, confinement of every process, state on disk.
 //!
-//! `run` is the supervisor of `openshell run`; `init` is PID 1 inside; `spawn` confines
-//! and execs each sandboxed process; `idmap` and `seccomp` plan the user namespace and
-//! the syscall filter as data; `state` owns the on-disk layout and `record` each sandbox's record and phase; `features` probes what
-//! the kernel offers (for `doctor`). The CLI calls in here and does no kernel work itself.
+//! Three layers, dependencies pointing down only (docs/architecture.md):
+//!
+//! - [`core`] — the synchronous sandbox core: init, spawn, seccomp, id maps, the
+//!   confinement builder, pty relay, limits. No tokio, no threads; depends on nothing
+//!   else of this crate. Every fork/clone of the crate (here and in the supervisor's
+//!   `supervise`, `detach`, `exec`, `features`) checks the single-thread rule
+//!   (`core::threads`).
+//! - [`store`] — what is on disk: the state layout, each sandbox's record and phase,
+//!   the sandbox list, scratch files, transfers, the control socket's client.
+//! - [`supervisor`] — `run` and what serves a sandbox while it lives: the supervisor,
+//!   the network service (proxy host side, identity, trust), detach, exec, images,
+//!   host features for `doctor`.
+//!
+//! The CLI calls in here and does no kernel work itself. The modules are re-exported
+//! at the crate root (`openshell_runtime::record`, ...), their names unchanged.
 
-pub mod confine;
-pub mod control;
-pub mod detach;
-pub mod exec;
-pub mod features;
-pub mod identity;
-pub mod idmap;
-pub mod image;
-pub mod init;
-pub mod limits;
-pub mod netsvc;
-pub mod platform;
-pub mod proctitle;
-pub mod record;
-pub mod relay;
-pub mod run;
-pub mod scratch;
-pub mod seccomp;
-pub mod setup;
-pub mod spawn;
-pub mod state;
-pub mod store;
-pub mod supervise;
-pub mod threads;
-pub mod transfer;
-pub mod trim;
-pub mod trust;
+pub mod core {
+    //! The synchronous sandbox core (no tokio, no threads; depends on nothing else here).
+    pub mod confine;
+    pub mod idmap;
+    pub mod init;
+    pub mod limits;
+    pub mod proctitle;
+    pub mod relay;
+    pub mod seccomp;
+    pub mod setup;
+    pub mod spawn;
+    pub mod threads;
+    pub mod trim;
+}
+
+pub mod store {
+    //! What is on disk: state layout, records, the sandbox list, scratch, transfers.
+    pub mod control;
+    pub mod record;
+    pub mod sandboxes;
+    pub mod scratch;
+    pub mod state;
+    pub mod transfer;
+    // `store::list`, `store::find`, ... name the sandbox list's functions.
+    pub use sandboxes::*;
+}
+
+pub mod supervisor {
+    //! `run`, and what serves a sandbox while it lives.
+    pub mod detach;
+    pub mod error;
+    pub mod exec;
+    pub mod features;
+    pub mod identity;
+    pub mod image;
+    pub mod netsvc;
+    pub mod platform;
+    pub mod run;
+    pub mod supervise;
+    pub mod trust;
+}
+
+pub use core::{
+    confine, idmap, init, limits, proctitle, relay, seccomp, setup, spawn, threads, trim,
+};
+pub use store::{control, record, scratch, state, transfer};
+pub use supervisor::{
+    detach, error, exec, features, identity, image, netsvc, platform, run, supervise, trust,
+};
 
 pub use run::{RunError, RunOptions, run};

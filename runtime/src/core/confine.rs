@@ -12,9 +12,21 @@ use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use openshell_fs::landlock::LandlockPlan;
 use openshell_policy::{Compatibility, Policy};
+use serde::{Deserialize, Serialize};
 
-use crate::record::MountGrant;
 use crate::spawn::{Confinement, ProcessLimits};
+
+/// A `--mount` destination and its mode (recorded with the sandbox: `exec` grants it too).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountGrant {
+    /// Path inside.
+    pub dest: std::path::PathBuf,
+    /// `:ro`.
+    pub readonly: bool,
+}
+
+/// Where the sandbox CA's files appear inside (proxied sandboxes).
+pub const CA_DIR: &str = "/run/openshell";
 
 /// What the confinement is built from.
 pub struct Inputs<'a> {
@@ -42,7 +54,7 @@ pub struct Inputs<'a> {
 pub fn build(i: &Inputs<'_>) -> Confinement {
     let mut landlock = landlock_plan(i.policy, i.workdir, i.mounts, i.abi);
     if i.ca_inside {
-        landlock.read_only.push(PathBuf::from(crate::trust::DIR));
+        landlock.read_only.push(PathBuf::from(CA_DIR));
     }
     Confinement {
         uid: i.uid,
@@ -86,11 +98,22 @@ pub fn landlock_plan(
     }
 }
 
+/// Signals relayed to a sandbox's command (by init, the supervisor and `exec`).
+pub const FORWARDED: [Signal; 7] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
 /// The signals relayed to a sandbox's command (init forwards them to its child, the
 /// supervisor and `exec` to theirs), plus SIGCHLD, which each of them waits for.
 pub fn relayed_signals() -> SigSet {
     let mut set = SigSet::empty();
-    for s in crate::init::FORWARDED {
+    for s in FORWARDED {
         set.add(s);
     }
     set.add(Signal::SIGCHLD);

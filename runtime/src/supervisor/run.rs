@@ -19,7 +19,7 @@ use crate::image::ImageSpec;
 use crate::init::InitConfig;
 use crate::record::{self, Record, Recorded, Supervisor};
 use crate::spawn::ExecSpec;
-use crate::state::{self, SandboxDir, StateError};
+use crate::state::{self, SandboxDir};
 use crate::supervise::{NetSetup, start_and_wait};
 
 /// What `run` was asked to do.
@@ -75,44 +75,7 @@ pub struct RunOptions {
     pub inference: Option<openshell_proxy::inference::Route>,
 }
 
-/// `run` failed before the command could start.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// State directory trouble.
-    #[error(transparent)]
-    State(#[from] StateError),
-    /// Landlock cannot be enforced and the policy requires it.
-    #[error(
-        "landlock hard_requirement cannot be met on this kernel (ABI {abi}): missing {missing}; use best_effort or a newer kernel"
-    )]
-    LandlockRequired { abi: i32, missing: String },
-    /// A syscall of the supervisor failed.
-    #[error("{what}: {source}")]
-    Sys {
-        what: &'static str,
-        #[source]
-        source: nix::errno::Errno,
-    },
-    /// Writing the id maps failed.
-    #[error("user namespace id map: {0}")]
-    IdMap(#[from] idmap::IdMapError),
-    /// init reported a setup failure: which step, errno, path (a hint in its message).
-    #[error("sandbox setup failed: {0}")]
-    Init(#[from] crate::setup::SetupError),
-    /// The supervisor's side of setup failed (init gone, proxy not started, ...).
-    #[error("sandbox setup failed: {0}")]
-    Setup(String),
-    /// Bad argument.
-    #[error("{0}")]
-    Invalid(String),
-    /// A fork was about to happen in a multi-threaded process (a bug: see threads.rs).
-    #[error("{0}")]
-    Threads(String),
-}
-
-pub(crate) fn sys(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> RunError {
-    move |source| RunError::Sys { what, source }
-}
+pub use crate::error::RunError;
 
 /// Removes the sandbox's state when the run ends, unless kept.
 struct Cleanup {

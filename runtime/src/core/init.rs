@@ -61,17 +61,6 @@ pub struct InitConfig {
     pub confinement: Confinement,
 }
 
-/// Signals init forwards to the main command.
-pub const FORWARDED: [Signal; 7] = [
-    Signal::SIGINT,
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-];
-
 /// Run init to completion. Never returns.
 pub fn run(cfg: &InitConfig, sync: OwnedFd) -> ! {
     // A fork of the CLI: its argv (maybe `-e SECRET=...`) would be /proc/1/cmdline.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use openshell_proxy::tls::SandboxCa;
 
 /// Where the CA files appear inside.
-pub const DIR: &str = "/run/openshell";
+pub use crate::confine::CA_DIR as DIR;
 
 /// The preload that routes old node's default agents through the proxy (node ignores
 /// NODE_USE_ENV_PROXY before 22.21): `NODE_OPTIONS=--require` it.

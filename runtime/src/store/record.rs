@@ -227,14 +227,7 @@ pub struct Enforced {
     pub notes: Vec<String>,
 }
 
-/// A `--mount` destination and its mode.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MountGrant {
-    /// Path inside.
-    pub dest: std::path::PathBuf,
-    /// `:ro`.
-    pub readonly: bool,
-}
+pub use crate::confine::MountGrant;
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {

@@ -14,9 +14,9 @@ use nix::sys::socket::{
 use nix::unistd::Pid;
 use openshell_policy::Policy;
 
+use crate::error::{RunError, sys};
 use crate::idmap;
 use crate::init::{self, InitConfig, msg};
-use crate::run::{RunError, sys};
 
 /// What the network service needs besides init's listeners.
 pub(crate) struct NetSetup {
