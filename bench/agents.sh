@@ -5,7 +5,7 @@
 #     (target >= 0.9x);
 #  2. the latency inference.local adds over calling the same backend directly through
 #     the proxy (target <= 1 ms at p50).
-# Needs ../shared/testenv's upstream hosts (upstream.sh start; eval "$(upstream.sh env)").
+# Needs the upstream hosts of tests/env (sudo tests/env/up.sh; eval "$(tests/env/env.sh)").
 # N (default 400) requests per way, on one kept-alive connection (curl with N URLs);
 # a first way warms the proxy (executable hash, TLS); each way's first request (the
 # connection's set-up) is left out.
@@ -13,7 +13,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 os=${OPENSHELL:-$here/../target/release/openshell}
 n=${N:-400}
-: "${OS_UPSTREAM_HOST:?eval \"\$(../shared/testenv/upstream.sh env)\" first}"
+: "${OS_UPSTREAM_HOST:?eval \"\$(tests/env/env.sh)\" first}"
 work=$(mktemp -d /tmp/openshell-agents-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 export XDG_CONFIG_HOME=$work/config OPENSHELL_STATE_DIR=$work/state

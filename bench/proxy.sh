@@ -8,7 +8,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 os=${OPENSHELL:-$here/../target/release/openshell}
-T=$here/../../shared/testenv
+T=$here/../tests/env
 $T/upstream.sh start >/dev/null
 eval "$($T/upstream.sh env)"
 work=$(mktemp -d /tmp/openshell-proxy-bench.XXXXXX)

@@ -3,13 +3,13 @@
 #   openshell image pull big:latest             (fresh store each run)
 #   skopeo copy docker://.../big:latest oci:DIR  + umoci unpack --rootless (fresh dirs)
 # then `openshell run --from busybox -- true` (image cached) vs the host view.
-# Needs: the testenv registry running with its images (../shared/testenv/registry.sh
-# start && images.sh), hyperfine, skopeo, umoci (all from Debian).
+# Needs: the test registry running with its images (sudo tests/env/up.sh), hyperfine,
+# skopeo, umoci (all from Debian).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 os=${OPENSHELL:-$here/../target/release/openshell}
 runs=${RUNS:-5}
-eval "$("$here/../../shared/testenv/registry.sh" env)"
+eval "$("$here/../tests/env/env.sh")"
 reg=$OS_TEST_REGISTRY
 work=$(mktemp -d /tmp/openshell-pull-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT

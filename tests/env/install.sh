@@ -13,17 +13,21 @@ set -euo pipefail
 
 PACKAGES=(docker-registry busybox-static zstd apache2-utils openssl curl nginx iproute2 util-linux
   python3 ca-certificates)
+installed=" $(dpkg-query -W -f '${Package}:${Status}\n' "${PACKAGES[@]}" 2>/dev/null |
+  sed -n 's/:install ok installed$//p' | tr '\n' ' ' || true)"
 missing=()
 for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+  [[ "$installed" == *" $p "* ]] || missing+=("$p")
 done
 [ ${#missing[@]} -gt 0 ] || exit 0
 [ "$(id -u)" = 0 ] || die "missing packages: ${missing[*]}; run tests/env/install.sh as root"
 info "installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null ||
-  { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; } ||
-  die "apt-get install ${missing[*]} failed"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+apt-get install -y -q --no-install-recommends "${missing[@]}" >"$log" 2>&1 ||
+  { apt-get update -q >>"$log" 2>&1 && apt-get install -y -q --no-install-recommends "${missing[@]}" >>"$log" 2>&1; } ||
+  { tail -n 20 "$log" >&2 && die "apt-get install ${missing[*]} failed"; }
 if [ -d /run/systemd/system ]; then
   for p in "${missing[@]}"; do
     case "$p" in docker-registry | nginx) systemctl disable --now "$p" >/dev/null 2>&1 || true ;; esac

@@ -93,7 +93,8 @@ EOF
   case "$n" in
     basic) printf 'auth:\n  htpasswd: {realm: openshell-testenv, path: "%s"}\n' "$R/auth/htpasswd" ;;
     bearer | secure)
-      local realm="http://127.0.0.1:$(port token)/token"
+      local realm
+      realm="http://127.0.0.1:$(port token)/token"
       [ "$n" = bearer ] || realm="https://127.0.0.1:$(port token-tls)/token"
       printf 'auth:\n  token: {realm: "%s", service: %s, issuer: openshell-testenv-token, rootcertbundle: "%s"}\n' \
         "$realm" "$SERVICE" "$R/auth/signing.crt"
@@ -104,7 +105,6 @@ EOF
 start_instance() {
   local n="$1" p url
   inst_pid "$n" >/dev/null && return 0
-  case "$n" in bearer | secure) start_token ;; esac
   p="$(port "$n")"
   free_port "$p" "registry $n"
   mkdir -p "$R/$n"
@@ -132,6 +132,7 @@ case "${1:-}" in
     state_dir
     lock
     setup
+    start_token
     for n in "${INSTANCES[@]}"; do start_instance "$n"; done
     ;;
   stop)

@@ -38,13 +38,13 @@ NAMES=("$NET.2 api.test.openshell" "$NET.2 files.test.openshell" "$NET.2 wild.te
 nginx_pid() { pid_of "$RUN/nginx.pid" "$RUN/nginx.conf"; }
 app_pid() { pid_of "$RUN/app.pid" "$RUN/upstream_app.py"; }
 netns_up() { [ -e "/run/netns/$NETNS" ]; }
-hosts_lines() { local l; for l in "${NAMES[@]}"; do printf '%-10s %-26s %s\n' ${l} "$TAG"; done; }
-hosts_ok() { [ "$(grep -F -- " $TAG" "$HOSTS_FILE" 2>/dev/null)" = "$(hosts_lines)" ]; }
+hosts_lines() { local l; for l in "${NAMES[@]}"; do printf '%-10s %-26s %s\n' "${l% *}" "${l#* }" "$TAG"; done; }
+hosts_ok() { [ "$(grep -e " $TAG\$" "$HOSTS_FILE" 2>/dev/null)" = "$(hosts_lines)" ]; }
 
 # ------------------------------------------------------------------------ network
 net_setup() {
   local other
-  other="$(ip -o -4 addr show | awk -v v="$VETH" '$2 != v && $4 ~ /^10\.77\.0\./ {print $2 " " $4}')"
+  other="$(ip -o -4 addr show | awk -v v="$VETH" -v n="$NET." '$2 != v && index($4, n) == 1 {print $2 " " $4}')"
   [ -z "$other" ] || die "$SUBNET is already used on this host ($other); tests/env needs it for itself"
   other="$(ip -4 route show root "$SUBNET" | grep -v " dev $VETH " || true)"
   [ -z "$other" ] || die "a route into $SUBNET exists on this host ($other); tests/env needs the subnet"
@@ -83,11 +83,12 @@ net_remove() {
   ! netns_up || ip netns del "$NETNS"
 }
 
-# set_hosts add|remove: rewrite only our tagged lines (in place if /etc/hosts is a mount)
+# set_hosts add|remove: rewrite only the lines ending with our tag (atomically, or in
+# place when /etc/hosts is a mount point or a symlink)
 set_hosts() {
   local tmp
   tmp="$(mktemp "$HOSTS_FILE.openshell-testenv.XXXXXX")"
-  grep -vF -- " $TAG" "$HOSTS_FILE" >"$tmp" || true
+  grep -ve " $TAG\$" "$HOSTS_FILE" >"$tmp" || true
   [ "$1" = remove ] || hosts_lines >>"$tmp"
   if cmp -s "$tmp" "$HOSTS_FILE"; then
     rm -f "$tmp"

@@ -29,7 +29,7 @@ pub type Layer = Vec<(String, Node)>;
 /// `/etc/passwd` with `root`, `app` (1500:1600) and `sandbox`, and `/etc/group`.
 pub fn base() -> Layer {
     let busybox = std::fs::read("/bin/busybox")
-        .expect("/bin/busybox (Debian's busybox-static, installed by testenv/install.sh)");
+        .expect("/bin/busybox (Debian's busybox-static, installed by tests/env/install.sh)");
     let mut l: Layer = vec![
         ("bin".into(), Node::Dir(0o755)),
         ("bin/busybox".into(), Node::File(busybox, 0o755)),

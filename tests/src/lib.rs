@@ -118,7 +118,7 @@ macro_rules! need_sandbox {
 
 /// A value of the upstream test hosts' environment (`upstream.sh env`).
 pub fn up(k: &str) -> String {
-    std::env::var(k).unwrap_or_else(|_| panic!("{k} unset (eval \"$(upstream.sh env)\")"))
+    std::env::var(k).unwrap_or_else(|_| panic!("{k} unset (eval \"$(tests/env/env.sh)\")"))
 }
 
 /// Skip the calling test without the upstream test hosts (fail when they are required).

@@ -449,12 +449,12 @@ fn the_store_and_state_are_private_so_setuid_files_of_images_are_out_of_reach() 
     );
     if nix_is_root() {
         for who in ["nobody", "daemon"] {
-            let o = std::process::Command::new("runuser")
+            let o = std::process::Command::new("/usr/sbin/runuser")
                 .args(["-u", who, "--", &path, "id", "-u"])
                 .output()
                 .unwrap();
             assert!(!o.status.success(), "{who} ran {path}: {}", stdout(&o));
-            let o = std::process::Command::new("runuser")
+            let o = std::process::Command::new("/usr/sbin/runuser")
                 .args(["-u", who, "--", "ls", &sandbox.display().to_string()])
                 .output()
                 .unwrap();

@@ -1,4 +1,4 @@
-//! Images end to end, against the real registry of `../shared/testenv` (never a mock):
+//! Images end to end, against the real registry of `tests/env` (never a mock):
 //! pull variants, auth, TLS, platforms, offline sources, `run --from`, store commands.
 //! Hostile and broken images are in `images_hostile.rs`.
 
@@ -395,7 +395,7 @@ fn offline_sources() {
         let out = os(&sb, &["run", "--from", &src]);
         assert_eq!(ok(&out), "busybox:multilayer\n", "{src}");
     }
-    // A directory holding a rootfs (busybox-static comes with the testenv).
+    // A directory holding a rootfs (busybox-static comes with tests/env).
     let root = TempDir::new("rootfs");
     std::fs::create_dir_all(root.path().join("bin")).unwrap();
     std::fs::copy("/bin/busybox", root.path().join("bin/busybox"))

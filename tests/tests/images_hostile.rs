@@ -212,12 +212,8 @@ fn a_full_disk_is_a_clear_error() {
 }
 
 fn check_tree_script() -> String {
-    std::env::var("OS_TEST_CHECK_TREE").unwrap_or_else(|_| {
-        format!(
-            "{}/../../shared/testenv/lib/check_tree.py",
-            env!("CARGO_MANIFEST_DIR")
-        )
-    })
+    std::env::var("OS_TEST_CHECK_TREE")
+        .unwrap_or_else(|_| format!("{}/env/lib/check_tree.py", env!("CARGO_MANIFEST_DIR")))
 }
 
 fn is_root() -> bool {

@@ -1,5 +1,5 @@
 //! The network of a sandbox end to end: real clients inside (curl, python3, git), the
-//! real proxy in the supervisor, real upstream servers of `../shared/testenv` in their
+//! real proxy in the supervisor, real upstream servers of `tests/env` in their
 //! own network namespace. Deny by default; decisions by host, port and binary; SSRF
 //! guard; forward proxy; bypass refusal; transparent TCP; policy DNS; sha256 pinning;
 //! hot reload through the control socket; logs; a socket shared with an allowed program.

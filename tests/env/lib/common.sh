@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # common.sh - sourced by the tests/env scripts: the state directory, messages, starting
 # and stopping our own background processes (pid files checked against the command
 # line), bounded waits and test certificates.
@@ -44,11 +45,11 @@ pid_of() {
 
 # launch PIDFILE LOG CMD...: start CMD in a session of its own, its pid in PIDFILE.
 launch() {
-  local pidfile="$1" log="$2" i
+  local pidfile="$1" log="$2"
   shift 2
   rm -f "$pidfile"
   setsid sh -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >>"$log" 2>&1 9>&- &
-  for i in $(seq 50); do
+  for _ in $(seq 50); do
     [ -s "$pidfile" ] && return 0
     sleep 0.02
   done
@@ -58,10 +59,10 @@ launch() {
 # stop_pid PIDFILE PATTERN: TERM, KILL after 5 s; only a process whose command line
 # matches (a zombie has none: it is gone for us, whenever init reaps it).
 stop_pid() {
-  local pid i
+  local pid
   if pid="$(pid_of "$1" "$2")"; then
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 100); do
+    for _ in $(seq 100); do
       pid_of "$1" "$2" >/dev/null || break
       sleep 0.05
     done
@@ -72,9 +73,9 @@ stop_pid() {
 
 # wait_until SECONDS WHAT CMD...: poll CMD every 0.1 s.
 wait_until() {
-  local secs="$1" what="$2" i
+  local secs="$1" what="$2"
   shift 2
-  for i in $(seq $((secs * 10))); do
+  for _ in $(seq $((secs * 10))); do
     "$@" && return 0
     sleep 0.1
   done

@@ -25,7 +25,7 @@ pub struct Env {
 }
 
 pub fn var(k: &str) -> String {
-    std::env::var(k).unwrap_or_else(|_| panic!("{k} unset (source the testenv env)"))
+    std::env::var(k).unwrap_or_else(|_| panic!("{k} unset (eval \"$(tests/env/env.sh)\")"))
 }
 
 /// A sandbox environment with its own image store.
