@@ -22,6 +22,11 @@ done
 record=$prefix/share/openshell/installed-files
 if [ "$uninstall" = 1 ]; then
   [ -f "$record" ] || { echo "install.sh: nothing installed under $prefix ($record missing)" >&2; exit 1; }
+  # A user service started from this prefix stops with it.
+  if grep -q 'systemd/user/openshell.service$' "$record" && command -v systemctl >/dev/null \
+     && systemctl --user is-enabled openshell >/dev/null 2>&1; then
+    systemctl --user disable --now openshell >/dev/null 2>&1 || true
+  fi
   while IFS= read -r f; do rm -f -- "$prefix/$f"; done < "$record"
   rm -f "$record"; rmdir "$prefix/share/openshell" 2>/dev/null || true
   echo "removed openshell from $prefix"
@@ -49,7 +54,15 @@ while IFS= read -r f; do
     # The user unit runs this prefix's binary; under ~/.local it goes where the user's
     # systemd looks ($XDG_DATA_HOME/systemd/user).
     [ "$prefix" = "$HOME/.local" ] && dest=share/systemd/user/openshell.service
-    sed -i "s|^ExecStart=/usr/bin/openshell|ExecStart=$prefix/bin/openshell|" "$tmp/$f"
+    # Quoted for systemd (a prefix may hold spaces), replaced as a plain string (no
+    # character of the prefix is read as sed or pattern syntax).
+    exe="$prefix/bin/openshell"
+    case "$exe" in
+      *[\"\\%\$]*|*$'\n'*) echo "install.sh: --prefix $prefix holds a character a systemd unit cannot quote" >&2; exit 1;;
+    esac
+    unit=$(cat "$tmp/$f")
+    repl="ExecStart=\"$exe\" "
+    printf '%s\n' "${unit/ExecStart=\/usr\/bin\/openshell /"$repl"}" > "$tmp/$f"
   fi
   install -D -m "$mode" "$tmp/$f" "$prefix/$dest"
   echo "$dest" >> "$tmp/installed"

@@ -51,7 +51,7 @@ prefix=$(mktemp -d /tmp/openshell-prefix.XXXXXX)
 packaging/install.sh --prefix "$prefix" >/dev/null
 [ -x "$prefix/bin/openshell" ] || fail "install.sh: no binary"
 "$prefix/bin/openshell" --version >/dev/null
-grep -qx "ExecStart=$prefix/bin/openshell serve" "$prefix/lib/systemd/user/openshell.service" \
+grep -qx "ExecStart=\"$prefix/bin/openshell\" serve" "$prefix/lib/systemd/user/openshell.service" \
   || fail "install.sh: the user unit does not run the installed binary"
 packaging/install.sh --prefix "$prefix" >/dev/null   # again: idempotent
 packaging/install.sh --prefix "$prefix" --uninstall >/dev/null

@@ -2,8 +2,8 @@
 //! that sandbox, image and provider names complete as well as commands and options.
 //! The shell scripts `openshell completions SHELL` prints (and the packages install)
 //! call back into the binary for each completion; these functions give the names.
-//! They read local state only, never fail (no names rather than an error), and never
-//! create a directory.
+//! They read local state only, never fail (no names rather than an error), never
+//! create a directory and never follow a symlink to read.
 
 use clap_complete::engine::CompletionCandidate;
 
@@ -16,19 +16,48 @@ pub fn sandboxes() -> Vec<CompletionCandidate> {
         .collect()
 }
 
-/// Names of the images in the store.
+/// Names of the images in the store: read from `records/` only (never `Store::open`,
+/// which would create the store), through no symlink, from regular files of this user
+/// of bounded size.
 pub fn images() -> Vec<CompletionCandidate> {
-    let root = openshell_images::store::Store::default_root();
-    if !root.is_dir() {
-        return Vec::new();
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let dir = openshell_images::store::Store::default_root().join("records");
+    let me = nix::unistd::geteuid().as_raw();
+    let ours = |m: &std::fs::Metadata| m.uid() == me;
+    match std::fs::symlink_metadata(&dir) {
+        Ok(m) if m.is_dir() && ours(&m) => {}
+        _ => return Vec::new(),
     }
-    let Ok(list) = openshell_images::store::Store::open(&root).and_then(|s| s.list()) else {
+    let Ok(entries) = std::fs::read_dir(&dir) else {
         return Vec::new();
     };
-    list.into_iter()
-        .flat_map(|r| r.names)
-        .map(CompletionCandidate::new)
-        .collect()
+    let mut out = Vec::new();
+    for e in entries.flatten().take(10_000) {
+        let p = e.path();
+        if p.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&p)
+        else {
+            continue;
+        };
+        match f.metadata() {
+            Ok(m) if m.is_file() && ours(&m) => {}
+            _ => continue,
+        }
+        let mut text = Vec::new();
+        if f.take(1 << 20).read_to_end(&mut text).is_err() {
+            continue;
+        }
+        if let Ok(r) = serde_json::from_slice::<openshell_images::store::ImageRecord>(&text) {
+            out.extend(r.names.into_iter().map(CompletionCandidate::new));
+        }
+    }
+    out
 }
 
 /// This user's providers.

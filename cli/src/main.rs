@@ -171,13 +171,27 @@ fn main() {
         .completer("openshell")
         .complete();
     let cli = Cli::parse();
-    if let Some(host) = &cli.host
+    // An empty OPENSHELL_HOST is no host.
+    let host = cli.host.as_deref().filter(|h| !h.is_empty());
+    if let Some(host) = host
         && !matches!(
             cli.command,
             Command::Serve(_) | Command::Completions { .. } | Command::Man { .. }
         )
     {
-        std::process::exit(cmd::remote::forward(host, cmd::remote::args_without_host()));
+        if std::env::var_os("OPENSHELL_VIA_SERVE").is_some() {
+            // Run by a server: forwarding again could reach that same server forever.
+            eprintln!("openshell: --host cannot be used through the API");
+            std::process::exit(2);
+        }
+        let code = match cmd::remote::args_without_host() {
+            Ok(args) => cmd::remote::forward(host, args),
+            Err(e) => {
+                eprintln!("openshell: {e}");
+                2
+            }
+        };
+        std::process::exit(code);
     }
     init_tracing(cli.verbose);
     if quiet_on_closed_pipe(&cli.command) {

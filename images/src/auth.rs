@@ -138,6 +138,7 @@ pub fn lookup(registry: &str, repository: &str) -> Option<Credentials> {
         };
         for k in &keys {
             if let Some(c) = auths.get(k).and_then(decode) {
+                tracing::info!("credentials for {k} from {}", file.display());
                 return Some(c);
             }
         }

@@ -319,6 +319,7 @@ fn fetch_layer(
 ) -> Result<Vec<std::path::PathBuf>> {
     let dest = store.layer_dir(&layer.diff_id);
     if dest.exists() {
+        tracing::debug!("layer {}: already in the store", short(&layer.digest));
         if let Some((b, t)) = bar {
             t.inc(layer.size);
             b.finish_with_message("exists");

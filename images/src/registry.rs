@@ -146,6 +146,7 @@ impl Client {
                 req = req.header("Authorization", &h);
             }
             let resp = req.call().map_err(|e| self.unreachable(e))?;
+            tracing::debug!("GET {url}: {}", resp.status());
             if resp.status().as_u16() != 401 || tried_auth {
                 return Ok(resp);
             }
@@ -164,6 +165,15 @@ impl Client {
                     let scope = scope.unwrap_or_else(|| {
                         format!("repository:{}:pull", self.reference.repository)
                     });
+                    tracing::info!(
+                        "{}: the registry asks for a token: {realm} (scope {scope}, {})",
+                        self.reference.registry,
+                        if self.creds.is_some() {
+                            "with your credentials"
+                        } else {
+                            "anonymous"
+                        }
+                    );
                     let token = self.fetch_token(&realm, service.as_deref(), &scope)?;
                     *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
                 }

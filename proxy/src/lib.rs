@@ -318,16 +318,24 @@ pub async fn dial(
     let mut last_err = None;
     for a in addrs {
         if let Err(why) = ip_permitted(ep, a.ip()) {
+            tracing::debug!("{host}:{port}: address {a} refused: {why}");
             refused = Some(why);
             continue;
         }
         match tokio::time::timeout(ctx.connect_timeout, TcpStream::connect(a)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
+                tracing::debug!("{host}:{port}: connected to {a}");
                 return Ok(s);
             }
-            Ok(Err(e)) => last_err = Some(format!("{a}: {e}")),
-            Err(_) => last_err = Some(format!("{a}: connect timed out")),
+            Ok(Err(e)) => {
+                tracing::debug!("{host}:{port}: {a}: {e}; trying the next address");
+                last_err = Some(format!("{a}: {e}"));
+            }
+            Err(_) => {
+                tracing::debug!("{host}:{port}: {a}: connect timed out; trying the next address");
+                last_err = Some(format!("{a}: connect timed out"));
+            }
         }
     }
     Err(match (last_err, refused) {

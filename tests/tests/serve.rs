@@ -99,15 +99,21 @@ impl Server {
     }
 
     fn supervisor_pid(&self, name: &str) -> i32 {
+        self.try_supervisor_pid(name).expect("a supervisor")
+    }
+
+    /// The supervisor in the record, if there is one now (a record being rewritten,
+    /// or a stopped sandbox, has none).
+    fn try_supervisor_pid(&self, name: &str) -> Option<i32> {
         let rec = std::fs::read_to_string(
             self.sb
                 .state
                 .path()
                 .join(format!("sandboxes/{name}/sandbox.json")),
         )
-        .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&rec).unwrap();
-        v["supervisor"]["pid"].as_i64().expect("a supervisor") as i32
+        .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&rec).ok()?;
+        v["supervisor"]["pid"].as_i64().map(|p| p as i32)
     }
 }
 
@@ -120,6 +126,32 @@ impl Drop for Server {
             let _ = c.wait();
         }
     }
+}
+
+/// Processes whose command line contains `needle` (and are not a shell of this test).
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(needle) {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Wait (up to `secs`) until `f` holds; false when it never did.
+fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
 }
 
 fn mode(p: &Path) -> u32 {
@@ -180,6 +212,10 @@ fn the_api_serves_curl_and_the_cli_and_only_its_owner() {
     // Exec as an endpoint (upgraded stdio) works for a client of our own too: the CLI
     // speaks the same protocol; a bad body is a 400 naming the problem.
     let bad = s.curl(&[
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: openshell-stdio",
         "-X",
         "POST",
         "-d",
@@ -208,6 +244,10 @@ fn the_api_serves_curl_and_the_cli_and_only_its_owner() {
         &too_big[too_big.len().saturating_sub(100)..]
     );
     let recursive = s.curl(&[
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: openshell-stdio",
         "-X",
         "POST",
         "-d",
@@ -259,6 +299,63 @@ fn the_api_serves_curl_and_the_cli_and_only_its_owner() {
         assert!(!stdout(&o).contains("api-one"));
     }
 
+    // Names from the path are names, never options: `--all` deletes nothing.
+    for (method, path) in [
+        ("DELETE", "/v1/sandboxes/--all"),
+        ("GET", "/v1/sandboxes/--help"),
+        ("POST", "/v1/sandboxes/-h/stop"),
+        ("GET", "/v1/sandboxes/--help/logs"),
+        ("GET", "/v1/providers/--help"),
+    ] {
+        let o = s.curl(&["-X", method, &format!("http://x{path}")]);
+        assert!(o.ends_with("404"), "{method} {path}: {o}");
+    }
+    for bad in [
+        r#"{"args":["--help"]}"#,
+        r#"{"args":["-V"]}"#,
+        r#"{"args":["--host=unix:///x"]}"#,
+    ] {
+        let o = s.curl(&["-X", "POST", "-d", bad, "http://x/v1/sandboxes"]);
+        assert!(o.ends_with("400"), "{bad}: {o}");
+    }
+    assert!(s.curl(&["http://x/v1/sandboxes"]).contains("\"api-one\""));
+    // The stdio endpoints want the upgrade they speak.
+    let o = s.curl(&[
+        "-X",
+        "POST",
+        "-d",
+        r#"{"args":["true"]}"#,
+        "http://x/v1/sandboxes/api-one/exec",
+    ]);
+    assert!(o.ends_with("426"), "{o}");
+    // A client that goes away takes its command with it, even a silent one.
+    let exe = openshell_bin().display().to_string();
+    let mut gone = Command::new("timeout")
+        .args([
+            "2", &exe, "sandbox", "exec", "api-one", "--", "sleep", "3141",
+        ])
+        .env("OPENSHELL_HOST", format!("unix://{}", s.socket().display()))
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _ = gone.wait();
+    assert!(
+        eventually(20, || processes_with("sleep 3141").is_empty()),
+        "the command outlived its client: {:?}",
+        processes_with("sleep 3141")
+    );
+    let sock = s.socket().display().to_string();
+    let _ = Command::new("curl")
+        .args(["-sS", "--max-time", "1", "--unix-socket", &sock])
+        .arg("http://x/v1/sandboxes/api-one/logs?follow=1")
+        .output();
+    assert!(
+        eventually(20, || processes_with("logs api-one -o json -f").is_empty()),
+        "a follower outlived its client"
+    );
+    let missing = s.curl(&["http://x/v1/sandboxes/nope/logs?follow=1"]);
+    assert!(missing.ends_with("404"), "{missing}");
+
     assert_eq!(
         s.curl(&["-X", "DELETE", "http://x/v1/sandboxes/api-one"]),
         "deleted api-one\n\n200"
@@ -308,7 +405,9 @@ fn restart_always_brings_a_killed_sandbox_back_and_stop_is_respected() {
     let until = Instant::now() + Duration::from_secs(20);
     loop {
         let back = s.cli(&["sandbox", "get", "keeper", "-o", "json"]);
-        if stdout(&back).contains("\"Ready\"") && s.supervisor_pid("keeper") != first {
+        if stdout(&back).contains("\"Ready\"")
+            && s.try_supervisor_pid("keeper").is_some_and(|p| p != first)
+        {
             break;
         }
         assert!(
@@ -320,6 +419,17 @@ fn restart_always_brings_a_killed_sandbox_back_and_stop_is_respected() {
     }
     let o = s.cli(&["sandbox", "exec", "keeper", "--", "echo", "back"]);
     assert_eq!(stdout(&o), "back\n", "{}", stderr(&o));
+    // Ended by SIGTERM (as at a shutdown), not by the user: it comes back too.
+    let before = s.supervisor_pid("keeper");
+    // SAFETY: as above.
+    unsafe { libc::kill(before, libc::SIGTERM) };
+    assert!(
+        eventually(20, || {
+            stdout(&s.cli(&["sandbox", "get", "keeper", "-o", "json"])).contains("\"Ready\"")
+                && s.try_supervisor_pid("keeper").is_some_and(|p| p != before)
+        }),
+        "keeper did not come back after SIGTERM"
+    );
     // `plain` stays down; a stopped `keeper` stays stopped (observed for 3 s: the server
     // looks twice a second).
     let o = s.cli(&["sandbox", "stop", "keeper"]);
@@ -327,6 +437,204 @@ fn restart_always_brings_a_killed_sandbox_back_and_stop_is_respected() {
     std::thread::sleep(Duration::from_secs(3));
     s.sb.wait_phase("keeper", "Stopped");
     s.sb.wait_phase("plain", "Error");
+    // A dead one the user stops stays stopped too, when the server starts later.
+    let o = s.cli(&["sandbox", "start", "keeper"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pid = s.supervisor_pid("keeper");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let o = s.cli(&["sandbox", "stop", "keeper"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::thread::sleep(Duration::from_secs(3));
+    s.sb.wait_phase("keeper", "Error");
+}
+
+fn the_prune_spares_restart_sandboxes_and_global_flags_are_not_saved() {
+    need_sandbox!();
+    let mut s = Server::new();
+    let cfg = s.sb.state.path().join("config/openshell");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::write(
+        cfg.join("config.toml"),
+        "[prune]\nidle = \"9999d\"\nmax_age = \"1s\"\nevery = \"1s\"\n",
+    )
+    .unwrap();
+    // A global -v on create is not one of the sandbox's options: start still works.
+    let o = s.cli(&[
+        "-v",
+        "sandbox",
+        "create",
+        "--detach",
+        "--name",
+        "kept",
+        "--restart",
+        "always",
+        "-v",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = s.cli(&["sandbox", "create", "--detach", "--name", "gone"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for n in ["kept", "gone"] {
+        let o = s.cli(&["sandbox", "stop", n]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let o = s.cli(&["sandbox", "start", "kept"]);
+    assert!(
+        o.status.success(),
+        "start after a create with -v: {}",
+        stderr(&o)
+    );
+    let o = s.cli(&["sandbox", "stop", "kept"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::thread::sleep(Duration::from_millis(1100));
+    s.start();
+    assert!(
+        eventually(20, || !stdout(&s.cli(&["sandbox", "list", "--names"]))
+            .contains("gone")),
+        "the plain stopped sandbox was not pruned"
+    );
+    assert!(stdout(&s.cli(&["sandbox", "list", "--names"])).contains("kept"));
+}
+
+/// Another local user can neither use the socket nor hold the lock, and a socket
+/// directory or socket that is not ours is refused (root plays the other user).
+fn other_users_cannot_reach_hold_or_plant() {
+    need_sandbox!();
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        openshell_tests::skip("needs root to act as another user (setpriv)");
+    }
+    let mut s = Server::new();
+    s.start();
+    let lock = s.socket().with_file_name("api.sock.lock");
+    assert_eq!(mode(&lock), 0o600, "lock mode");
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "flock",
+            "-n",
+            "-s",
+        ])
+        .arg(&lock)
+        .arg("true")
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "nobody took the lock");
+    // A directory another user owns is refused.
+    let other = s.sb.state.path().join("other");
+    std::fs::create_dir_all(other.join("openshell")).unwrap();
+    for d in [other.as_path(), &other.join("openshell")] {
+        std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+    }
+    let o = Command::new(openshell_bin())
+        .arg("serve")
+        .env("XDG_RUNTIME_DIR", &other)
+        .env("OPENSHELL_STATE_DIR", s.sb.state.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("must be a directory of yours"),
+        "{}",
+        stderr(&o)
+    );
+    // A server of another uid gets no command line from the CLI.
+    let planted = s.sb.state.path().join("planted");
+    std::fs::create_dir_all(&planted).unwrap();
+    std::fs::set_permissions(
+        &planted,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let sock = planted.join("api.sock");
+    let script = format!(
+        "import socket,os\ns=socket.socket(socket.AF_UNIX)\ns.bind({sock:?})\nos.chmod({sock:?},0o666)\ns.listen(1)\nc,_=s.accept()\nprint(len(c.recv(65536)))",
+        sock = sock.display().to_string()
+    );
+    let listener = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(10, || sock.exists()),
+        "planted listener did not start"
+    );
+    let o = Command::new(openshell_bin())
+        .args([
+            "--host",
+            &format!("unix://{}", sock.display()),
+            "provider",
+            "list",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not as you"), "{}", stderr(&o));
+    let got = listener.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "0",
+        "bytes sent to a stranger"
+    );
+}
+
+/// A server whose own environment names it as OPENSHELL_HOST does not start copies
+/// of itself (its children never forward).
+fn a_server_pointing_at_itself_does_not_multiply() {
+    need_sandbox!();
+    let mut s = Server::new();
+    let host = format!("unix://{}", s.socket().display());
+    let mut c = s.serve();
+    c.env("OPENSHELL_HOST", &host)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    s.child = Some(c.spawn().unwrap());
+    assert!(eventually(10, || s.socket().exists()));
+    assert_eq!(s.curl(&["http://x/v1/sandboxes"]), "[]\n\n200");
+    std::thread::sleep(Duration::from_secs(2));
+    let serve_pid = s.child.as_ref().unwrap().id() as i32;
+    let n = descendants(serve_pid);
+    assert!(n < 5, "{n} processes under the server");
+}
+
+/// How many processes descend from `pid` (from /proc/*/stat).
+fn descendants(pid: i32) -> usize {
+    let mut parent_of = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(me) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(e.path().join("stat"))
+            && let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..])
+            && let Some(pp) = rest
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<i32>().ok())
+        {
+            parent_of.push((me, pp));
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.len() - 1
 }
 
 fn a_bad_config_is_refused_with_its_path() {
@@ -374,6 +682,9 @@ fn completion_offers_sandbox_names() {
 openshell_tests::suite!(
     the_api_serves_curl_and_the_cli_and_only_its_owner,
     restart_always_brings_a_killed_sandbox_back_and_stop_is_respected,
+    the_prune_spares_restart_sandboxes_and_global_flags_are_not_saved,
+    other_users_cannot_reach_hold_or_plant,
+    a_server_pointing_at_itself_does_not_multiply,
     a_bad_config_is_refused_with_its_path,
     completion_offers_sandbox_names,
 );

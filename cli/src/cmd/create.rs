@@ -77,6 +77,7 @@ pub fn start(name: &str) -> i32 {
         Ok(a) => a,
         Err(err) => return fail(format!("sandbox {name}: {err}")),
     };
+    let _ = std::fs::remove_file(e.dir.join(STOPPED_MARK));
     args.run.name = Some(name.to_string());
     args.run.command.clear();
     // The policy it has now (maybe changed live), not the file it was created with.
@@ -136,6 +137,21 @@ pub enum Restart {
     OnFailure,
 }
 
+/// The mark `sandbox stop` leaves in a sandbox's directory: it was stopped on
+/// purpose, so `serve` does not start it again (`sandbox start` removes it).
+const STOPPED_MARK: &str = "stopped-by-user";
+
+/// Whether the user stopped the sandbox in `dir` (see [`STOPPED_MARK`]).
+pub fn stopped_by_user(dir: &std::path::Path) -> bool {
+    dir.join(STOPPED_MARK).exists()
+}
+
+/// Record that the user stopped the sandbox in `dir` (also when it was already down:
+/// a dead sandbox the user stops must not be restarted).
+pub fn mark_stopped(dir: &std::path::Path) {
+    let _ = openshell_runtime::record::write_whole(&dir.join(STOPPED_MARK), b"", false);
+}
+
 /// The `--restart` a sandbox was created with (`No` when it was not created by
 /// `sandbox create`, or its saved options cannot be read).
 pub fn restart_policy(dir: &std::path::Path) -> Restart {
@@ -173,9 +189,15 @@ fn saved_options(args: impl Iterator<Item = String>) -> Vec<String> {
         if std::mem::take(&mut skip_value) {
             continue;
         }
+        // Global options are not the sandbox's: `start` parses these again.
+        let verbose = a == "--verbose"
+            || (a.len() > 1 && a.starts_with('-') && a[1..].bytes().all(|b| b == b'v'));
         match a.as_str() {
-            "-o" | "--output" => skip_value = true,
-            _ if a.starts_with("--output=") || (a.starts_with("-o") && !a.starts_with("--")) => {}
+            "-o" | "--output" | "--host" => skip_value = true,
+            _ if verbose => {}
+            _ if a.starts_with("--output=")
+                || a.starts_with("--host=")
+                || (a.starts_with("-o") && !a.starts_with("--")) => {}
             _ => out.push(a),
         }
     }

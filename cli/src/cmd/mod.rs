@@ -14,6 +14,7 @@ pub mod remote;
 pub mod run;
 pub mod sandbox;
 pub mod serve;
+pub mod serve_api;
 pub mod serve_cfg;
 pub mod status;
 pub mod system;

@@ -3,9 +3,12 @@
 //! openshell-stdio`; after `101 Switching Protocols` it sends its stdin as raw bytes
 //! (a write shutdown is EOF), and the server answers with frames `[kind u8][len u32
 //! big-endian][payload]` — kind 1 stdout, 2 stderr, 3 the exit status (payload: i32
-//! big-endian), after which the server closes. The server runs the command as a child
-//! of its own binary, so a remote command behaves exactly as a local one, without a
-//! terminal (`-t` is refused by the commands that need one).
+//! big-endian), after which the server closes; kind 0 (empty) is a heartbeat sent every
+//! 2 s while the command runs, so a client that went away is noticed (a write fails)
+//! and its command killed even when it prints nothing. The server runs the command as
+//! a child of its own binary, so a remote command behaves exactly as a local one,
+//! without a terminal. The client checks that the socket's peer runs as this user
+//! (SO_PEERCRED) before sending anything.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -18,15 +21,18 @@ use hyper::body::{Bytes, Frame};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::serve::Answer;
+use super::serve_api::{Answer, Body, error};
 
 /// The `Upgrade` token of the protocol.
 pub const PROTOCOL: &str = "openshell-stdio";
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const EXIT: u8 = 3;
+const HEARTBEAT: u8 = 0;
 /// Largest frame payload (the server sends at most this much per read).
 const MAX_FRAME: usize = 64 << 10;
+/// How often the server says it is still there while a command is silent.
+const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Server side: answer 101 and run `args` with its stdio on the upgraded connection.
 pub fn serve_upgraded(upgrade: hyper::upgrade::OnUpgrade, args: Vec<String>) -> Answer {
@@ -60,11 +66,21 @@ pub fn serve_upgraded(upgrade: hyper::upgrade::OnUpgrade, args: Vec<String>) -> 
         });
         let (mut obuf, mut ebuf) = (vec![0u8; MAX_FRAME], vec![0u8; MAX_FRAME]);
         let (mut out_open, mut err_open) = (true, true);
+        let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+        beat.tick().await;
         while out_open || err_open {
             let (kind, n) = tokio::select! {
                 r = out.read(&mut obuf), if out_open => (STDOUT, r.unwrap_or(0)),
                 r = err.read(&mut ebuf), if err_open => (STDERR, r.unwrap_or(0)),
+                _ = beat.tick() => (HEARTBEAT, 0),
             };
+            if kind == HEARTBEAT {
+                if tx.write_all(&frame(HEARTBEAT, &[])).await.is_err() {
+                    input.abort();
+                    return; // the client is gone: so is its command (kill_on_drop)
+                }
+                continue;
+            }
             if n == 0 {
                 if kind == STDOUT {
                     out_open = false;
@@ -103,7 +119,7 @@ pub fn serve_upgraded(upgrade: hyper::upgrade::OnUpgrade, args: Vec<String>) -> 
     r
 }
 
-fn empty() -> super::serve::Body {
+fn empty() -> Body {
     http_body_util::Full::new(Bytes::new())
         .map_err(|n| match n {})
         .boxed()
@@ -128,39 +144,66 @@ pub async fn stream_follow(args: Vec<String>) -> Answer {
         .spawn();
     let mut child = match spawned {
         Ok(c) => c,
-        Err(e) => {
-            return super::serve::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
-        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
     let Some(mut out) = child.stdout.take() else {
-        return super::serve::error(StatusCode::INTERNAL_SERVER_ERROR, "no output");
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "no output");
     };
     let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(8);
+    // hyper drops the body when the client goes (it closes on EOF): that fires `gone`,
+    // even while the log is silent.
+    let (guard, mut gone) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let mut buf = vec![0u8; MAX_FRAME];
         loop {
-            match out.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if tx
-                        .send(Frame::data(Bytes::copy_from_slice(&buf[..n])))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
+            let n = tokio::select! {
+                r = out.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                },
+                _ = &mut gone => break,
+            };
+            if tx
+                .send(Frame::data(Bytes::copy_from_slice(&buf[..n])))
+                .await
+                .is_err()
+            {
+                break;
             }
         }
         // The client went away or the log ended: end the follower too.
         let _ = child.kill().await;
     });
-    let mut r = hyper::Response::new(body.boxed());
+    let mut r = hyper::Response::new(
+        Watched {
+            inner: body,
+            _guard: guard,
+        }
+        .boxed(),
+    );
     r.headers_mut().insert(
         "content-type",
         "application/x-ndjson".parse().expect("static"),
     );
     r
+}
+
+/// A streamed body that tells, by dropping `_guard`, when hyper let go of it.
+struct Watched<B> {
+    inner: B,
+    _guard: tokio::sync::oneshot::Sender<()>,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Watched<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
 }
 
 /// Where `--host` points: `unix:///PATH` or a plain path.
@@ -196,6 +239,18 @@ fn forward_inner(host: &str, args: Vec<String>) -> Result<i32, String> {
             path.display()
         )
     })?;
+    // Only a server running as this user gets the command line (it may carry
+    // secrets): a socket planted by someone else is refused before anything is sent.
+    let peer = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| format!("{}: peer credentials: {e}", path.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if peer.uid() != me {
+        return Err(format!(
+            "{}: the server runs as uid {}, not as you (uid {me}): refusing to talk to it",
+            path.display(),
+            peer.uid()
+        ));
+    }
     let body = serde_json::json!({ "args": args }).to_string();
     let head = format!(
         "POST /v1/cli HTTP/1.1\r\nHost: openshell\r\nConnection: Upgrade\r\nUpgrade: {PROTOCOL}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -251,6 +306,7 @@ fn forward_inner(host: &str, args: Vec<String>) -> Result<i32, String> {
         let mut data = vec![0u8; len];
         s.read_exact(&mut data).map_err(err)?;
         match hdr[0] {
+            HEARTBEAT => {}
             STDOUT => {
                 let mut o = std::io::stdout().lock();
                 let _ = o.write_all(&data).and_then(|()| o.flush());
@@ -267,10 +323,24 @@ fn forward_inner(host: &str, args: Vec<String>) -> Result<i32, String> {
 }
 
 /// This process's arguments without the global `--host` option (before `--` only:
-/// after it, arguments belong to the sandboxed command).
-pub fn args_without_host() -> Vec<String> {
+/// after it, arguments belong to the sandboxed command). Arguments travel as JSON
+/// strings: one that is not UTF-8 is refused with its position.
+pub fn args_without_host() -> Result<Vec<String>, String> {
+    let mut all = Vec::new();
+    for (i, a) in std::env::args_os().skip(1).enumerate() {
+        match a.into_string() {
+            Ok(s) => all.push(s),
+            Err(raw) => {
+                return Err(format!(
+                    "argument {} ({}) is not UTF-8: it cannot be sent with --host",
+                    i + 1,
+                    raw.to_string_lossy()
+                ));
+            }
+        }
+    }
     let mut out = Vec::new();
-    let mut it = std::env::args().skip(1);
+    let mut it = all.into_iter();
     while let Some(a) = it.next() {
         if a == "--" {
             out.push(a);
@@ -286,7 +356,7 @@ pub fn args_without_host() -> Vec<String> {
         }
         out.push(a);
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]

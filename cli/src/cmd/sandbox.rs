@@ -238,6 +238,10 @@ fn prune(idle: Option<String>, max_age: Option<String>, dry_run: bool) -> i32 {
         if matches!(r.phase().0, Phase::Ready | Phase::Provisioning) {
             continue;
         }
+        // A sandbox that asked to be kept running is never pruned: delete it by name.
+        if super::create::restart_policy(&e.dir) != super::create::Restart::No {
+            continue;
+        }
         let too_idle = idle.is_some_and(|i| now.saturating_sub(r.last_active) >= i);
         let too_old = max_age.is_some_and(|a| now.saturating_sub(r.created) >= a);
         if !(too_idle || too_old) {
@@ -412,7 +416,10 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
         SandboxCommand::Stop { names } => {
             let mut code = 0;
             for n in &names {
-                let stopped = store::find(&base, n).and_then(|e| store::stop(&e));
+                let stopped = store::find(&base, n).and_then(|e| {
+                    super::create::mark_stopped(&e.dir);
+                    store::stop(&e)
+                });
                 match stopped {
                     Ok(true) => println!("stopped {n}"),
                     Ok(false) => println!("{n} was not running"),

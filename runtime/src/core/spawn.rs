@@ -124,10 +124,35 @@ fn confine(
     if conf.setgroups {
         nix::unistd::setgroups(&[Gid::from_raw(conf.gid)]).map_err(setup("setgroups"))?;
     }
+    // The parent-death signal the caller set (`sandbox exec` dies with its CLI) is
+    // cleared by the kernel when the ids change below: note it, set it again after.
+    let mut pdeath: libc::c_int = 0;
+    // SAFETY: PR_GET_PDEATHSIG writes one int through the valid pointer given.
+    unsafe {
+        libc::prctl(
+            libc::PR_GET_PDEATHSIG,
+            &mut pdeath as *mut libc::c_int,
+            0,
+            0,
+            0,
+        )
+    };
+    let parent = nix::unistd::getppid();
     let (gid, uid) = (Gid::from_raw(conf.gid), Uid::from_raw(conf.uid));
     nix::unistd::setresgid(gid, gid, gid).map_err(setup("setresgid"))?;
     nix::unistd::setresuid(uid, uid, uid).map_err(setup("setresuid"))?;
     verify_ids(conf)?;
+    if pdeath != 0 {
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, pdeath as libc::c_ulong, 0, 0, 0) };
+        // The parent may have died while the signal was unset: then it never comes.
+        if nix::unistd::getppid() != parent {
+            return Err((
+                EXIT_SETUP,
+                "the parent process went away during setup".into(),
+            ));
+        }
+    }
     // The id change clears capabilities only when leaving uid 0; clear them always.
     for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
         caps::clear(None, set).map_err(|e| (EXIT_SETUP, format!("clear {set:?} caps: {e}")))?;

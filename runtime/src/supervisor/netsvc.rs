@@ -25,12 +25,24 @@ pub struct NetService {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// What the service needs.
-pub struct NetConfig {
-    /// Proxy, bypass and DNS listeners from init.
-    pub fds: [OwnedFd; 3],
+/// What init hands over from the router namespace (SCM_RIGHTS, `init::msg::NET`).
+pub struct RouterFds {
+    /// TCP 10.200.0.1:3128: the explicit proxy.
+    pub proxy: OwnedFd,
+    /// TCP 10.200.0.1:15001: connections redirected by the router's rules.
+    pub bypass: OwnedFd,
+    /// UDP 10.200.0.1:53: policy DNS.
+    pub dns: OwnedFd,
     /// The agent namespace's sock_diag socket, when init could open one.
     pub diag: Option<OwnedFd>,
+    /// Whether the router's nftables rules are in place.
+    pub rules: bool,
+}
+
+/// Everything the network service needs.
+pub struct NetConfig {
+    /// What init handed over from the router namespace.
+    pub router: RouterFds,
     /// The sandbox's policy.
     pub policy: Policy,
     /// init's host pid (for socket owner lookups).
@@ -41,8 +53,6 @@ pub struct NetConfig {
     pub verbose: bool,
     /// The control socket path.
     pub control: PathBuf,
-    /// Whether the router's nftables rules loaded.
-    pub rules: bool,
     /// The sandbox CA.
     pub ca: Option<Arc<openshell_proxy::tls::SandboxCa>>,
     /// Extra CAs for upstream TLS.
@@ -58,11 +68,11 @@ pub struct NetConfig {
 impl NetService {
     /// Start the proxy and control API on a thread of their own.
     pub fn start(cfg: NetConfig) -> std::io::Result<Self> {
-        let [p, b, d] = cfg.fds;
+        let r = cfg.router;
         let listeners = Listeners {
-            proxy: std::net::TcpListener::from(p),
-            bypass: std::net::TcpListener::from(b),
-            dns: std::net::UdpSocket::from(d),
+            proxy: std::net::TcpListener::from(r.proxy),
+            bypass: std::net::TcpListener::from(r.bypass),
+            dns: std::net::UdpSocket::from(r.dns),
         };
         let log = Arc::new(Logger::new(cfg.log_dir.as_deref(), cfg.verbose));
         let state = PolicyState::new(cfg.policy);
@@ -71,7 +81,7 @@ impl NetService {
         for n in &cfg.notes {
             log.note("SETUP:FALLBACK", n);
         }
-        if !cfg.rules {
+        if !r.rules {
             log.note(
                 "NET:MODE",
                 "nftables unavailable: no route out of the sandbox (bypass attempts fail at once, unlogged); the explicit proxy works",
@@ -85,7 +95,7 @@ impl NetService {
         }
         let ctx = Context::new(
             state,
-            Arc::new(crate::identity::SandboxProcs::new(cfg.init_pid, cfg.diag)),
+            Arc::new(crate::identity::SandboxProcs::new(cfg.init_pid, r.diag)),
             log,
             cfg.ca,
             cfg.upstream_ca,

@@ -108,7 +108,7 @@ pub(crate) fn start_and_wait(
     }
     let deadline = std::time::Instant::now() + timeout;
     let mut master = None;
-    let mut listeners: Option<([OwnedFd; 3], Option<OwnedFd>, bool)> = None;
+    let mut router: Option<crate::netsvc::RouterFds> = None;
     let mut notes: Vec<String> = Vec::new();
     loop {
         if let Err(e) = wait_for_init(&ours, &sfd, deadline) {
@@ -157,8 +157,14 @@ pub(crate) fn start_and_wait(
                     .collect();
                 let diag = (owned.len() > 3).then(|| owned.remove(3));
                 let mut it = owned.into_iter();
-                if let (Some(p), Some(b), Some(d)) = (it.next(), it.next(), it.next()) {
-                    listeners = Some(([p, b, d], diag, data.get(1) == Some(&1)));
+                if let (Some(proxy), Some(bypass), Some(dns)) = (it.next(), it.next(), it.next()) {
+                    router = Some(crate::netsvc::RouterFds {
+                        proxy,
+                        bypass,
+                        dns,
+                        diag,
+                        rules: data.get(1) == Some(&1),
+                    });
                 }
             }
             Some(&msg::NOTE) => {
@@ -179,11 +185,10 @@ pub(crate) fn start_and_wait(
             }
         }
     }
-    let service = match (net, listeners) {
-        (Some(n), Some((fds, diag, rules))) => Some(
+    let service = match (net, router) {
+        (Some(n), Some(router)) => Some(
             crate::netsvc::NetService::start(crate::netsvc::NetConfig {
-                fds,
-                diag,
+                router,
                 ca: n.ca,
                 upstream_ca: n.upstream_ca,
                 policy: n.policy,
@@ -193,7 +198,6 @@ pub(crate) fn start_and_wait(
                 control: n.control,
                 credentials: n.credentials,
                 inference: n.inference,
-                rules,
                 notes: notes.clone(),
             })
             .map_err(|e| RunError::Setup(format!("start the proxy: {e}")))?,
