@@ -32,6 +32,10 @@ if [ "$uninstall" = 1 ]; then
   echo "removed openshell from $prefix"
   exit 0
 fi
+# The user unit names the binary: a prefix it cannot quote is refused before anything.
+case "$prefix" in
+  *[\"\\%\$]*|*$'\n'*) echo "install.sh: --prefix $prefix holds a character a systemd unit cannot quote (\" \\ % \$ or a newline)" >&2; exit 1;;
+esac
 case "$(uname -m)" in x86_64|aarch64) ;; *) echo "install.sh: $(uname -m) is not supported (x86_64, aarch64)" >&2; exit 1;; esac
 if [ -z "$from" ]; then
   from=$(ls -t "$here"/../target/packages/openshell-*-linux.tar.gz 2>/dev/null | head -1 || true)
@@ -57,9 +61,6 @@ while IFS= read -r f; do
     # Quoted for systemd (a prefix may hold spaces), replaced as a plain string (no
     # character of the prefix is read as sed or pattern syntax).
     exe="$prefix/bin/openshell"
-    case "$exe" in
-      *[\"\\%\$]*|*$'\n'*) echo "install.sh: --prefix $prefix holds a character a systemd unit cannot quote" >&2; exit 1;;
-    esac
     unit=$(cat "$tmp/$f")
     repl="ExecStart=\"$exe\" "
     printf '%s\n' "${unit/ExecStart=\/usr\/bin\/openshell /"$repl"}" > "$tmp/$f"
