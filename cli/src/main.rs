@@ -40,7 +40,7 @@ enum Command {
     /// Run a command in a new sandbox and return its exit status.
     Run(Box<cmd::run::RunArgs>),
     /// List, inspect and delete sandboxes.
-    #[command(subcommand)]
+    #[command(subcommand, alias = "sb")]
     Sandbox(cmd::sandbox::SandboxCommand),
     /// Pull, list, inspect and remove OCI images.
     #[command(subcommand)]
@@ -52,7 +52,7 @@ enum Command {
     #[command(subcommand)]
     Inference(cmd::inference::InferenceCommand),
     /// Work with policy files.
-    #[command(subcommand)]
+    #[command(subcommand, alias = "pol")]
     Policy(cmd::policy::PolicyCommand),
     /// Check what this host offers sandboxes, and how to fix what is missing.
     Doctor,
@@ -62,6 +62,7 @@ enum Command {
     #[command(subcommand)]
     System(cmd::system::SystemCommand),
     /// Show a sandbox's log: policy loads and every network decision.
+    #[command(alias = "lg")]
     Logs(cmd::logs::LogsArgs),
     /// Serve the API for all of this user's sandboxes on a unix socket (docs/api.md);
     /// restart `--restart` sandboxes, prune idle ones. Optional: the CLI needs no server.

@@ -552,7 +552,108 @@ fn stop_ends_the_processes_and_keeps_the_files() {
     assert!(sb.cli(&["sandbox", "delete", "st"]).status.success());
 }
 
+/// OpenShell's (and CreateOS's) spellings work: `sb`/`lg`/`pol`, `exec -n NAME
+/// --no-tty`, `list --names --ids --limit --offset --status`, comma-separated
+/// selectors, `rm --force`, `logs --tail --source gateway --level debug -n`,
+/// `OPENSHELL_SANDBOX_POLICY`, `policy default` ending in an appendable
+/// `network_policies:`, and `create` naming the sandbox it made.
+fn openshell_spellings_work() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    for (n, labels) in [
+        ("sp-a", "team=ai,env=dev"),
+        ("sp-b", "team=ai,env=prod"),
+        ("sp-c", "team=web,env=dev"),
+    ] {
+        let mut args = vec!["sb", "create", "--detach", "--name", n];
+        for l in labels.split(',') {
+            args.extend(["--label", l]);
+        }
+        let o = sb.cli(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let names = |args: &[&str]| {
+        let mut a = vec!["sandbox", "list"];
+        a.extend_from_slice(args);
+        let o = sb.cli(&a);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        stdout(&o)
+    };
+    assert_eq!(names(&["--names"]), "sp-a\nsp-b\nsp-c\n");
+    assert_eq!(names(&["--ids", "--limit", "1", "--offset", "1"]), "sp-b\n");
+    assert_eq!(
+        names(&["--names", "--selector", "team=ai,env=dev"]),
+        "sp-a\n"
+    );
+    let o = sb.cli(&["sandbox", "stop", "sp-c"]);
+    assert!(o.status.success());
+    assert_eq!(names(&["--names", "--status", "stopped"]), "sp-c\n");
+    assert_eq!(names(&["--names", "--status", "Ready"]), "sp-a\nsp-b\n");
+    let bad = sb.cli(&["sandbox", "list", "--status", "sleepy"]);
+    assert!(
+        stderr(&bad).contains("--status \"sleepy\": one of"),
+        "{}",
+        stderr(&bad)
+    );
+    // exec -n NAME --no-tty
+    let o = sb.cli(&[
+        "sb", "exec", "-n", "sp-a", "--no-tty", "--", "echo", "via -n",
+    ]);
+    assert_eq!(stdout(&o), "via -n\n", "{}", stderr(&o));
+    let o = sb.cli(&["sandbox", "exec", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // logs: lg, --tail is follow (ended here by the sandbox's deletion), gateway, debug, -n
+    let o = sb.cli(&[
+        "lg", "sp-a", "--source", "gateway", "--level", "debug", "-n", "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 1, "{}", stdout(&o));
+    assert!(stdout(&o).contains("CONFIG:LOADED"), "{}", stdout(&o));
+    // policy default + an appended block is a valid policy; pol is policy.
+    let def = sb.cli(&["pol", "default"]);
+    assert!(
+        stdout(&def).ends_with("network_policies:\n"),
+        "{}",
+        stdout(&def)
+    );
+    let file = sb.state.path().join("appended.yaml");
+    let block = "  web:\n    name: web\n    endpoints:\n      - { host: example.com, port: 443 }\n    binaries:\n      - { path: /usr/bin/curl }\n";
+    std::fs::write(&file, format!("{}{block}", stdout(&def))).unwrap();
+    let o = sb.cli(&["policy", "validate", &file.display().to_string()]);
+    assert!(
+        stdout(&o).contains("valid (1 network policies)"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    // OPENSHELL_SANDBOX_POLICY is --policy.
+    let bad_policy = sb.state.path().join("bad.yaml");
+    std::fs::write(&bad_policy, "version: 1\nnope: 1\n").unwrap();
+    let o = sb
+        .cmd()
+        .env("OPENSHELL_SANDBOX_POLICY", &bad_policy)
+        .args(["run", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
+    // create names what it made; rm --force is accepted.
+    let o = sb.cli(&["sandbox", "create", "--", "true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let made = stderr(&o);
+    let made = made
+        .lines()
+        .find_map(|l| l.strip_prefix("openshell: created sandbox "))
+        .unwrap_or_else(|| panic!("no name in {made}"))
+        .to_string();
+    assert!(names(&["--names"]).contains(&made));
+    let o = sb.cli(&["sb", "rm", "--force", "sp-a", "sp-b", "sp-c", &made]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(names(&["--names"]), "");
+}
+
 openshell_tests::suite!(
+    openshell_spellings_work,
     kept_sandbox_is_listed_inspected_and_deleted,
     running_sandbox_is_ready_and_delete_stops_it,
     dead_supervisor_reads_as_error_and_delete_cleans_up,

@@ -206,6 +206,7 @@ fn saved_options(args: impl Iterator<Item = String>) -> Vec<String> {
 
 /// Create the sandbox; returns the exit status.
 pub fn run(mut args: CreateArgs, format: Format) -> i32 {
+    let generated = args.run.name.is_none();
     let name = args.run.name.clone().unwrap_or_else(state::generate_name);
     if let Err(e) = state::check_name(&name) {
         return fail(e);
@@ -279,6 +280,10 @@ pub fn run(mut args: CreateArgs, format: Format) -> i32 {
             Format::Table => println!("{name}"),
         }
         return 0;
+    }
+    if generated {
+        // The name it got, before its command takes the terminal.
+        eprintln!("openshell: created sandbox {name}");
     }
     let tty = match tty_flag {
         (true, _) => true,

@@ -18,6 +18,9 @@ use crate::output::{Format, fail};
 /// Log levels, lowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum Level {
+    /// Everything (accepted for OpenShell's `--level debug`; nothing is logged below
+    /// info).
+    Debug,
     /// Everything allowed, loads.
     Info,
     /// Denials, rejected policies.
@@ -29,7 +32,8 @@ pub enum Level {
 /// Which logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Source {
-    /// The supervisor: policy loads and network decisions.
+    /// The supervisor: policy loads and network decisions (`gateway`: OpenShell's name).
+    #[value(alias = "gateway")]
     Supervisor,
     /// The sandboxed processes' own output (not kept yet: they write to the terminal
     /// that started them).
@@ -44,12 +48,12 @@ pub struct LogsArgs {
     /// The sandbox.
     #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
     name: String,
-    /// Keep printing new lines until the sandbox stops.
-    #[arg(short, long)]
+    /// Keep printing new lines until the sandbox stops (`--tail`: OpenShell's spelling).
+    #[arg(short, long, alias = "tail")]
     follow: bool,
-    /// Only the last N lines.
-    #[arg(short = 'n', long, value_name = "N")]
-    lines: Option<usize>,
+    /// Only the last N lines (0: all).
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 200)]
+    lines: usize,
     /// Only lines newer than this (30s, 5m, 2h, 1d).
     #[arg(long, value_name = "DURATION")]
     since: Option<String>,
@@ -91,7 +95,7 @@ fn render(line: &str, f: &Filter) -> Option<String> {
     let stamp = record::rfc3339(time / 1000);
     let stamp = format!("{}.{:03}Z", stamp.trim_end_matches('Z'), time % 1000);
     let lvl = match level {
-        Level::Info => "INFO ",
+        Level::Debug | Level::Info => "INFO ",
         Level::Warn => "WARN ",
         Level::Error => "ERROR",
     };
@@ -161,7 +165,10 @@ pub fn run(args: LogsArgs, format: Format) -> i32 {
     if let Some(r) = reader.as_mut() {
         read_lines(r, &mut pending, &filter, &mut printed);
     }
-    let skip = args.lines.map_or(0, |n| printed.len().saturating_sub(n));
+    let skip = match args.lines {
+        0 => 0,
+        n => printed.len().saturating_sub(n),
+    };
     for l in &printed[skip..] {
         println!("{l}");
     }

@@ -124,9 +124,12 @@ pub fn run(cmd: PolicyCommand, format: Format) -> i32 {
             super::live_policy::list(&name, format, secs(timeout))
         }
         PolicyCommand::Default => {
+            // `network_policies:` last and empty, so that appending a policy block
+            // (as OpenShell's quick start does) gives valid YAML.
+            let yaml = openshell_policy::Policy::restrictive_default().to_yaml();
             print!(
                 "{}",
-                openshell_policy::Policy::restrictive_default().to_yaml()
+                yaml.replace("network_policies: {}\n", "network_policies:\n")
             );
             0
         }

@@ -44,7 +44,7 @@ pub struct RunArgs {
     pub registry: super::image::RegistryArgs,
     /// Policy file (OpenShell YAML). Default: read-only system, writable /sandbox and
     /// /tmp, no network.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "OPENSHELL_SANDBOX_POLICY")]
     pub policy: Option<PathBuf>,
     /// Sandbox name (default: generated, e.g. sbx-3f9a1c).
     #[arg(long)]

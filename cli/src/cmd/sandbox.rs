@@ -20,12 +20,23 @@ pub enum SandboxCommand {
     /// List sandboxes: NAME, PHASE, IMAGE, CREATED, AGE, IDLE.
     #[command(alias = "ls")]
     List {
-        /// Only sandboxes with this label (k=v). Repeatable; all must match.
-        #[arg(long, short = 'l', value_name = "K=V")]
+        /// Only sandboxes with these labels (k=v, or k=v,k2=v2). Repeatable; all must
+        /// match.
+        #[arg(long, short = 'l', value_name = "K=V[,K=V]")]
         selector: Vec<String>,
-        /// Print names only (`--names`: OpenShell's spelling).
-        #[arg(long, short, visible_alias = "names")]
+        /// Only sandboxes in this phase (Ready, Stopped, Error, Provisioning).
+        #[arg(long, value_name = "PHASE")]
+        status: Option<String>,
+        /// Print names only (`--names`, `--ids`: OpenShell's spellings; a sandbox's
+        /// name is its id).
+        #[arg(long, short, visible_alias = "names", alias = "ids")]
         quiet: bool,
+        /// At most this many (after --offset).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Skip this many first.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        offset: usize,
     },
     /// Show one sandbox.
     Get {
@@ -46,6 +57,9 @@ pub enum SandboxCommand {
         /// Every sandbox.
         #[arg(long, conflicts_with = "names")]
         all: bool,
+        /// Accepted for CreateOS's `rm --force`: delete never asks.
+        #[arg(long, short)]
+        force: bool,
     },
     /// Copy a local file or tree into the sandbox's workspace (.gitignore honoured).
     Upload {
@@ -75,7 +89,11 @@ pub enum SandboxCommand {
     Exec {
         /// The sandbox.
         #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
-        name: String,
+        #[arg(required_unless_present = "name_flag", conflicts_with = "name_flag")]
+        name: Option<String>,
+        /// The sandbox (OpenShell's spelling: `exec -n NAME -- CMD`).
+        #[arg(short = 'n', long = "name", value_name = "NAME")]
+        name_flag: Option<String>,
         /// Working directory inside (default: the sandbox's).
         #[arg(long, short = 'w', value_name = "DIR")]
         workdir: Option<String>,
@@ -88,6 +106,9 @@ pub enum SandboxCommand {
         /// Give the command a terminal (a pty of the sandbox, relayed to this one).
         #[arg(long, short = 't')]
         tty: bool,
+        /// No terminal (the default; OpenShell's `--no-tty`).
+        #[arg(long, conflicts_with = "tty")]
+        no_tty: bool,
         /// Command and arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -320,9 +341,10 @@ fn view(e: &Entry) -> View {
     }
 }
 
-/// Parse `k=v` selectors.
+/// Parse `k=v` selectors (each argument may hold several, comma-separated).
 fn selectors(args: &[String]) -> Result<Vec<(String, String)>, String> {
     args.iter()
+        .flat_map(|a| a.split(','))
         .map(|s| match s.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
             _ => Err(format!("--selector {s:?}: expected KEY=VALUE")),
@@ -334,15 +356,34 @@ fn selectors(args: &[String]) -> Result<Vec<(String, String)>, String> {
 pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
     let base = state::base_dir();
     match cmd {
-        SandboxCommand::List { selector, quiet } => {
+        SandboxCommand::List {
+            selector,
+            status,
+            quiet,
+            limit,
+            offset,
+        } => {
             let want = match selectors(&selector) {
                 Ok(w) => w,
                 Err(e) => return fail(e),
+            };
+            const PHASES: [&str; 4] = ["Provisioning", "Ready", "Stopped", "Error"];
+            let status = match status {
+                None => None,
+                Some(s) => match PHASES.iter().find(|p| p.eq_ignore_ascii_case(&s)) {
+                    Some(p) => Some(*p),
+                    None => {
+                        return fail(format!("--status {s:?}: one of {}", PHASES.join(", ")));
+                    }
+                },
             };
             let views: Vec<View> = store::list(&base)
                 .iter()
                 .map(view)
                 .filter(|v| want.iter().all(|(k, val)| v.labels.get(k) == Some(val)))
+                .filter(|v| status.is_none_or(|p| v.phase.to_string() == p))
+                .skip(offset)
+                .take(limit.unwrap_or(usize::MAX))
                 .collect();
             if quiet {
                 for v in &views {
@@ -380,7 +421,7 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
                 0
             }
         },
-        SandboxCommand::Delete { names, all } => {
+        SandboxCommand::Delete { names, all, .. } => {
             let names: Vec<String> = if all {
                 store::list(&base).into_iter().map(|e| e.name).collect()
             } else {
@@ -401,12 +442,19 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
         SandboxCommand::Start { name } => super::create::start(&name),
         SandboxCommand::Exec {
             name,
+            name_flag,
             workdir,
             env,
             timeout,
             tty,
             command,
-        } => exec(&base, &name, workdir, &env, timeout, tty, command),
+            ..
+        } => {
+            let Some(name) = name.or(name_flag) else {
+                return fail("which sandbox? openshell sandbox exec NAME -- CMD");
+            };
+            exec(&base, &name, workdir, &env, timeout, tty, command)
+        }
         SandboxCommand::Connect { name } => {
             let shell =
                 "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi";
