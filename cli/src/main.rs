@@ -91,6 +91,32 @@ fn quiet_on_closed_pipe(c: &Command) -> bool {
     )
 }
 
+/// Whether `c` prints data that `-o json|yaml` can shape. The others print messages
+/// only: asking them for JSON is refused with a message, never silently ignored.
+fn prints_data(c: &Command) -> bool {
+    use cmd::image::ImageCommand as I;
+    use cmd::inference::InferenceCommand as Inf;
+    use cmd::policy::PolicyCommand as P;
+    use cmd::provider::ProviderCommand as Pr;
+    use cmd::sandbox::SandboxCommand as S;
+    use cmd::system::SystemCommand as Sys;
+    match c {
+        Command::Sandbox(s) => matches!(
+            s,
+            S::List { .. } | S::Get { .. } | S::Explain { .. } | S::Create(_)
+        ),
+        Command::Image(i) => matches!(i, I::List { .. } | I::Inspect { .. }),
+        Command::Provider(p) => !matches!(p, Pr::Delete { .. }),
+        Command::Inference(i) => matches!(i, Inf::Get { .. }),
+        Command::Policy(p) => matches!(p, P::Get { .. } | P::List { .. } | P::Validate { .. }),
+        Command::System(s) => matches!(s, Sys::Df),
+        Command::Doctor | Command::Status | Command::Logs(_) => true,
+        Command::Run(_) | Command::Serve(_) | Command::Completions { .. } | Command::Man { .. } => {
+            false
+        }
+    }
+}
+
 /// `openshell man DIR`: `openshell.1`, and `openshell-GROUP.1` for each command.
 fn man_pages(dir: &std::path::Path) -> i32 {
     let root = <Cli as clap::CommandFactory>::command();
@@ -193,6 +219,13 @@ fn main() {
             }
         };
         std::process::exit(code);
+    }
+    if cli.output != output::Format::Table && !prints_data(&cli.command) {
+        eprintln!(
+            "openshell: -o {}: this command prints no data to format (only the commands that list or show things take -o)",
+            cli.output.name()
+        );
+        std::process::exit(2);
     }
     init_tracing(cli.verbose);
     if quiet_on_closed_pipe(&cli.command) {

@@ -13,6 +13,17 @@ pub enum Format {
     Yaml,
 }
 
+impl Format {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Table => "table",
+            Self::Json => "json",
+            Self::Yaml => "yaml",
+        }
+    }
+}
+
 /// Print `value` as JSON or YAML; returns false for `Table` (the caller prints a table).
 pub fn structured<T: Serialize>(format: Format, value: &T) -> bool {
     match format {

@@ -647,6 +647,16 @@ fn openshell_spellings_work() {
         .unwrap_or_else(|| panic!("no name in {made}"))
         .to_string();
     assert!(names(&["--names"]).contains(&made));
+    // -o is honoured where there is data, refused with a message elsewhere.
+    let o = sb.cli(&["sandbox", "stop", "sp-a", "-o", "json"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("-o json: this command prints no data"),
+        "{}",
+        stderr(&o)
+    );
+    let o = sb.cli(&["sandbox", "list", "-o", "yaml"]);
+    assert!(stdout(&o).contains("name: sp-a"), "{}", stdout(&o));
     let o = sb.cli(&["sb", "rm", "--force", "sp-a", "sp-b", "sp-c", &made]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(names(&["--names"]), "");
