@@ -103,7 +103,7 @@ fn prints_data(c: &Command) -> bool {
     match c {
         Command::Sandbox(s) => matches!(
             s,
-            S::List { .. } | S::Get { .. } | S::Explain { .. } | S::Create(_)
+            S::List { .. } | S::Get { .. } | S::Explain { .. } | S::Create(_) | S::Recreate { .. }
         ),
         Command::Image(i) => matches!(i, I::List { .. } | I::Inspect { .. }),
         Command::Provider(p) => !matches!(p, Pr::Delete { .. }),

@@ -662,7 +662,74 @@ fn openshell_spellings_work() {
     assert_eq!(names(&["--names"]), "");
 }
 
+/// `sandbox recreate`: a created sandbox comes back from its saved options with nothing
+/// kept; a running one needs --force; a `run --keep` one has no options to use.
+fn recreate_keeps_the_options_and_nothing_else() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let o = sb.cli(&[
+        "sandbox", "create", "--detach", "--name", "rc", "--label", "team=ai",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = sb.cli(&[
+        "sandbox",
+        "exec",
+        "rc",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /sandbox/f",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = sb.cli(&["sandbox", "recreate", "rc"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("is running: `sandbox recreate --force rc`"),
+        "{}",
+        stderr(&o)
+    );
+    let o = sb.cli(&["sandbox", "recreate", "--force", "rc"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = sb.cli(&[
+        "sandbox",
+        "exec",
+        "rc",
+        "--",
+        "sh",
+        "-c",
+        "cat /sandbox/f 2>&1 || echo gone",
+    ]);
+    assert!(
+        stdout(&o).contains("gone") || stdout(&o).contains("No such file"),
+        "{}",
+        stdout(&o)
+    );
+    let o = sb.cli(&["sandbox", "list", "--names", "--selector", "team=ai"]);
+    assert_eq!(stdout(&o), "rc\n");
+    // Again, with --all, stopped first (no --force needed), and the saved options still
+    // parse (nothing was added twice).
+    let o = sb.cli(&["sandbox", "stop", "rc"]);
+    assert!(o.status.success());
+    let o = sb.cli(&["sandbox", "recreate", "--all"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = sb.cli(&["sandbox", "stop", "rc"]);
+    assert!(o.status.success());
+    let o = sb.cli(&["sandbox", "start", "rc"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = sb.run(&["--keep", "--name", "kept-run"], &["true"]);
+    assert!(o.status.success());
+    let o = sb.cli(&["sandbox", "recreate", "kept-run"]);
+    assert!(
+        stderr(&o).contains("no options to create it from"),
+        "{}",
+        stderr(&o)
+    );
+    let o = sb.cli(&["sandbox", "delete", "--all"]);
+    assert!(o.status.success());
+}
+
 openshell_tests::suite!(
+    recreate_keeps_the_options_and_nothing_else,
     openshell_spellings_work,
     kept_sandbox_is_listed_inspected_and_deleted,
     running_sandbox_is_ready_and_delete_stops_it,

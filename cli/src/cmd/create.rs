@@ -205,7 +205,72 @@ fn saved_options(args: impl Iterator<Item = String>) -> Vec<String> {
 }
 
 /// Create the sandbox; returns the exit status.
-pub fn run(mut args: CreateArgs, format: Format) -> i32 {
+pub fn run(args: CreateArgs, format: Format) -> i32 {
+    create(args, format, None)
+}
+
+/// `sandbox recreate NAME...|--all [--force]` (OpenClaw's): delete each sandbox made by
+/// `create` and create it again, detached, from the options it was created with —
+/// keeping nothing (workspace, image upper directory, live policy changes). A running
+/// one needs `--force`.
+pub fn recreate(names: Vec<String>, all: bool, force: bool, format: Format) -> i32 {
+    let base = state::base_dir();
+    let names: Vec<String> = if all {
+        store::list(&base)
+            .into_iter()
+            .filter(|e| e.dir.join(ARGS_FILE).exists())
+            .map(|e| e.name)
+            .collect()
+    } else {
+        names
+    };
+    let mut code = 0;
+    for name in names {
+        let e = match store::find(&base, &name) {
+            Ok(e) => e,
+            Err(err) => {
+                code = fail(err);
+                continue;
+            }
+        };
+        let raw: Vec<String> = match std::fs::read_to_string(e.dir.join(ARGS_FILE)) {
+            Ok(t) => serde_json::from_str(&t).unwrap_or_default(),
+            Err(_) => {
+                code = fail(format!(
+                    "sandbox {name} was made by `run --keep`, not `sandbox create`: there are no options to create it from"
+                ));
+                continue;
+            }
+        };
+        let mut args = match saved_args(&e.dir) {
+            Ok(a) => a,
+            Err(err) => {
+                code = fail(format!("sandbox {name}: {err}"));
+                continue;
+            }
+        };
+        if matches!(e.phase().0, Phase::Ready | Phase::Provisioning) && !force {
+            code = fail(format!(
+                "sandbox {name} is running: `sandbox recreate --force {name}` to recreate it anyway"
+            ));
+            continue;
+        }
+        if let Err(err) = store::delete(&base, &name) {
+            code = fail(err);
+            continue;
+        }
+        args.run.name = Some(name.clone());
+        args.detach = true;
+        args.no_keep = false;
+        let c = create(args, format, Some(raw));
+        if c != 0 {
+            code = c;
+        }
+    }
+    code
+}
+
+fn create(mut args: CreateArgs, format: Format, saved_raw: Option<Vec<String>>) -> i32 {
     let generated = args.run.name.is_none();
     let name = args.run.name.clone().unwrap_or_else(state::generate_name);
     if let Err(e) = state::check_name(&name) {
@@ -258,7 +323,8 @@ pub fn run(mut args: CreateArgs, format: Format) -> i32 {
     }
     // What `sandbox start` needs to bring it back: the options it was created with,
     // without the global ones (`-o json` is how this call prints, not the sandbox).
-    let mut saved = saved_options(std::env::args().skip_while(|a| a != "create").skip(1));
+    let mut saved = saved_raw
+        .unwrap_or_else(|| saved_options(std::env::args().skip_while(|a| a != "create").skip(1)));
     // Providers attached by themselves (the agent's) are named, so `start` (which
     // runs no command) attaches the same ones, with their values of that day.
     for p in &providers {
@@ -266,7 +332,9 @@ pub fn run(mut args: CreateArgs, format: Format) -> i32 {
             saved.extend(["--provider".to_string(), p.clone()]);
         }
     }
-    saved.push("--no-auto-providers".into());
+    if !saved.iter().any(|a| a == "--no-auto-providers") {
+        saved.push("--no-auto-providers".into());
+    }
     if let Ok(e) = store::find(&base, &name) {
         let _ = openshell_runtime::record::write_atomic(
             &e.dir.join(ARGS_FILE),

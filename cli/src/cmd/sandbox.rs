@@ -119,6 +119,21 @@ pub enum SandboxCommand {
         #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
         name: String,
     },
+    /// Delete sandboxes made by `create` and create them again from the options they
+    /// were created with, keeping nothing (OpenClaw's recreate); running ones need
+    /// --force.
+    Recreate {
+        /// Names.
+        #[arg(required_unless_present = "all")]
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
+        names: Vec<String>,
+        /// Every sandbox made by `create`.
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
+        /// Recreate running ones too.
+        #[arg(long, short)]
+        force: bool,
+    },
     /// Bring a stopped sandbox made by `create` back (same files, current policy).
     Start {
         /// Its name.
@@ -440,6 +455,9 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
         SandboxCommand::Explain { name } => super::explain::run(&name, format),
         SandboxCommand::Create(args) => super::create::run(*args, format),
         SandboxCommand::Start { name } => super::create::start(&name),
+        SandboxCommand::Recreate { names, all, force } => {
+            super::create::recreate(names, all, force, format)
+        }
         SandboxCommand::Exec {
             name,
             name_flag,
