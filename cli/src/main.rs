@@ -61,6 +61,9 @@ enum Command {
     /// Space used by images and sandboxes; remove everything of this user.
     #[command(subcommand)]
     System(cmd::system::SystemCommand),
+    /// Forward host ports to a running sandbox's loopback (a dev server inside).
+    #[command(subcommand, alias = "fwd")]
+    Forward(cmd::forward::ForwardCommand),
     /// Show a sandbox's log: policy loads and every network decision.
     #[command(alias = "lg")]
     Logs(cmd::logs::LogsArgs),
@@ -72,6 +75,13 @@ enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+    /// Internal: join a sandbox's user and network namespaces and hand its supervisor
+    /// new sockets of that namespace (port forwarding).
+    #[command(name = "__connector", hide = true)]
+    Connector {
+        /// The sandbox's init (host pid).
+        pid: u32,
     },
     /// Write the man pages (openshell.1 and one per command group) into DIR.
     #[command(hide = true)]
@@ -111,9 +121,12 @@ fn prints_data(c: &Command) -> bool {
         Command::Policy(p) => matches!(p, P::Get { .. } | P::List { .. } | P::Validate { .. }),
         Command::System(s) => matches!(s, Sys::Df),
         Command::Doctor | Command::Status | Command::Logs(_) => true,
-        Command::Run(_) | Command::Serve(_) | Command::Completions { .. } | Command::Man { .. } => {
-            false
-        }
+        Command::Forward(f) => matches!(f, cmd::forward::ForwardCommand::List),
+        Command::Run(_)
+        | Command::Serve(_)
+        | Command::Completions { .. }
+        | Command::Connector { .. }
+        | Command::Man { .. } => false,
     }
 }
 
@@ -203,7 +216,10 @@ fn main() {
     if let Some(host) = host
         && !matches!(
             cli.command,
-            Command::Serve(_) | Command::Completions { .. } | Command::Man { .. }
+            Command::Serve(_)
+                | Command::Completions { .. }
+                | Command::Man { .. }
+                | Command::Connector { .. }
         )
     {
         if std::env::var_os("OPENSHELL_VIA_SERVE").is_some() {
@@ -247,6 +263,8 @@ fn main() {
         Command::Logs(args) => cmd::logs::run(args, cli.output),
         Command::Man { dir } => man_pages(&dir),
         Command::Serve(args) => cmd::serve::run(args),
+        Command::Forward(c) => cmd::forward::run(c, cli.output),
+        Command::Connector { pid } => openshell_runtime::forward::connector_main(pid),
         Command::Completions { shell } => completions(shell),
     };
     std::process::exit(code);

@@ -49,6 +49,7 @@ pub mod supervisor {
     pub mod error;
     pub mod exec;
     pub mod features;
+    pub mod forward;
     pub mod identity;
     pub mod image;
     pub mod netsvc;
@@ -63,7 +64,8 @@ pub use core::{
 };
 pub use store::{control, record, scratch, state, transfer};
 pub use supervisor::{
-    detach, error, exec, features, identity, image, netsvc, platform, run, supervise, trust,
+    detach, error, exec, features, forward, identity, image, netsvc, platform, run, supervise,
+    trust,
 };
 
 pub use run::{RunError, RunOptions, run};

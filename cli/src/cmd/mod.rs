@@ -3,6 +3,7 @@
 pub mod create;
 pub mod doctor;
 pub mod explain;
+pub mod forward;
 pub mod image;
 pub mod inference;
 pub mod live_policy;

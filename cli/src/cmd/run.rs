@@ -101,6 +101,10 @@ pub struct RunArgs {
     /// Most processes and threads at once (default 4096).
     #[arg(long, value_name = "N")]
     pub pids: Option<String>,
+    /// Forward a host port ([ADDR:]PORT, default address 127.0.0.1) to the same port
+    /// on the sandbox's loopback (a dev server started inside). Repeatable.
+    #[arg(long, value_name = "[ADDR:]PORT")]
+    pub forward: Vec<String>,
     #[command(flatten)]
     pub providers: super::provider::ProviderArgs,
     /// The policy file is the sandbox's own (`sandbox start`): `_provider_` entries
@@ -237,7 +241,13 @@ pub fn options(args: RunArgs) -> Result<RunOptions, String> {
     } else {
         None
     };
+    let forwards = args
+        .forward
+        .iter()
+        .map(|f| openshell_runtime::forward::Spec::parse(f))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(RunOptions {
+        forwards,
         inference,
         providers: att.names,
         provider_env: att.env,

@@ -63,6 +63,8 @@ pub struct NetConfig {
     pub inference: Option<openshell_proxy::inference::Route>,
     /// Fallbacks init's setup took: logged once at start (`SETUP:FALLBACK`).
     pub notes: Vec<String>,
+    /// Ports forwarded from the host from the start (`--forward`).
+    pub forwards: Vec<crate::forward::Spec>,
 }
 
 impl NetService {
@@ -103,6 +105,14 @@ impl NetService {
         ctx.credentials.set(cfg.credentials);
         ctx.inference.set(cfg.inference);
         let control = bind_control(&cfg.control)?;
+        // The host listeners of --forward now: a taken port stops the start with a
+        // message, before the sandbox is Ready.
+        let forwards = Arc::new(crate::forward::Forwards::new(cfg.init_pid));
+        let mut bound = Vec::new();
+        for spec in cfg.forwards {
+            let l = forwards.bind(&spec).map_err(std::io::Error::other)?;
+            bound.push((spec, l));
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("openshell-net".into())
@@ -122,13 +132,17 @@ impl NetService {
                         tokio::time::sleep(crate::trim::AFTER).await;
                         crate::trim::release_startup_code();
                     });
+                    for (spec, l) in bound {
+                        let _ = forwards.run(spec, l);
+                    }
                     let c = ctx.clone();
+                    let fw = forwards.clone();
                     let ctl = tokio::spawn(async move {
                         let Ok(l) = tokio::net::UnixListener::from_std(control) else {
                             return;
                         };
                         while let Ok((s, _)) = l.accept().await {
-                            tokio::spawn(serve_control(c.clone(), s));
+                            tokio::spawn(serve_control(c.clone(), fw.clone(), s));
                         }
                     });
                     openshell_proxy::serve(ctx, listeners, rx).await;
@@ -175,7 +189,7 @@ fn bind_control(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener
 /// Largest request body the control API reads.
 const MAX_BODY: usize = 1 << 20;
 
-async fn serve_control(ctx: Arc<Context>, mut s: UnixStream) {
+async fn serve_control(ctx: Arc<Context>, fw: Arc<crate::forward::Forwards>, mut s: UnixStream) {
     let (head, mut body) = match http::read_head(&mut s, 16 * 1024).await {
         Ok(h) => h,
         Err(HeadError::TooLarge) => {
@@ -294,6 +308,47 @@ async fn serve_control(ctx: Arc<Context>, mut s: UnixStream) {
                     )
                     .await;
                 }
+            }
+        }
+        ("GET", "/v1/forwards") => {
+            let v = serde_json::to_value(fw.list()).unwrap_or_default();
+            reply(&mut s, 200, v).await;
+        }
+        ("PUT", "/v1/forwards") => {
+            let started = serde_json::from_slice::<crate::forward::Spec>(&body)
+                .map_err(|e| (400, e.to_string()))
+                .and_then(|spec| {
+                    let l = fw.bind(&spec).map_err(|e| (409, e))?;
+                    fw.run(spec.clone(), l).map_err(|e| (500, e))?;
+                    Ok(spec)
+                });
+            match started {
+                Ok(spec) => {
+                    ctx.log.note(
+                        "NET:FORWARD",
+                        &format!(
+                            "{}:{} -> sandbox 127.0.0.1:{}",
+                            spec.bind, spec.port, spec.port
+                        ),
+                    );
+                    reply(&mut s, 200, serde_json::to_value(&spec).unwrap_or_default()).await;
+                }
+                Err((code, e)) => {
+                    reply(
+                        &mut s,
+                        code,
+                        serde_json::json!({"error": "forward", "detail": e}),
+                    )
+                    .await;
+                }
+            }
+        }
+        ("DELETE", p) if p.starts_with("/v1/forwards/") => {
+            match p["/v1/forwards/".len()..].parse::<u16>() {
+                Ok(port) if fw.stop(port) => {
+                    reply(&mut s, 200, serde_json::json!({"stopped": port})).await;
+                }
+                _ => reply(&mut s, 404, serde_json::json!({"error": "not_forwarded"})).await,
             }
         }
         _ => reply(&mut s, 404, serde_json::json!({"error": "not_found"})).await,

@@ -73,6 +73,8 @@ pub struct RunOptions {
     pub credentials: Vec<openshell_proxy::secrets::Credential>,
     /// The inference.local route (`openshell inference set`).
     pub inference: Option<openshell_proxy::inference::Route>,
+    /// Host ports forwarded to the sandbox's loopback (`--forward`).
+    pub forwards: Vec<crate::forward::Spec>,
 }
 
 pub use crate::error::RunError;
@@ -517,6 +519,12 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     }
     // Set up: from here on the sandbox is whole and a delete may take it.
     drop(lock);
+    if !opts.forwards.is_empty() && !opts.network {
+        return Err(RunError::Invalid(
+            "--forward needs the sandbox's network (--network proxy): with --network none nothing serves the host side"
+                .into(),
+        ));
+    }
     let net_setup = opts.network.then(|| NetSetup {
         ca: trust.as_ref().map(|t| t.ca.clone()),
         upstream_ca: opts.upstream_ca.clone(),
@@ -526,6 +534,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         control: dir.path.join("control.sock"),
         credentials: opts.credentials.clone(),
         inference: opts.inference.clone(),
+        forwards: opts.forwards.clone(),
     });
     let cfg = InitConfig {
         net,

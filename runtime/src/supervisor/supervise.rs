@@ -28,6 +28,7 @@ pub(crate) struct NetSetup {
     pub(crate) control: PathBuf,
     pub(crate) credentials: Vec<openshell_proxy::secrets::Credential>,
     pub(crate) inference: Option<openshell_proxy::inference::Route>,
+    pub(crate) forwards: Vec<crate::forward::Spec>,
 }
 
 /// Clone init, write its maps, release it, then supervise until it exits.
@@ -199,6 +200,7 @@ pub(crate) fn start_and_wait(
                 credentials: n.credentials,
                 inference: n.inference,
                 notes: notes.clone(),
+                forwards: n.forwards,
             })
             .map_err(|e| RunError::Setup(format!("start the proxy: {e}")))?,
         ),
