@@ -25,6 +25,17 @@ fn create_detached_attached_and_no_keep() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "bg\n");
     assert_eq!(phase(&sb, "bg"), "Ready");
+    // A command given with --detach is not run, and that is said, not silent.
+    let o = sb.cli(&[
+        "sandbox", "create", "--name", "bg2", "--detach", "--", "echo", "hi",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--detach runs no command; `echo hi` only chose the providers"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(sb.cli(&["sandbox", "delete", "bg2"]).status.success());
     let o = sb.cli(&[
         "sandbox",
         "exec",

@@ -286,6 +286,14 @@ fn create(mut args: CreateArgs, format: Format, saved_raw: Option<Vec<String>>) 
     let command = std::mem::take(&mut args.run.command);
     let tty_flag = (args.run.tty, args.run.no_tty);
     let (detach, no_keep) = (args.detach, args.no_keep);
+    if detach && !command.is_empty() {
+        // Not silently: the command only chose the agent's providers here.
+        eprintln!(
+            "openshell: warning: --detach runs no command; `{}` only chose the providers. Run it with `openshell sandbox exec {name} -- {}`",
+            command.join(" "),
+            command.join(" ")
+        );
+    }
     let explicit = args.run.providers.providers.clone();
     // The agent's provider is chosen by the command, which the supervisor never runs.
     args.run.command = command.clone();
