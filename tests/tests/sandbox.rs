@@ -600,8 +600,14 @@ fn openshell_spellings_work() {
         "sb", "exec", "-n", "sp-a", "--no-tty", "--", "echo", "via -n",
     ]);
     assert_eq!(stdout(&o), "via -n\n", "{}", stderr(&o));
+    // Without a name: the last one used (sp-a, just exec'd in).
     let o = sb.cli(&["sandbox", "exec", "--", "true"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("sandbox sp-a (the last one used)"),
+        "{}",
+        stderr(&o)
+    );
     // logs: lg, --tail is follow (ended here by the sandbox's deletion), gateway, debug, -n
     let o = sb.cli(&[
         "lg", "sp-a", "--source", "gateway", "--level", "debug", "-n", "1",
@@ -728,7 +734,49 @@ fn recreate_keeps_the_options_and_nothing_else() {
     assert!(o.status.success());
 }
 
+/// NAME left out means the last sandbox used (created, started, exec'd in), said on
+/// stderr; with none, the error says what to give.
+fn the_last_sandbox_is_used_when_name_is_left_out() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let o = sb.cli(&["sandbox", "get"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("which sandbox? give its NAME"),
+        "{}",
+        stderr(&o)
+    );
+    for n in ["l-one", "l-two"] {
+        let o = sb.cli(&["sandbox", "create", "--detach", "--name", n]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let o = sb.cli(&["sandbox", "exec", "--", "hostname"]);
+    assert_eq!(stdout(&o), "l-two\n", "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("sandbox l-two (the last one used)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = sb.cli(&["sandbox", "exec", "l-one", "--", "true"]);
+    assert!(o.status.success());
+    let o = sb.cli(&["sandbox", "get", "-o", "json"]);
+    assert!(stdout(&o).contains("\"name\": \"l-one\""), "{}", stdout(&o));
+    let o = sb.cli(&["logs", "-n", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = sb.cli(&["policy", "get"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = sb.cli(&["sandbox", "stop"]);
+    assert_eq!(stdout(&o), "stopped l-one\n", "{}", stderr(&o));
+    let o = sb.cli(&["sandbox", "delete", "l-one"]);
+    assert!(o.status.success());
+    let o = sb.cli(&["sandbox", "get"]);
+    assert!(stderr(&o).contains("which sandbox?"), "{}", stderr(&o));
+    let o = sb.cli(&["sandbox", "delete", "--all"]);
+    assert!(o.status.success());
+}
+
 openshell_tests::suite!(
+    the_last_sandbox_is_used_when_name_is_left_out,
     recreate_keeps_the_options_and_nothing_else,
     openshell_spellings_work,
     kept_sandbox_is_listed_inspected_and_deleted,

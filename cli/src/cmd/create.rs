@@ -349,6 +349,7 @@ fn create(mut args: CreateArgs, format: Format, saved_raw: Option<Vec<String>>) 
             serde_json::to_string(&saved).unwrap_or_default().as_bytes(),
         );
     }
+    super::sandbox::remember(&name);
     if detach {
         match format {
             Format::Json => println!("{}", serde_json::json!({ "name": name })),

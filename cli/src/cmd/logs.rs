@@ -45,9 +45,9 @@ pub enum Source {
 /// `openshell logs NAME [...]`
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// The sandbox.
+    /// The sandbox (default: the last one used).
     #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
-    name: String,
+    name: Option<String>,
     /// Keep printing new lines until the sandbox stops (`--tail`: OpenShell's spelling).
     #[arg(short, long, alias = "tail")]
     follow: bool,
@@ -117,9 +117,13 @@ fn render(line: &str, f: &Filter) -> Option<String> {
 }
 
 /// Run `logs`; returns the exit status.
-pub fn run(args: LogsArgs, format: Format) -> i32 {
+pub fn run(mut args: LogsArgs, format: Format) -> i32 {
     let base = state::base_dir();
-    let entry = match store::find(&base, &args.name) {
+    let name = match super::sandbox::resolve(args.name.take()) {
+        Ok(n) => n,
+        Err(e) => return fail(e),
+    };
+    let entry = match store::find(&base, &name) {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
@@ -144,7 +148,7 @@ pub fn run(args: LogsArgs, format: Format) -> i32 {
     if args.source == Source::Sandbox {
         eprintln!(
             "openshell: sandbox {}: its processes write to the terminal that started it; no sandbox-side log is kept yet",
-            args.name
+            name
         );
         return 0;
     }
@@ -176,7 +180,7 @@ pub fn run(args: LogsArgs, format: Format) -> i32 {
         return 0;
     }
     loop {
-        let running = store::find(&base, &args.name).is_ok_and(|e| {
+        let running = store::find(&base, &name).is_ok_and(|e| {
             e.record
                 .as_ref()
                 .is_ok_and(|r| matches!(r.phase().0, Phase::Ready | Phase::Provisioning))

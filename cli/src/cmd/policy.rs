@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use crate::output::{Format, structured};
+use crate::output::{Format, fail, structured};
 
 /// Policy commands.
 #[derive(Debug, Subcommand)]
@@ -22,7 +22,7 @@ pub enum PolicyCommand {
     Get {
         /// The sandbox.
         #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
-        name: String,
+        name: Option<String>,
         /// Accepted for OpenShell compatibility: the whole policy is always printed
         /// (static sections included), so the output can be fed back to `policy set`.
         #[arg(long)]
@@ -36,7 +36,7 @@ pub enum PolicyCommand {
     Set {
         /// The sandbox.
         #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
-        name: String,
+        name: Option<String>,
         /// The new policy file.
         #[arg(long, value_name = "FILE")]
         policy: PathBuf,
@@ -52,7 +52,7 @@ pub enum PolicyCommand {
     Update {
         /// The sandbox.
         #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
-        name: String,
+        name: Option<String>,
         /// host:port[:access[:protocol[:enforcement]]]. Repeatable.
         #[arg(long, value_name = "SPEC")]
         add_endpoint: Vec<String>,
@@ -73,7 +73,7 @@ pub enum PolicyCommand {
     List {
         /// The sandbox.
         #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
-        name: String,
+        name: Option<String>,
         /// Seconds to wait for the sandbox's supervisor.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
@@ -90,19 +90,28 @@ struct Verdict {
 
 /// Run a policy command.
 pub fn run(cmd: PolicyCommand, format: Format) -> i32 {
+    // NAME may be left out (the last sandbox used), as in OpenShell.
+    macro_rules! named {
+        ($n:expr) => {
+            match super::sandbox::resolve($n) {
+                Ok(n) => n,
+                Err(e) => return fail(e),
+            }
+        };
+    }
     let secs = |t: u64| std::time::Duration::from_secs(t.max(1));
     match cmd {
         PolicyCommand::Get {
             name,
             full: _,
             timeout,
-        } => super::live_policy::get(&name, format, secs(timeout), false),
+        } => super::live_policy::get(&named!(name), format, secs(timeout), false),
         PolicyCommand::Set {
             name,
             policy,
             wait: _,
             timeout,
-        } => super::live_policy::set(&name, &policy, secs(timeout)),
+        } => super::live_policy::set(&named!(name), &policy, secs(timeout)),
         PolicyCommand::Update {
             name,
             add_endpoint,
@@ -111,7 +120,7 @@ pub fn run(cmd: PolicyCommand, format: Format) -> i32 {
             dry_run,
             timeout,
         } => super::live_policy::update(
-            &name,
+            &named!(name),
             super::live_policy::Update {
                 add: add_endpoint,
                 binaries: binary,
@@ -121,7 +130,7 @@ pub fn run(cmd: PolicyCommand, format: Format) -> i32 {
             secs(timeout),
         ),
         PolicyCommand::List { name, timeout } => {
-            super::live_policy::list(&name, format, secs(timeout))
+            super::live_policy::list(&named!(name), format, secs(timeout))
         }
         PolicyCommand::Default => {
             // `network_policies:` last and empty, so that appending a policy block

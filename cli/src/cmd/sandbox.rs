@@ -42,7 +42,7 @@ pub enum SandboxCommand {
     Get {
         /// Its name.
         #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
-        name: String,
+        name: Option<String>,
         /// Print only its policy (YAML): the active one while it runs, else the stored.
         #[arg(long)]
         policy_only: bool,
@@ -89,7 +89,7 @@ pub enum SandboxCommand {
     Exec {
         /// The sandbox.
         #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
-        #[arg(required_unless_present = "name_flag", conflicts_with = "name_flag")]
+        #[arg(conflicts_with = "name_flag")]
         name: Option<String>,
         /// The sandbox (OpenShell's spelling: `exec -n NAME -- CMD`).
         #[arg(short = 'n', long = "name", value_name = "NAME")]
@@ -117,7 +117,7 @@ pub enum SandboxCommand {
     Connect {
         /// The sandbox.
         #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
-        name: String,
+        name: Option<String>,
     },
     /// Delete sandboxes made by `create` and create them again from the options they
     /// were created with, keeping nothing (OpenClaw's recreate); running ones need
@@ -138,13 +138,12 @@ pub enum SandboxCommand {
     Start {
         /// Its name.
         #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
-        name: String,
+        name: Option<String>,
     },
     /// Stop a running sandbox's processes (SIGTERM, SIGKILL after 5 s); a kept
     /// sandbox's files and policy stay.
     Stop {
-        /// Names.
-        #[arg(required = true)]
+        /// Names (default: the last sandbox used).
         #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
         names: Vec<String>,
     },
@@ -356,6 +355,32 @@ fn view(e: &Entry) -> View {
     }
 }
 
+/// Where the name of the last sandbox used (created, started, connected to, exec'd
+/// in) is kept, for commands given no NAME (as OpenShell does).
+const LAST: &str = "last-sandbox";
+
+/// Remember `name` as the last sandbox used.
+pub fn remember(name: &str) {
+    let base = state::base_dir();
+    let _ = openshell_runtime::record::write_whole(&base.join(LAST), name.as_bytes(), false);
+}
+
+/// `name`, or the last sandbox used when none was given (said on stderr), or an error
+/// naming what to give.
+pub fn resolve(name: Option<String>) -> Result<String, String> {
+    if let Some(n) = name {
+        return Ok(n);
+    }
+    let base = state::base_dir();
+    let last = std::fs::read_to_string(base.join(LAST)).unwrap_or_default();
+    let last = last.trim();
+    if !last.is_empty() && state::check_name(last).is_ok() && store::find(&base, last).is_ok() {
+        eprintln!("openshell: sandbox {last} (the last one used)");
+        return Ok(last.to_string());
+    }
+    Err("which sandbox? give its NAME (no sandbox was used recently)".into())
+}
+
 /// Parse `k=v` selectors (each argument may hold several, comma-separated).
 fn selectors(args: &[String]) -> Result<Vec<(String, String)>, String> {
     args.iter()
@@ -370,6 +395,15 @@ fn selectors(args: &[String]) -> Result<Vec<(String, String)>, String> {
 /// Run a `sandbox` subcommand; returns the exit status.
 pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
     let base = state::base_dir();
+    // NAME may be left out (the last sandbox used), as in OpenShell.
+    macro_rules! named {
+        ($n:expr) => {
+            match resolve($n) {
+                Ok(n) => n,
+                Err(e) => return fail(e),
+            }
+        };
+    }
     match cmd {
         SandboxCommand::List {
             selector,
@@ -425,8 +459,13 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
         SandboxCommand::Get {
             name,
             policy_only: true,
-        } => super::live_policy::get(&name, format, std::time::Duration::from_secs(10), true),
-        SandboxCommand::Get { name, .. } => match store::find(&base, &name) {
+        } => super::live_policy::get(
+            &named!(name),
+            format,
+            std::time::Duration::from_secs(10),
+            true,
+        ),
+        SandboxCommand::Get { name, .. } => match store::find(&base, &named!(name)) {
             Err(e) => fail(e),
             Ok(e) => {
                 let v = view(&e);
@@ -454,7 +493,14 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
         }
         SandboxCommand::Explain { name } => super::explain::run(&name, format),
         SandboxCommand::Create(args) => super::create::run(*args, format),
-        SandboxCommand::Start { name } => super::create::start(&name),
+        SandboxCommand::Start { name } => {
+            let name = named!(name);
+            let code = super::create::start(&name);
+            if code == 0 {
+                remember(&name);
+            }
+            code
+        }
         SandboxCommand::Recreate { names, all, force } => {
             super::create::recreate(names, all, force, format)
         }
@@ -468,18 +514,24 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
             command,
             ..
         } => {
-            let Some(name) = name.or(name_flag) else {
-                return fail("which sandbox? openshell sandbox exec NAME -- CMD");
-            };
+            let name = named!(name.or(name_flag));
+            remember(&name);
             exec(&base, &name, workdir, &env, timeout, tty, command)
         }
         SandboxCommand::Connect { name } => {
+            let name = named!(name);
+            remember(&name);
             let shell =
                 "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi";
             let argv = vec!["/bin/sh".into(), "-c".into(), shell.into()];
             exec(&base, &name, None, &[], None, true, argv)
         }
         SandboxCommand::Stop { names } => {
+            let names = if names.is_empty() {
+                vec![named!(None)]
+            } else {
+                names
+            };
             let mut code = 0;
             for n in &names {
                 let stopped = store::find(&base, n).and_then(|e| {

@@ -218,7 +218,7 @@ fn reset(force: bool) -> i32 {
         if let Err(e) = remove_known(&image_dir, &store_entries) {
             code = fail(e);
         }
-        let state_entries = ["sandboxes", "supervisors"];
+        let state_entries = ["sandboxes", "supervisors", "last-sandbox", "serve", "tmp"];
         if let Err(e) = remove_known(&base, &state_entries) {
             code = fail(e);
         }
