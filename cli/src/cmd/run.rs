@@ -32,8 +32,9 @@ pub enum PullPolicy {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Root filesystem: an image reference (python:3.12, host:port/name:tag,
-    /// name@sha256:...) or a directory holding a rootfs. Default: the host's own
-    /// /usr, /etc, ... read-only (no image needed).
+    /// name@sha256:...), an OCI layout (oci:DIR[:tag]), an archive
+    /// (oci-archive:FILE, docker-archive:FILE) or a directory holding a rootfs.
+    /// Default: the host's own /usr, /etc, ... read-only (no image needed).
     #[arg(long, value_name = "IMAGE|DIR")]
     #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::images))]
     pub from: Option<String>,
