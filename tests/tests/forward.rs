@@ -5,9 +5,8 @@
 //! with `--network none`. Root and rootless alike.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use openshell_tests::{Sandbox, need_sandbox, stderr, stdout};
+use openshell_tests::{Sandbox, eventually, need_sandbox, stderr, stdout};
 
 /// A free TCP port on the host's loopback (bound and released).
 fn free_port() -> u16 {
@@ -37,17 +36,6 @@ fn serve_inside(sb: &Sandbox, name: &str, port: u16, mark: &str) {
     );
     let o = sb.cli(&["sandbox", "exec", name, "--", "sh", "-c", &probe]);
     assert!(o.status.success(), "the server inside never answered");
-}
-
-fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < until {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 fn forwards_reach_a_server_inside_and_end_with_the_sandbox() {

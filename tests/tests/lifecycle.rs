@@ -432,7 +432,50 @@ fn image_rm_per_reference_and_system_reset() {
     );
 }
 
+/// A fallback the setup takes is never silent: `-v` shows it, `sandbox explain` and the
+/// sandbox's log keep it; without `-v` the run stays quiet.
+fn fallbacks_are_shown_with_v_explained_and_logged() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let run = |args: &[&str]| {
+        sb.cmd()
+            .env("OPENSHELL_NFT_FALLBACK", "1")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let note = "nftables: the kernel refused the rules over netlink; the host's nft loaded them";
+    let out = run(&["-v", "run", "--", "true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(note), "{}", stderr(&out));
+    let out = run(&["run", "--keep", "--name", "fb", "--", "true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains(note), "{}", stderr(&out));
+    let explained = sb.cli(&["sandbox", "explain", "fb"]);
+    assert!(
+        stdout(&explained).contains(&format!("Fallbacks:\n  {note}")),
+        "{}",
+        stdout(&explained)
+    );
+    let logs = sb.cli(&["logs", "fb"]);
+    assert!(
+        stdout(&logs).contains(&format!("SETUP:FALLBACK {note}")),
+        "{}",
+        stdout(&logs)
+    );
+    // Without the fallback there is nothing to say.
+    let out = sb
+        .cmd()
+        .args(["run", "--keep", "--name", "plain", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!stdout(&sb.cli(&["sandbox", "explain", "plain"])).contains("Fallbacks"));
+}
+
 openshell_tests::suite!(
+    fallbacks_are_shown_with_v_explained_and_logged,
     a_setup_that_hangs_ends_by_its_timeout,
     signals_end_a_setup_that_hangs,
     pty_sessions_end_with_dev_null_input_and_on_sigterm,

@@ -8,7 +8,7 @@ mod common;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use openshell_tests::{Sandbox, need_sandbox, stderr, stdout};
+use openshell_tests::{Sandbox, need_sandbox, processes_with, stderr, stdout};
 
 fn json(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "failed: {}{}", stdout(o), stderr(o));
@@ -23,21 +23,6 @@ fn spawn(sb: &Sandbox, opts: &[&str], argv: &[&str]) -> Child {
 /// Wait until `sandbox get NAME` says `phase`; return its JSON.
 fn wait_phase(sb: &Sandbox, name: &str, phase: &str) -> serde_json::Value {
     serde_json::from_str(&sb.wait_phase(name, phase)).unwrap()
-}
-
-/// Processes whose command line holds `marker` (sandboxed processes included: they are
-/// host processes under other ids).
-fn processes_with(marker: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
-            let c = String::from_utf8_lossy(&c).replace('\0', " ");
-            if c.contains(marker) {
-                found.push(format!("{}: {c}", e.file_name().to_string_lossy()));
-            }
-        }
-    }
-    found
 }
 
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {

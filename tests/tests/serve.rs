@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use openshell_tests::{Sandbox, need_sandbox, openshell_bin, stderr, stdout};
+use openshell_tests::{
+    Sandbox, eventually, need_sandbox, openshell_bin, processes_with, stderr, stdout,
+};
 
 /// A server with its own state, runtime and config directories.
 struct Server {
@@ -126,32 +128,6 @@ impl Drop for Server {
             let _ = c.wait();
         }
     }
-}
-
-/// Processes whose command line contains `needle` (and are not a shell of this test).
-fn processes_with(needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
-            let c = String::from_utf8_lossy(&c).replace('\0', " ");
-            if c.contains(needle) {
-                out.push(c);
-            }
-        }
-    }
-    out
-}
-
-/// Wait (up to `secs`) until `f` holds; false when it never did.
-fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < until {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 fn mode(p: &Path) -> u32 {
