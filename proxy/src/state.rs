@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 /// One accepted (or rejected) policy revision.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Revision {
     /// 1, 2, ... (rejected revisions carry the version they did not replace).
     pub version: u64,
@@ -27,7 +27,14 @@ pub struct Revision {
     /// Why it was rejected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The policy of a loaded (or superseded) revision, for `policy get --rev N`.
+    #[serde(skip)]
+    pub policy: Option<Arc<Policy>>,
 }
+
+/// How many revisions are kept (the oldest go first): a sandbox whose policy is set in
+/// a loop must not grow its supervisor without bound.
+pub const MAX_REVISIONS: usize = 100;
 
 /// The active policy as connections see it.
 #[derive(Debug, Clone)]
@@ -78,10 +85,11 @@ impl PolicyState {
     /// Start with `policy` as version 1.
     pub fn new(policy: Policy) -> Arc<Self> {
         let sha = hash(&policy);
+        let policy = Arc::new(policy);
         let (generation, _) = watch::channel(1);
         Arc::new(Self {
             active: RwLock::new(Active {
-                policy: Arc::new(policy),
+                policy: policy.clone(),
                 version: 1,
                 sha256: sha.clone(),
             }),
@@ -91,6 +99,7 @@ impl PolicyState {
                 status: "loaded".into(),
                 time: now(),
                 error: None,
+                policy: Some(policy.clone()),
             }]),
             generation,
         })
@@ -115,6 +124,31 @@ impl PolicyState {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Revision `version` as it was loaded (`None`: unknown, rejected, or dropped
+    /// from the history).
+    pub fn revision(&self, version: u64) -> Option<Revision> {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|r| r.version == version && r.policy.is_some())
+            .cloned()
+    }
+
+    /// Append `r`, dropping the oldest revisions beyond [`MAX_REVISIONS`] — never the
+    /// active (`loaded`) one, which `policy get` always shows.
+    fn push(hist: &mut Vec<Revision>, r: Revision) {
+        hist.push(r);
+        while hist.len() > MAX_REVISIONS {
+            match hist.iter().position(|r| r.status != "loaded") {
+                Some(i) => {
+                    hist.remove(i);
+                }
+                None => break,
+            }
+        }
     }
 
     /// Validate `yaml` completely and make it active, or reject it and keep the old one.
@@ -147,13 +181,17 @@ impl PolicyState {
             Ok(p) => p,
             Err(e) => {
                 let cur = self.current();
-                hist.push(Revision {
-                    version: cur.version,
-                    sha256: String::new(),
-                    status: "rejected".into(),
-                    time: now(),
-                    error: Some(e.clone()),
-                });
+                Self::push(
+                    &mut hist,
+                    Revision {
+                        version: cur.version,
+                        sha256: String::new(),
+                        status: "rejected".into(),
+                        time: now(),
+                        error: Some(e.clone()),
+                        policy: None,
+                    },
+                );
                 return Err(e);
             }
         };
@@ -170,18 +208,23 @@ impl PolicyState {
             r.status = "superseded".into();
         }
         let version = active.version + 1;
+        let policy = Arc::new(policy);
         *active = Active {
-            policy: Arc::new(policy),
+            policy: policy.clone(),
             version,
             sha256: sha.clone(),
         };
-        hist.push(Revision {
-            version,
-            sha256: sha.clone(),
-            status: "loaded".into(),
-            time: now(),
-            error: None,
-        });
+        Self::push(
+            &mut hist,
+            Revision {
+                version,
+                sha256: sha.clone(),
+                status: "loaded".into(),
+                time: now(),
+                error: None,
+                policy: Some(policy),
+            },
+        );
         drop(active);
         let _ = self.generation.send(version);
         Ok(Loaded {
@@ -226,5 +269,48 @@ mod tests {
             h.iter().map(|r| r.status.as_str()).collect::<Vec<_>>(),
             ["superseded", "loaded", "rejected", "rejected"]
         );
+        // Each loaded revision keeps its policy; rejected ones have none.
+        assert_eq!(st.revision(1).unwrap().status, "superseded");
+        assert!(
+            st.revision(1)
+                .unwrap()
+                .policy
+                .unwrap()
+                .network_policies
+                .is_empty()
+        );
+        assert_eq!(
+            st.revision(2)
+                .unwrap()
+                .policy
+                .unwrap()
+                .network_policies
+                .len(),
+            1
+        );
+        assert!(st.revision(3).is_none());
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let st = PolicyState::new(Policy::parse("version: 1\n").unwrap());
+        for i in 0..(MAX_REVISIONS + 20) {
+            let y = format!(
+                "version: 1\nnetwork_policies:\n  a:\n    endpoints: [{{host: x.com, port: {}}}]\n    binaries: [{{path: /usr/bin/curl}}]\n",
+                i + 1
+            );
+            st.replace(&y).unwrap();
+        }
+        let h = st.history();
+        assert_eq!(h.len(), MAX_REVISIONS);
+        assert_eq!(h.last().unwrap().version, (MAX_REVISIONS + 21) as u64);
+        assert!(st.revision(1).is_none(), "the oldest were dropped");
+        // Rejections never push the active revision out.
+        for _ in 0..(MAX_REVISIONS + 5) {
+            st.replace("version: 1\nbogus: 1\n").unwrap_err();
+        }
+        assert_eq!(st.history().len(), MAX_REVISIONS);
+        let active = st.current().version;
+        assert_eq!(st.revision(active).unwrap().status, "loaded");
     }
 }

@@ -159,7 +159,7 @@ fn start_brings_a_stopped_sandbox_back_with_its_files_and_policy() {
         stdout(&sb.cli(&["sandbox", "list", "-q", "--selector", "team=x"])),
         "s\n"
     );
-    let got = stdout(&sb.cli(&["policy", "get", "s"]));
+    let got = stdout(&sb.cli(&["policy", "get", "s", "--full"]));
     assert!(
         got.contains("two.example") && !got.contains("one.example"),
         "the live policy comes back: {got}"
@@ -226,6 +226,68 @@ fn an_image_sandbox_starts_again_on_its_own_upper_dir() {
     ]);
     assert_eq!(stdout(&o), "x\nBusyBox\n", "{}", stderr(&o));
     assert!(os(&["sandbox", "delete", "bb"]).status.success());
+}
+
+/// A bare `--from NAME` is a community image under OPENSHELL_COMMUNITY_REGISTRY (the
+/// test registry stands in for OpenShell's); without the variable it stays a Docker
+/// Hub name, which `--pull never` proves without any traffic.
+fn bare_from_names_use_the_community_registry() {
+    need_sandbox!();
+    let reg = std::env::var("OS_TEST_REGISTRY");
+    openshell_tests::need(
+        "registry",
+        reg.is_ok(),
+        "no test registry (tests/env/up.sh)",
+    );
+    let sb = Sandbox::new();
+    let run = |community: Option<&str>, from: &str| {
+        let mut c = sb.cmd();
+        c.env("OPENSHELL_IMAGE_DIR", sb.state.path().join("images"))
+            .env_remove("OPENSHELL_COMMUNITY_REGISTRY");
+        if let Some(p) = community {
+            c.env("OPENSHELL_COMMUNITY_REGISTRY", p);
+        }
+        c.args([
+            "run",
+            "--network",
+            "none",
+            "--pull",
+            "missing",
+            "--from",
+            from,
+        ])
+        .args(["--", "/bin/busybox", "echo", "in"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+    };
+    let prefix = format!("{}/", reg.unwrap_or_default());
+    let o = run(Some(&prefix), "busybox");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "in\n");
+    assert!(
+        stderr(&o).contains(&format!("community image {prefix}busybox:latest")),
+        "{}",
+        stderr(&o)
+    );
+    // A name with a tag, a path or a registry is not a community name.
+    let o = run(Some("127.0.0.1:1"), &format!("{prefix}busybox:latest"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("community image"), "{}", stderr(&o));
+    let mut c = sb.cmd();
+    let o = c
+        .env("OPENSHELL_IMAGE_DIR", sb.state.path().join("images"))
+        .env_remove("OPENSHELL_COMMUNITY_REGISTRY")
+        .args(["run", "--pull", "never", "--from", "busybox", "--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("docker.io/library/busybox:latest is not in the store"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 fn a_killed_supervisor_reads_as_error_and_start_revives_it() {
@@ -363,6 +425,7 @@ openshell_tests::suite!(
     create_detached_attached_and_no_keep,
     start_brings_a_stopped_sandbox_back_with_its_files_and_policy,
     an_image_sandbox_starts_again_on_its_own_upper_dir,
+    bare_from_names_use_the_community_registry,
     a_killed_supervisor_reads_as_error_and_start_revives_it,
     twenty_parallel_execs_each_get_their_own_answer,
     secrets_given_to_create_never_show_in_a_command_line_or_a_readable_file,

@@ -426,9 +426,16 @@ fn claude_code_works_on_placeholders() {
         "{text}"
     );
     assert!(!text.contains(KEY), "{text}");
-    let o = e.cli(&["policy", "get", &name]);
+    let o = e.cli(&["policy", "get", &name, "--full"]);
     assert!(
         stdout(&o).contains("_provider_claude-code"),
+        "{}",
+        stdout(&o)
+    );
+    // --base leaves the provider's entry out: what `policy set` takes back.
+    let o = e.cli(&["policy", "get", &name, "--base"]);
+    assert!(
+        o.status.success() && !stdout(&o).contains("_provider_") && stdout(&o).contains("---\n"),
         "{}",
         stdout(&o)
     );

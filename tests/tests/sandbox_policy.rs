@@ -89,13 +89,16 @@ fn policy_set_get_list_on_a_running_sandbox() {
     let ws = wait_ready(&sb, "pol");
     assert_eq!(request(&ws, 1), "200", "v1 allows the host");
 
-    let got = sb.cli(&["policy", "get", "pol"]);
+    let got = sb.cli(&["policy", "get", "pol", "--full"]);
     let text = stdout(&got);
     assert!(
         text.starts_with("Sandbox: pol\nVersion: 1\nHash:    sha256:"),
         "{text}"
     );
-    assert!(text.contains("Status:  loaded\n---\n"), "{text}");
+    assert!(
+        text.contains("Status:  loaded\nActive:  yes\nCreated: "),
+        "{text}"
+    );
     let yaml = text.split_once("---\n").unwrap().1;
     assert!(yaml.contains(&host), "{yaml}");
 
@@ -158,8 +161,11 @@ fn policy_set_get_list_on_a_running_sandbox() {
     assert!(set.status.success(), "{}", stderr(&set));
     assert_eq!(request(&ws, 4), "200");
     stop(&ws, child);
-    let got = stdout(&sb.cli(&["policy", "get", "pol"]));
-    assert!(got.contains("Status:  stored (not running)"), "{got}");
+    let got = stdout(&sb.cli(&["policy", "get", "pol", "--full"]));
+    assert!(
+        got.contains("Status:  stored (not running)\n---\n"),
+        "{got}"
+    );
     assert!(
         got.contains(&host) && !got.contains("other.test.openshell"),
         "{got}"
@@ -353,12 +359,12 @@ fn policy_update_adds_and_removes_endpoints_live() {
             vec!["--remove-endpoint", "nowhere.test.openshell:80"],
             "no endpoint nowhere.test.openshell:80",
         ),
-        (vec!["--add-endpoint", &spec], "needs --binary"),
+        (vec!["--add-endpoint", &spec], "needs --binary PATH"),
         (
             vec!["--add-endpoint", "x:80:sometimes", "--binary", "/b"],
             "unknown variant",
         ),
-        (vec![], "give --add-endpoint or --remove-endpoint"),
+        (vec![], "give --add-endpoint, --remove-endpoint"),
     ] {
         let mut a = vec!["policy", "update", "up"];
         a.extend(args);
@@ -369,7 +375,142 @@ fn policy_update_adds_and_removes_endpoints_live() {
     let v: serde_json::Value =
         serde_json::from_slice(&sb.cli(&["policy", "get", "up", "-o", "json"]).stdout).unwrap();
     assert_eq!(v["version"], 3);
+
+    // Upstream's rule spellings: a named inspected endpoint with an allow rule, then a
+    // deny rule on it, then the whole network policy removed by name. Each is live.
+    let root = format!("http://{other}/");
+    let sub = format!("http://{other}/nothing-here");
+    let o = sb.cli(&["policy", "update", "up", "--remove-endpoint", &spec]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = sb.cli(&[
+        "policy",
+        "update",
+        "up",
+        "--add-endpoint",
+        &format!("{other}:80::rest"),
+        "--rule-name",
+        "web",
+        "--binary",
+        "/usr/bin/curl",
+        "--add-allow",
+        &format!("{other}:80:get:/**"),
+        "--wait",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("in network policy web"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(request_to(&ws, 6, &root), "200", "allowed by the GET rule");
+    assert_eq!(
+        request_to(&ws, 7, &sub),
+        "200",
+        "allowed by the GET rule too"
+    );
+    let o = sb.cli(&[
+        "policy",
+        "update",
+        "up",
+        "--add-deny",
+        &format!("{other}:80:GET:/nothing-here"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(request_to(&ws, 8, &sub), "403", "the deny rule wins");
+    assert_eq!(request_to(&ws, 9, &root), "200");
+    let full = stdout(&sb.cli(&["policy", "get", "up", "--full"]));
+    assert!(
+        full.contains("web:") && full.contains("deny_rules") && full.contains("Active:  yes"),
+        "{full}"
+    );
+    let o = sb.cli(&["policy", "update", "up", "--remove-rule", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        request_to(&ws, 10, &root),
+        "403",
+        "the network policy is gone"
+    );
+    for (args, want) in [
+        (vec!["--remove-rule", "web"], "no network policy named web"),
+        (
+            vec!["--add-allow", &format!("{host}:81:GET:/x")],
+            "no endpoint",
+        ),
+        (vec!["--add-allow", "h:80:GET:x"], "must start with '/'"),
+        (vec!["--add-deny", "h:80:GET"], "not four fields"),
+        (
+            vec!["--add-endpoint", "h:80::websocket", "--binary", "/b"],
+            "use rest",
+        ),
+        (
+            vec![
+                "--add-endpoint",
+                "h:80:full:rest:enforce:websocket-credential-rewrite",
+                "--binary",
+                "/b",
+            ],
+            "not supported",
+        ),
+        (
+            vec!["--add-endpoint", "h:80", "--rule-name", "_provider_x"],
+            "belong to providers",
+        ),
+        (
+            vec!["--binary", "/b", "--remove-rule", "x"],
+            "only goes with",
+        ),
+    ] {
+        let mut a = vec!["policy", "update", "up"];
+        a.extend(args);
+        let o = sb.cli(&a);
+        assert_eq!(o.status.code(), Some(1), "{a:?}");
+        assert!(stderr(&o).contains(want), "{a:?}: {}", stderr(&o));
+    }
+    // A sixth field: allowed-ip lands in the endpoint.
+    let o = sb.cli(&[
+        "policy",
+        "update",
+        "up",
+        "--add-endpoint",
+        "h.test.openshell:80:::: allowed-ip=10.77.0.0/24",
+        "--binary",
+        "/b",
+        "--dry-run",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("10.77.0.0/24"), "{}", stdout(&o));
+
+    // Revisions: the header alone by default; --rev N shows what was loaded then.
+    let head = stdout(&sb.cli(&["policy", "get", "up"]));
+    assert!(
+        head.contains("Version: 7\n") && !head.contains("---"),
+        "{head}"
+    );
+    let r1 = stdout(&sb.cli(&["policy", "get", "up", "--rev", "1", "--full"]));
+    assert!(
+        r1.contains("Version: 1\n") && r1.contains("Status:  superseded\nActive:  no\nCreated: 20"),
+        "{r1}"
+    );
+    assert!(r1.contains(&host) && !r1.contains(&other), "{r1}");
+    let v: serde_json::Value = serde_json::from_slice(
+        &sb.cli(&["policy", "get", "up", "--rev", "5", "--base", "-o", "json"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(v["version"], 5);
+    assert!(v["policy"].as_str().unwrap().contains("web:"), "{v}");
+    assert!(v["created"].as_str().unwrap().ends_with('Z'), "{v}");
+    let o = sb.cli(&["policy", "get", "up", "--rev", "99"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no revision 99"), "{}", stderr(&o));
     stop(&ws, child);
+    let o = sb.cli(&["policy", "get", "up", "--rev", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("kept by the running supervisor"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// Processes started by `sandbox exec` are children of the CLI on the host, not of the

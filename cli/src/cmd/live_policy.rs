@@ -36,49 +36,106 @@ fn socket(e: &Entry) -> Result<PathBuf, String> {
     Ok(sock)
 }
 
+/// What `policy get` prints.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    /// The header only (version, hash, status), as upstream without --full.
+    Header,
+    /// Header, when it became active, and the effective YAML (`--full`).
+    Full,
+    /// Header and the YAML without `_provider_*` entries (`--base`).
+    Base,
+    /// The effective YAML alone (`sandbox get --policy-only`).
+    YamlOnly,
+}
+
 #[derive(Serialize)]
 struct Shown {
     sandbox: String,
     version: Option<u64>,
     sha256: String,
     status: String,
-    policy: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    active: Option<bool>,
+    /// RFC 3339, when this revision was loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<String>,
 }
 
-/// `policy get NAME` (`policy_only`: `sandbox get NAME --policy-only`, the YAML alone).
-pub fn get(name: &str, format: Format, timeout: Duration, policy_only: bool) -> i32 {
+/// The YAML of `policy` without the entries providers manage.
+fn base_of(yaml: &str) -> Result<String, String> {
+    let mut p = Policy::parse_stored(yaml).map_err(|e| e.render("policy"))?;
+    p.network_policies
+        .retain(|k, _| !k.starts_with(openshell_policy::PROVIDER_PREFIX));
+    Ok(p.to_yaml())
+}
+
+/// `policy get NAME [--rev N] [--full|--base]`.
+pub fn get(name: &str, format: Format, timeout: Duration, rev: Option<u64>, show: Show) -> i32 {
     let e = match store::find(&state::base_dir(), name) {
         Ok(e) => e,
         Err(err) => return fail(err),
     };
-    let shown = match socket(&e) {
-        Ok(sock) => match control::request(&sock, "GET", "/v1/policy", None, timeout) {
-            Ok((200, v)) => Shown {
-                sandbox: e.name.clone(),
-                version: v["version"].as_u64(),
-                sha256: v["sha256"].as_str().unwrap_or_default().into(),
-                status: "loaded".into(),
-                policy: v["policy"].as_str().unwrap_or_default().into(),
-            },
-            Ok((code, v)) => {
-                return fail(format!("sandbox {name}: supervisor answered {code}: {v}"));
+    let mut shown = match socket(&e) {
+        Ok(sock) => {
+            let path = rev.map_or("/v1/policy".to_string(), |n| format!("/v1/policy?rev={n}"));
+            match control::request(&sock, "GET", &path, None, timeout) {
+                Ok((200, v)) => Shown {
+                    sandbox: e.name.clone(),
+                    version: v["version"].as_u64(),
+                    sha256: v["sha256"].as_str().unwrap_or_default().into(),
+                    status: v["status"].as_str().unwrap_or("loaded").into(),
+                    active: v["active"].as_bool(),
+                    created: v["time"].as_u64().map(record::rfc3339),
+                    policy: Some(v["policy"].as_str().unwrap_or_default().into()),
+                },
+                Ok((404, v)) => {
+                    return fail(format!(
+                        "sandbox {name}: {}",
+                        v["detail"].as_str().unwrap_or("no such revision")
+                    ));
+                }
+                Ok((code, v)) => {
+                    return fail(format!("sandbox {name}: supervisor answered {code}: {v}"));
+                }
+                Err(err) => return fail(format!("sandbox {name}: {err}")),
             }
-            Err(err) => return fail(format!("sandbox {name}: {err}")),
-        },
+        }
+        Err(why) if rev.is_some() => {
+            return fail(format!(
+                "{why}; revisions are kept by the running supervisor (the stored policy: 'openshell policy get {name} --full')"
+            ));
+        }
         Err(_) => match stored(&e.dir) {
             Ok((p, text)) => Shown {
                 sandbox: e.name.clone(),
                 version: None,
                 sha256: control::policy_hash(&p),
                 status: "stored (not running)".into(),
-                policy: text,
+                active: None,
+                created: None,
+                policy: Some(text),
             },
             Err(err) => return fail(format!("sandbox {name}: {err}")),
         },
     };
-    if policy_only {
-        print!("{}", shown.policy);
-        return 0;
+    match show {
+        Show::YamlOnly => {
+            print!("{}", shown.policy.unwrap_or_default());
+            return 0;
+        }
+        Show::Header => {
+            shown.policy = None;
+            shown.active = None;
+            shown.created = None;
+        }
+        Show::Base => match base_of(shown.policy.as_deref().unwrap_or_default()) {
+            Ok(y) => shown.policy = Some(y),
+            Err(err) => return fail(format!("sandbox {name}: {err}")),
+        },
+        Show::Full => {}
     }
     if !output::structured(format, &shown) {
         println!("Sandbox: {}", shown.sandbox);
@@ -87,8 +144,16 @@ pub fn get(name: &str, format: Format, timeout: Duration, policy_only: bool) -> 
         }
         println!("Hash:    {}", shown.sha256);
         println!("Status:  {}", shown.status);
-        println!("---");
-        print!("{}", shown.policy);
+        if let Some(a) = shown.active {
+            println!("Active:  {}", if a { "yes" } else { "no" });
+        }
+        if let Some(c) = &shown.created {
+            println!("Created: {c}");
+        }
+        if let Some(p) = &shown.policy {
+            println!("---");
+            print!("{p}");
+        }
     }
     0
 }
@@ -153,46 +218,11 @@ fn apply(e: &Entry, sock: &Path, policy: &Policy, timeout: Duration) -> i32 {
     }
 }
 
-/// What `policy update` should change.
-pub struct Update {
-    /// `host:port[:access[:protocol[:enforcement]]]` to add.
-    pub add: Vec<String>,
-    /// For these binaries.
-    pub binaries: Vec<String>,
-    /// `host:port` to remove.
-    pub remove: Vec<String>,
-    /// Print the result only.
-    pub dry_run: bool,
-}
-
 /// `policy update NAME`: edit the active policy of a running sandbox.
-pub fn update(name: &str, u: Update, timeout: Duration) -> i32 {
-    use super::policy_edit::{add_endpoint, parse_endpoint, parse_host_port, remove_endpoint};
-    if u.add.is_empty() && u.remove.is_empty() {
-        return fail("policy update: give --add-endpoint or --remove-endpoint");
-    }
-    if !u.add.is_empty() && u.binaries.is_empty() {
-        return fail(
-            "policy update: --add-endpoint needs --binary PATH (which programs may use it)",
-        );
-    }
-    let adds = match u
-        .add
-        .iter()
-        .map(|a| parse_endpoint(a))
-        .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(a) => a,
-        Err(err) => return fail(err),
-    };
-    let removes = match u
-        .remove
-        .iter()
-        .map(|r| parse_host_port(r))
-        .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(r) => r,
-        Err(err) => return fail(err),
+pub fn update(name: &str, u: super::policy_edit::Update, timeout: Duration) -> i32 {
+    let plan = match u.plan() {
+        Ok(p) => p,
+        Err(err) => return fail(format!("policy update: {err}")),
     };
     let e = match store::find(&state::base_dir(), name) {
         Ok(e) => e,
@@ -215,18 +245,17 @@ pub fn update(name: &str, u: Update, timeout: Duration) -> i32 {
         Ok((code, v)) => return fail(format!("sandbox {name}: supervisor answered {code}: {v}")),
         Err(err) => return fail(format!("sandbox {name}: {err}")),
     };
-    for ep in adds {
-        let what = format!("{}:{}", ep.host, ep.port.unwrap_or_default());
-        let key = add_endpoint(&mut policy, ep, &u.binaries);
-        eprintln!("openshell: + {what} in network policy {key}");
-    }
-    for (host, port) in removes {
-        if remove_endpoint(&mut policy, &host, port) == 0 {
+    match plan.apply(&mut policy) {
+        Ok(done) => {
+            for d in done {
+                eprintln!("openshell: {d}");
+            }
+        }
+        Err(err) => {
             return fail(format!(
-                "sandbox {name}: no endpoint {host}:{port} in its policy; see 'openshell policy get {name}'"
+                "sandbox {name}: {err}; see 'openshell policy get {name} --full'"
             ));
         }
-        eprintln!("openshell: - {host}:{port}");
     }
     // The edited policy must stand on its own, exactly as a file would.
     let policy = match Policy::parse_stored(&policy.to_yaml()) {

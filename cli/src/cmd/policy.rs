@@ -17,16 +17,22 @@ pub enum PolicyCommand {
     },
     /// Print the built-in default policy (used when `run` gets no --policy).
     Default,
-    /// Show a sandbox's policy: a header (version, hash, status), then the YAML after
-    /// `---` (running: the active one; stopped: the stored one).
+    /// Show a sandbox's policy: a header (version, hash, status); with --full or --base
+    /// also when it became active and the YAML after `---` (running: the active one or
+    /// revision --rev N; stopped: the stored one).
     Get {
         /// The sandbox.
         #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
         name: Option<String>,
-        /// Accepted for OpenShell compatibility: the whole policy is always printed
-        /// (static sections included), so the output can be fed back to `policy set`.
-        #[arg(long)]
+        /// A revision of a running sandbox (see `policy list`) instead of the active one.
+        #[arg(long, value_name = "N")]
+        rev: Option<u64>,
+        /// The effective policy, with the `_provider_*` entries providers added.
+        #[arg(long, conflicts_with = "base")]
         full: bool,
+        /// The policy without the `_provider_*` entries: what `policy set` takes back.
+        #[arg(long)]
+        base: bool,
         /// Seconds to wait for the sandbox's supervisor.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
@@ -47,24 +53,44 @@ pub enum PolicyCommand {
         #[arg(long, default_value_t = 10)]
         timeout: u64,
     },
-    /// Edit a running sandbox's network policy: add an endpoint for some binaries, or
-    /// remove one (exit 0: loaded; 1: refused — the old one stays active).
+    /// Edit a running sandbox's network policy: add or remove endpoints, network
+    /// policies and L7 rules in one step (exit 0: loaded; 1: refused — the old one stays
+    /// active).
     Update {
         /// The sandbox.
         #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
         name: Option<String>,
-        /// host:port[:access[:protocol[:enforcement]]]. Repeatable.
+        /// host:port[:access[:protocol[:enforcement[:options]]]]; options are
+        /// comma-separated (`allowed-ip=CIDR`). Repeatable.
         #[arg(long, value_name = "SPEC")]
         add_endpoint: Vec<String>,
-        /// A program allowed to use the added endpoints. Repeatable.
-        #[arg(long, value_name = "PATH")]
-        binary: Vec<String>,
         /// host:port to remove from every network policy. Repeatable.
         #[arg(long, value_name = "HOST:PORT")]
         remove_endpoint: Vec<String>,
+        /// host:port:METHOD:PATH_GLOB — allow these requests on an inspected (`rest`)
+        /// endpoint already in the policy. Repeatable.
+        #[arg(long, value_name = "SPEC")]
+        add_allow: Vec<String>,
+        /// host:port:METHOD:PATH_GLOB — deny these requests, whatever the allow rules
+        /// say. Repeatable.
+        #[arg(long, value_name = "SPEC")]
+        add_deny: Vec<String>,
+        /// Remove the network policy with this name (key). Repeatable.
+        #[arg(long, value_name = "NAME")]
+        remove_rule: Vec<String>,
+        /// A program allowed to use the added endpoints. Repeatable; without it the
+        /// endpoint joins the network policy --rule-name names, with its programs.
+        #[arg(long, value_name = "PATH")]
+        binary: Vec<String>,
+        /// The network policy the (one) --add-endpoint goes into; made if missing.
+        #[arg(long, value_name = "NAME")]
+        rule_name: Option<String>,
         /// Print the resulting policy; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Return once the proxy enforces it (always so: the swap is synchronous).
+        #[arg(long)]
+        wait: bool,
         /// Seconds to wait for the sandbox's supervisor.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
@@ -103,9 +129,18 @@ pub fn run(cmd: PolicyCommand, format: Format) -> i32 {
     match cmd {
         PolicyCommand::Get {
             name,
-            full: _,
+            rev,
+            full,
+            base,
             timeout,
-        } => super::live_policy::get(&named!(name), format, secs(timeout), false),
+        } => {
+            let shown = match (full, base) {
+                (true, _) => super::live_policy::Show::Full,
+                (_, true) => super::live_policy::Show::Base,
+                _ => super::live_policy::Show::Header,
+            };
+            super::live_policy::get(&named!(name), format, secs(timeout), rev, shown)
+        }
         PolicyCommand::Set {
             name,
             policy,
@@ -115,16 +150,25 @@ pub fn run(cmd: PolicyCommand, format: Format) -> i32 {
         PolicyCommand::Update {
             name,
             add_endpoint,
-            binary,
             remove_endpoint,
+            add_allow,
+            add_deny,
+            remove_rule,
+            binary,
+            rule_name,
             dry_run,
+            wait: _,
             timeout,
         } => super::live_policy::update(
             &named!(name),
-            super::live_policy::Update {
+            super::policy_edit::Update {
                 add: add_endpoint,
-                binaries: binary,
                 remove: remove_endpoint,
+                allow: add_allow,
+                deny: add_deny,
+                remove_rules: remove_rule,
+                binaries: binary,
+                rule_name,
                 dry_run,
             },
             secs(timeout),

@@ -282,6 +282,20 @@ pub fn options(args: RunArgs) -> Result<RunOptions, String> {
     })
 }
 
+/// A bare `--from NAME` (no registry, repository path, tag or digest) with
+/// `OPENSHELL_COMMUNITY_REGISTRY` set names `PREFIX/NAME:latest`, as in OpenShell.
+/// Without the variable a bare name stays a Docker Hub name (`alpine`), as in podman;
+/// docs/images.md says why.
+fn community_name(from: &str, prefix: Option<String>) -> Option<String> {
+    let prefix = prefix?;
+    let prefix = prefix.trim().trim_end_matches('/');
+    let bare = !from.is_empty()
+        && from
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_".contains(&b));
+    (bare && !prefix.is_empty()).then(|| format!("{prefix}/{from}:latest"))
+}
+
 /// Turn `--from` into the layers and config the runtime needs, pulling if asked to.
 /// The pull runs in a child process: this one must stay single-threaded until the
 /// sandbox is cloned.
@@ -309,6 +323,12 @@ fn resolve_image(
         // Offline sources are (re)imported every time: unchanged layers are kept.
         Some(_) => (from.to_string(), false),
         None => {
+            let community =
+                community_name(from, std::env::var("OPENSHELL_COMMUNITY_REGISTRY").ok());
+            if let Some(c) = &community {
+                eprintln!("openshell: --from {from}: community image {c}");
+            }
+            let from = community.as_deref().unwrap_or(from);
             let r = openshell_images::Reference::parse(from).map_err(|e| format!("--from: {e}"))?;
             let name = r.to_string();
             let have = store.find(&name).is_ok();

@@ -463,7 +463,8 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
             &named!(name),
             format,
             std::time::Duration::from_secs(10),
-            true,
+            None,
+            super::live_policy::Show::YamlOnly,
         ),
         SandboxCommand::Get { name, .. } => match store::find(&base, &named!(name)) {
             Err(e) => fail(e),

@@ -194,7 +194,10 @@ async fn route(mut req: Request<Incoming>) -> Result<Answer, Answer> {
         }
         (Method::GET, ["v1", "sandboxes", name, "policy"]) => {
             let name = sandbox_name(name)?;
-            answer(cli(&["policy", "get", name]).await, "application/yaml")
+            answer(
+                cli(&["policy", "get", name, "--full"]).await,
+                "application/yaml",
+            )
         }
         (Method::PUT, ["v1", "sandboxes", name, "policy"]) => {
             let name = sandbox_name(name)?.to_string();

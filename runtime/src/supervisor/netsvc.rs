@@ -222,9 +222,36 @@ async fn serve_control(ctx: Arc<Context>, fw: Arc<crate::forward::Forwards>, mut
     let path = head.target.split('?').next().unwrap_or("");
     match (head.method.as_str(), path) {
         ("GET", "/v1/policy") => {
+            // `?rev=N`: that revision as it was loaded (kept for the last
+            // MAX_REVISIONS changes); otherwise the active one.
             let a = ctx.policy.current();
-            let v = serde_json::json!({"version": a.version, "sha256": a.sha256, "policy": a.policy.to_yaml()});
-            reply(&mut s, 200, v).await;
+            let query = head.target.split_once('?').map_or("", |(_, q)| q);
+            let rev = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("rev="))
+                .map(|n| n.parse::<u64>().ok());
+            let want = match rev {
+                None => a.version,
+                Some(Some(n)) => n,
+                Some(None) => {
+                    let v = serde_json::json!({"error": "bad_request", "detail": "rev must be a revision number"});
+                    return reply(&mut s, 400, v).await;
+                }
+            };
+            match ctx.policy.revision(want) {
+                Some(r) => {
+                    let yaml = r.policy.as_ref().map(|p| p.to_yaml()).unwrap_or_default();
+                    let v = serde_json::json!({
+                        "version": r.version, "sha256": r.sha256, "status": r.status,
+                        "time": r.time, "active": r.version == a.version, "policy": yaml,
+                    });
+                    reply(&mut s, 200, v).await;
+                }
+                None => {
+                    let v = serde_json::json!({"error": "not_found", "detail": format!("no revision {want} (kept: the last {} changes; see 'policy list')", openshell_proxy::state::MAX_REVISIONS)});
+                    reply(&mut s, 404, v).await;
+                }
+            }
         }
         ("GET", "/v1/policy/history") => {
             let v = serde_json::to_value(ctx.policy.history()).unwrap_or_default();
