@@ -42,6 +42,33 @@ pub fn structured<T: Serialize>(format: Format, value: &T) -> bool {
     }
 }
 
+/// [`structured`], with the numeric fields named in `keys` (Unix seconds, at any depth)
+/// turned into RFC 3339 strings: the CLI's JSON and YAML have one shape for times.
+pub fn structured_times<T: Serialize>(format: Format, value: &T, keys: &[&str]) -> bool {
+    fn walk(v: &mut serde_json::Value, keys: &[&str]) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    match x.as_u64() {
+                        Some(t) if keys.contains(&k.as_str()) => {
+                            *x = openshell_runtime::record::rfc3339(t).into();
+                        }
+                        _ => walk(x, keys),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| walk(x, keys)),
+            _ => {}
+        }
+    }
+    if format == Format::Table {
+        return false;
+    }
+    let mut v = serde_json::to_value(value).unwrap_or_default();
+    walk(&mut v, keys);
+    structured(format, &v)
+}
+
 /// Print rows as aligned columns under a header.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();

@@ -53,6 +53,8 @@ fn placeholders_are_swapped_only_where_bound() {
         !list.contains(KEY) && list.contains(&fp(KEY)[..12]),
         "{list}"
     );
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert!(v[0]["created"].as_str().unwrap().ends_with('Z'), "{list}");
     // The user's policy allows another host (inspected) where the key is not bound.
     let pol = policy_file(
         e.dir.path(),

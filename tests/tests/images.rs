@@ -84,6 +84,10 @@ fn pulls_every_manifest_and_compression_kind() {
     assert!(layers <= 6, "layers not shared: {layers}");
     let out = os(&sb, &["image", "list", "-o", "json"]);
     assert!(ok(&out).contains("busybox:zstd"));
+    // Times in JSON are RFC 3339, not epoch numbers.
+    let v: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    let pulled = v[0]["pulled"].as_str().unwrap_or_default();
+    assert!(pulled.starts_with("20") && pulled.ends_with('Z'), "{v}");
 }
 
 fn bearer_basic_and_credentials() {

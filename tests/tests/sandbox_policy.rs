@@ -137,6 +137,9 @@ fn policy_set_get_list_on_a_running_sandbox() {
     assert!(stderr(&o).contains("v2 stays active"), "{}", stderr(&o));
     assert_eq!(request(&ws, 3), "403", "still v2 after the rejections");
 
+    let json = stdout(&sb.cli(&["policy", "list", "pol", "-o", "json"]));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v[0]["time"].as_str().unwrap().ends_with('Z'), "{json}");
     let list = stdout(&sb.cli(&["policy", "list", "pol"]));
     let statuses: Vec<&str> = list
         .lines()
@@ -280,6 +283,11 @@ fn logs_show_follow_and_filter_the_decisions() {
     for l in json.lines() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         assert!(v["time"].as_u64().is_some(), "{l}");
+        let dt = v["time_dt"].as_str().unwrap();
+        assert!(
+            dt.len() == 24 && dt.ends_with('Z') && dt.as_bytes()[10] == b'T',
+            "{l}"
+        );
     }
     // Lines older than --since are left out (the sandbox's lines are seconds old).
     std::thread::sleep(Duration::from_millis(1100));

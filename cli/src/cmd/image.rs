@@ -11,7 +11,7 @@ use openshell_images::registry::{Client, RegistryOptions};
 use openshell_images::unpack::Ownership;
 use openshell_images::{ImageError, ImageRecord, Reference, Store};
 
-use crate::output::{Format, fail, structured, table};
+use crate::output::{Format, fail, structured_times, table};
 
 /// How to reach registries (shared by pull, login and run --from).
 #[derive(Debug, Clone, Args, Default)]
@@ -305,7 +305,7 @@ pub fn run(cmd: ImageCommand, format: Format) -> i32 {
             };
             if quiet {
                 list.iter().for_each(|r| println!("{}", r.digest));
-            } else if !structured(format, &list) {
+            } else if !structured_times(format, &list, &["pulled"]) {
                 // One row per name, as `docker images` does.
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -338,13 +338,14 @@ pub fn run(cmd: ImageCommand, format: Format) -> i32 {
             match s.find(&image).and_then(|r| s.config(&r).map(|c| (r, c))) {
                 Ok((rec, cfg)) => {
                     let v = serde_json::json!({ "image": rec, "config": cfg });
-                    if !structured(
+                    if !structured_times(
                         if format == Format::Table {
                             Format::Json
                         } else {
                             format
                         },
                         &v,
+                        &["pulled"],
                     ) {
                         unreachable!("json output always prints");
                     }

@@ -285,11 +285,17 @@ pub fn list(name: &str, format: Format, timeout: Duration) -> i32 {
         Ok(s) => s,
         Err(err) => return fail(err),
     };
-    let revs = match control::request(&sock, "GET", "/v1/policy/history", None, timeout) {
+    let mut revs = match control::request(&sock, "GET", "/v1/policy/history", None, timeout) {
         Ok((200, v)) => v,
         Ok((code, v)) => return fail(format!("sandbox {name}: supervisor answered {code}: {v}")),
         Err(err) => return fail(format!("sandbox {name}: {err}")),
     };
+    // Times in JSON are RFC 3339, as everywhere in the CLI's output.
+    for r in revs.as_array_mut().into_iter().flatten() {
+        if let Some(t) = r["time"].as_u64() {
+            r["time"] = record::rfc3339(t).into();
+        }
+    }
     if !output::structured(format, &revs) {
         let rows: Vec<Vec<String>> = revs
             .as_array()
@@ -300,7 +306,7 @@ pub fn list(name: &str, format: Format, timeout: Duration) -> i32 {
                 vec![
                     r["version"].to_string(),
                     r["status"].as_str().unwrap_or_default().into(),
-                    record::rfc3339(r["time"].as_u64().unwrap_or_default()),
+                    r["time"].as_str().unwrap_or_default().into(),
                     r["sha256"]
                         .as_str()
                         .unwrap_or_default()

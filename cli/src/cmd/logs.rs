@@ -89,11 +89,15 @@ fn render(line: &str, f: &Filter) -> Option<String> {
     if level < f.level || f.since_ms.is_some_and(|s| time < s) {
         return None;
     }
-    if f.json {
-        return Some(line.trim_end().to_string());
-    }
     let stamp = record::rfc3339(time / 1000);
     let stamp = format!("{}.{:03}Z", stamp.trim_end_matches('Z'), time % 1000);
+    if f.json {
+        // The OCSF line as written, plus OCSF's Date/Time profile field `time_dt`
+        // (RFC 3339, as every time in the CLI's JSON); `time` stays OCSF's epoch ms.
+        let mut v = v;
+        v["time_dt"] = stamp.into();
+        return Some(v.to_string());
+    }
     let lvl = match level {
         Level::Debug | Level::Info => "INFO ",
         Level::Warn => "WARN ",

@@ -15,7 +15,7 @@ use openshell_providers::store::{self, Provider};
 use openshell_providers::{ProviderError, attach};
 use openshell_runtime::spawn::EXIT_SETUP;
 
-use crate::output::{Format, structured, table};
+use crate::output::{Format, structured, structured_times, table};
 
 /// `openshell provider ...`
 #[derive(Debug, Subcommand)]
@@ -206,7 +206,7 @@ fn apply(p: &mut Provider, prof: &Profile, v: &ValueArgs) -> Result<(), Provider
 
 fn print_view(p: &Provider, format: Format) {
     let v = p.view();
-    if structured(format, &v) {
+    if structured_times(format, &v, &["created", "updated"]) {
         return;
     }
     println!("Name:        {}", v.name);
@@ -326,7 +326,7 @@ fn go(cmd: ProviderCommand, format: Format) -> Result<i32, ProviderError> {
         ProviderCommand::List => {
             let all = store::list(&dir)?;
             let views: Vec<_> = all.iter().map(Provider::view).collect();
-            if !structured(format, &views) {
+            if !structured_times(format, &views, &["created", "updated"]) {
                 let rows: Vec<Vec<String>> = views
                     .iter()
                     .map(|v| {
