@@ -64,6 +64,9 @@ enum Command {
     /// Forward host ports to a running sandbox's loopback (a dev server inside).
     #[command(subcommand, alias = "fwd")]
     Forward(cmd::forward::ForwardCommand),
+    /// A live dashboard: sandboxes, their logs (denials highlighted) and policies;
+    /// open a shell, delete.
+    Term(cmd::term::TermArgs),
     /// Show a sandbox's log: policy loads and every network decision.
     #[command(alias = "lg")]
     Logs(cmd::logs::LogsArgs),
@@ -123,6 +126,7 @@ fn prints_data(c: &Command) -> bool {
         Command::Doctor | Command::Status | Command::Logs(_) => true,
         Command::Forward(f) => matches!(f, cmd::forward::ForwardCommand::List),
         Command::Run(_)
+        | Command::Term(_)
         | Command::Serve(_)
         | Command::Completions { .. }
         | Command::Connector { .. }
@@ -261,6 +265,7 @@ fn main() {
         Command::Status => cmd::status::run(cli.output),
         Command::System(c) => cmd::system::run(c, cli.output),
         Command::Logs(args) => cmd::logs::run(args, cli.output),
+        Command::Term(args) => cmd::term::run(args),
         Command::Man { dir } => man_pages(&dir),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Forward(c) => cmd::forward::run(c, cli.output),

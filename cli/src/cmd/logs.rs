@@ -75,14 +75,18 @@ fn level_of(v: &serde_json::Value) -> Level {
     }
 }
 
-struct Filter {
-    since_ms: Option<u64>,
-    level: Level,
-    json: bool,
+/// Which lines `render` keeps, and how.
+pub struct Filter {
+    /// Only lines at or after this time (ms).
+    pub since_ms: Option<u64>,
+    /// Only lines at this level or above.
+    pub level: Level,
+    /// The JSON line (with `time_dt`) instead of the human form.
+    pub json: bool,
 }
 
 /// The printed form of one JSON line, or None when filtered out.
-fn render(line: &str, f: &Filter) -> Option<String> {
+pub fn render(line: &str, f: &Filter) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     let time = v["time"].as_u64().unwrap_or_default();
     let level = level_of(&v);

@@ -19,4 +19,7 @@ pub mod serve_api;
 pub mod serve_cfg;
 pub mod status;
 pub mod system;
+pub mod term;
+pub mod term_data;
+pub mod term_view;
 pub mod transfer;
