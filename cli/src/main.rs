@@ -70,6 +70,13 @@ enum Command {
     /// Show a sandbox's log: policy loads and every network decision.
     #[command(alias = "lg")]
     Logs(cmd::logs::LogsArgs),
+    /// An SSH server on stdin/stdout for a sandbox: what `sandbox ssh-config` puts in
+    /// `ProxyCommand` (every session runs as `sandbox exec`).
+    SshProxy {
+        /// The sandbox.
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
+        name: String,
+    },
     /// Serve the API for all of this user's sandboxes on a unix socket (docs/api.md);
     /// restart `--restart` sandboxes, prune idle ones. Optional: the CLI needs no server.
     Serve(cmd::serve::ServeArgs),
@@ -127,6 +134,7 @@ fn prints_data(c: &Command) -> bool {
         Command::Forward(f) => matches!(f, cmd::forward::ForwardCommand::List),
         Command::Run(_)
         | Command::Term(_)
+        | Command::SshProxy { .. }
         | Command::Serve(_)
         | Command::Completions { .. }
         | Command::Connector { .. }
@@ -266,6 +274,7 @@ fn main() {
         Command::System(c) => cmd::system::run(c, cli.output),
         Command::Logs(args) => cmd::logs::run(args, cli.output),
         Command::Term(args) => cmd::term::run(args),
+        Command::SshProxy { name } => cmd::ssh::proxy(&name),
         Command::Man { dir } => man_pages(&dir),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Forward(c) => cmd::forward::run(c, cli.output),

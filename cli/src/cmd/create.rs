@@ -124,6 +124,10 @@ pub struct CreateArgs {
     /// by `sandbox stop`, which is respected). Without serve running, nothing restarts.
     #[arg(long, value_enum, default_value_t = Restart::No, conflicts_with = "no_keep")]
     restart: Restart,
+    /// Once Ready, open it in an editor over SSH (as `sandbox connect --editor`); runs
+    /// no command.
+    #[arg(long, value_enum, conflicts_with = "no_keep")]
+    editor: Option<super::ssh_config::Editor>,
 }
 
 /// `--restart`: what `openshell serve` does when the sandbox's supervisor dies.
@@ -193,10 +197,12 @@ fn saved_options(args: impl Iterator<Item = String>) -> Vec<String> {
         let verbose = a == "--verbose"
             || (a.len() > 1 && a.starts_with('-') && a[1..].bytes().all(|b| b == b'v'));
         match a.as_str() {
-            "-o" | "--output" | "--host" => skip_value = true,
+            // --editor opened an editor once; `start` does not.
+            "-o" | "--output" | "--host" | "--editor" => skip_value = true,
             _ if verbose => {}
             _ if a.starts_with("--output=")
                 || a.starts_with("--host=")
+                || a.starts_with("--editor=")
                 || (a.starts_with("-o") && !a.starts_with("--")) => {}
             _ => out.push(a),
         }
@@ -285,7 +291,8 @@ fn create(mut args: CreateArgs, format: Format, saved_raw: Option<Vec<String>>) 
     }
     let command = std::mem::take(&mut args.run.command);
     let tty_flag = (args.run.tty, args.run.no_tty);
-    let (detach, no_keep) = (args.detach, args.no_keep);
+    let editor = args.editor;
+    let (detach, no_keep) = (args.detach || editor.is_some(), args.no_keep);
     if detach && !command.is_empty() {
         // Not silently: the command only chose the agent's providers here.
         eprintln!(
@@ -350,6 +357,12 @@ fn create(mut args: CreateArgs, format: Format, saved_raw: Option<Vec<String>>) 
         );
     }
     super::sandbox::remember(&name);
+    if let Some(ed) = editor {
+        if generated {
+            eprintln!("openshell: created sandbox {name}");
+        }
+        return super::ssh_config::open(&name, ed);
+    }
     if detach {
         match format {
             Format::Json => println!("{}", serde_json::json!({ "name": name })),

@@ -17,6 +17,8 @@ pub mod sandbox;
 pub mod serve;
 pub mod serve_api;
 pub mod serve_cfg;
+pub mod ssh;
+pub mod ssh_config;
 pub mod status;
 pub mod system;
 pub mod term;

@@ -109,12 +109,28 @@ pub enum SandboxCommand {
         /// No terminal (the default; OpenShell's `--no-tty`).
         #[arg(long, conflicts_with = "tty")]
         no_tty: bool,
+        /// Internal (`ssh-proxy`): the command and extra K=V come as JSON arrays in
+        /// $OPENSHELL_EXEC_ARGV and $OPENSHELL_EXEC_ENV, off the command line (which
+        /// other users can read).
+        #[arg(long, hide = true, conflicts_with = "command")]
+        argv_from_env: bool,
         /// Command and arguments.
-        #[arg(last = true, required = true)]
+        #[arg(last = true, required_unless_present = "argv_from_env")]
         command: Vec<String>,
     },
     /// Open an interactive login shell in a running sandbox (exec with a pty).
     Connect {
+        /// The sandbox.
+        #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
+        name: Option<String>,
+        /// Open it in an editor over SSH instead (writes openshell's ssh_config and one
+        /// Include line in ~/.ssh/config).
+        #[arg(long, value_enum)]
+        editor: Option<super::ssh_config::Editor>,
+    },
+    /// Print an OpenSSH `Host openshell-NAME` block for `~/.ssh/config` (ssh, scp,
+    /// sftp, `ssh -L` then work without a port or an sshd).
+    SshConfig {
         /// The sandbox.
         #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::sandboxes))]
         name: Option<String>,
@@ -293,6 +309,14 @@ fn prune(idle: Option<String>, max_age: Option<String>, dry_run: bool) -> i32 {
     }
     code
 }
+
+/// The interactive shell of `connect` (and of an SSH session): bash if the sandbox
+/// has it, else sh; a login shell either way.
+pub const LOGIN_SHELL: [&str; 3] = [
+    "/bin/sh",
+    "-c",
+    "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi",
+];
 
 /// What `list -o json` and `get` print about a sandbox.
 #[derive(Debug, Serialize)]
@@ -512,19 +536,43 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
             env,
             timeout,
             tty,
+            argv_from_env,
             command,
             ..
         } => {
             let name = named!(name.or(name_flag));
+            let (env, command) = if argv_from_env {
+                let json = |k: &str| -> Result<Vec<String>, String> {
+                    let v = std::env::var(k).map_err(|_| format!("--argv-from-env: no ${k}"))?;
+                    serde_json::from_str(&v).map_err(|e| format!("${k}: {e}"))
+                };
+                match (json("OPENSHELL_EXEC_ENV"), json("OPENSHELL_EXEC_ARGV")) {
+                    (Ok(mut e), Ok(argv)) if !argv.is_empty() => {
+                        e.splice(0..0, env);
+                        (e, argv)
+                    }
+                    (Err(err), _) | (_, Err(err)) => return fail(err),
+                    _ => return fail("--argv-from-env: $OPENSHELL_EXEC_ARGV is empty"),
+                }
+            } else {
+                (env, command)
+            };
             remember(&name);
             exec(&base, &name, workdir, &env, timeout, tty, command)
         }
-        SandboxCommand::Connect { name } => {
+        SandboxCommand::SshConfig { name } => super::ssh_config::print(&named!(name)),
+        SandboxCommand::Connect {
+            name,
+            editor: Some(editor),
+        } => {
             let name = named!(name);
             remember(&name);
-            let shell =
-                "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi";
-            let argv = vec!["/bin/sh".into(), "-c".into(), shell.into()];
+            super::ssh_config::open(&name, editor)
+        }
+        SandboxCommand::Connect { name, editor: None } => {
+            let name = named!(name);
+            remember(&name);
+            let argv = LOGIN_SHELL.iter().map(|s| s.to_string()).collect();
             exec(&base, &name, None, &[], None, true, argv)
         }
         SandboxCommand::Stop { names } => {

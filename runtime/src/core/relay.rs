@@ -155,6 +155,24 @@ impl Drop for RawMode {
     }
 }
 
+/// Set the window size of the terminal `fd` (a pty master: its slave's readers get
+/// the new size; `ssh-proxy` relays an SSH client's window changes this way).
+pub fn set_winsize(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> std::io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize, which `ws` is; `fd` is open (borrowed).
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn copy_winsize(master: BorrowedFd<'_>) {
     // SAFETY: winsize is plain data; TIOCGWINSZ fills it from our stdout terminal and
     // TIOCSWINSZ reads it; both fds are open.

@@ -184,8 +184,10 @@ async fn relay(mut a: tokio::net::TcpStream, mut b: tokio::net::TcpStream) {
     let _ = b.shutdown().await;
 }
 
-/// The connector process and our end of its socket pair.
-struct Connector {
+/// The connector process and our end of its socket pair: new TCP sockets of a
+/// sandbox's network namespace, for the supervisor's forwards and for `ssh-proxy`'s
+/// direct-tcpip channels.
+pub struct Connector {
     child: std::process::Child,
     sock: StdUnixStream,
 }
@@ -198,7 +200,8 @@ impl Drop for Connector {
 }
 
 impl Connector {
-    fn start(init_pid: u32) -> std::io::Result<Self> {
+    /// Start `__connector INIT_PID` (this binary) for the sandbox whose init that is.
+    pub fn start(init_pid: u32) -> std::io::Result<Self> {
         let (ours, theirs) = StdUnixStream::pair()?;
         let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
         let child = std::process::Command::new(exe)
@@ -214,7 +217,7 @@ impl Connector {
 
     /// One new TCP socket of the sandbox's network namespace (unconnected,
     /// non-blocking).
-    fn socket(&mut self) -> std::io::Result<OwnedFd> {
+    pub fn socket(&mut self) -> std::io::Result<OwnedFd> {
         use std::io::Write;
         self.sock.write_all(b"s")?;
         let mut byte = [0u8; 1];
