@@ -93,6 +93,16 @@ enum Command {
         /// The sandbox's init (host pid).
         pid: u32,
     },
+    /// Internal: keep a sandbox's first command on a pty one can attach to
+    /// (`sandbox create`, `sandbox connect`).
+    #[command(name = "__session", hide = true)]
+    Session {
+        /// The sandbox.
+        name: String,
+        /// Delete the sandbox when the command ends.
+        #[arg(long)]
+        no_keep: bool,
+    },
     /// Write the man pages (openshell.1 and one per command group) into DIR.
     #[command(hide = true)]
     Man {
@@ -138,6 +148,7 @@ fn prints_data(c: &Command) -> bool {
         | Command::Serve(_)
         | Command::Completions { .. }
         | Command::Connector { .. }
+        | Command::Session { .. }
         | Command::Man { .. } => false,
     }
 }
@@ -232,6 +243,7 @@ fn main() {
                 | Command::Completions { .. }
                 | Command::Man { .. }
                 | Command::Connector { .. }
+                | Command::Session { .. }
         )
     {
         if std::env::var_os("OPENSHELL_VIA_SERVE").is_some() {
@@ -275,6 +287,7 @@ fn main() {
         Command::Logs(args) => cmd::logs::run(args, cli.output),
         Command::Term(args) => cmd::term::run(args),
         Command::SshProxy { name } => cmd::ssh::proxy(&name),
+        Command::Session { name, no_keep } => cmd::session::keeper_main(&name, no_keep),
         Command::Man { dir } => man_pages(&dir),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Forward(c) => cmd::forward::run(c, cli.output),

@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod archive;
 pub mod harness;
+pub mod tmux;
 
 pub use harness::{need, skip};
 

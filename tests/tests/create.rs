@@ -25,15 +25,29 @@ fn create_detached_attached_and_no_keep() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "bg\n");
     assert_eq!(phase(&sb, "bg"), "Ready");
-    // A command given with --detach is not run, and that is said, not silent.
+    // A command given with --detach runs in the background; its output is in the
+    // sandbox's log (followed until it ends).
     let o = sb.cli(&[
-        "sandbox", "create", "--name", "bg2", "--detach", "--", "echo", "hi",
+        "sandbox",
+        "create",
+        "--name",
+        "bg2",
+        "--detach",
+        "--",
+        "sh",
+        "-c",
+        "echo hi; printf 'x\\rforged\\033[2K\\n'; sleep 1; echo done",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "bg2\n");
+    let o = sb.cli(&["logs", "bg2", "--source", "sandbox", "-f"]);
+    assert_eq!(stdout(&o), "hi\nx\rforged\x1b[2K\ndone\n", "{}", stderr(&o));
+    // Among the supervisor's lines, control characters are escaped: no forged line.
+    let all = stdout(&sb.cli(&["logs", "bg2"]));
     assert!(
-        stderr(&o).contains("--detach runs no command; `echo hi` only chose the providers"),
-        "{}",
-        stderr(&o)
+        all.contains("CONFIG:LOADED")
+            && all.ends_with("sandbox| hi\nsandbox| x\\x{d}forged\\x{1b}[2K\nsandbox| done\n"),
+        "{all}"
     );
     assert!(sb.cli(&["sandbox", "delete", "bg2"]).status.success());
     let o = sb.cli(&[

@@ -8,6 +8,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use openshell_tests::tmux::{Tmux, quote};
 use openshell_tests::{
     Sandbox, TempDir, eventually, need, need_sandbox, openshell_bin, probe_bin, stderr, stdout,
 };
@@ -319,40 +320,24 @@ fn attacks_through_ssh_stay_blocked() {
 fn an_interactive_shell_follows_the_window() {
     need_sandbox!();
     need_ssh();
-    need("tmux", have("tmux", "-V"), "tmux is not installed");
+    need(
+        "tmux",
+        openshell_tests::tmux::available(),
+        "tmux is not installed",
+    );
     let s = Ssh::new("sh4", &[]);
-    let dir = TempDir::new("tmux");
-    let sock = dir.path().join("sock");
-    let tmux = |args: &[&str]| {
-        Command::new("tmux")
-            .arg("-S")
-            .arg(&sock)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
-    let line = format!("ssh -F '{}' openshell-sh4", s.cfg.display());
-    let o = tmux(&["new-session", "-d", "-x", "80", "-y", "24", &line]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let screen = || stdout(&tmux(&["capture-pane", "-p"]));
-    let wait = |want: &str| {
-        let mut last = String::new();
-        let ok = eventually(20, || {
-            last = screen();
-            last.contains(want)
-        });
-        assert!(ok, "never showed {want:?}:\n{last}");
-    };
-    wait("sandbox@sh4");
-    tmux(&["send-keys", "echo T=$TERM; stty size", "Enter"]);
-    wait("24 80");
-    tmux(&["resize-window", "-x", "100", "-y", "30"]);
+    let t = Tmux::start(&format!(
+        "ssh -F {} openshell-sh4",
+        quote(&s.cfg.to_string_lossy())
+    ));
+    t.wait_for("sandbox@sh4");
+    t.keys(&["echo T=$TERM; stty size", "Enter"]);
+    t.wait_for("24 80");
+    t.resize(100, 30);
     std::thread::sleep(std::time::Duration::from_millis(500));
-    tmux(&["send-keys", "clear; stty size", "Enter"]);
-    wait("30 100");
-    tmux(&["send-keys", "exit", "Enter"]);
-    let _ = tmux(&["kill-server"]);
+    t.keys(&["clear; stty size", "Enter"]);
+    t.wait_for("30 100");
+    t.keys(&["exit", "Enter"]);
 }
 
 /// `connect --editor`: the managed file, one Include line however often, a symlinked

@@ -4,104 +4,27 @@
 //! and back, a sandbox made meanwhile appearing, and the terminal given back (canonical
 //! mode, normal screen) after `q` and after a panic.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 
-use openshell_tests::{
-    Sandbox, TempDir, eventually, need, need_upstream, openshell_bin, stderr, stdout, up,
-};
+use openshell_tests::tmux::{Tmux, quote};
+use openshell_tests::{Sandbox, need, need_upstream, openshell_bin, stderr, stdout, up};
 
-/// A tmux server of our own (its socket in a temp dir), killed on drop.
-struct Tmux {
-    sock: PathBuf,
-    _dir: TempDir,
-}
-
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-impl Tmux {
-    /// Start `openshell term ARGS` with `env` in an 80×24 pane; after it ends the pane
-    /// prints the terminal's canonical-mode flag and `EXITED`, then waits.
-    fn start(env: &[(&str, &Path)], extra_env: &[(&str, &str)], args: &str) -> Self {
-        let dir = TempDir::new("tmux");
-        let sock = dir.path().join("sock");
-        let mut line = String::from("env");
-        for (k, v) in env {
-            line.push_str(&format!(" {k}={}", quote(&v.to_string_lossy())));
-        }
-        for (k, v) in extra_env {
-            line.push_str(&format!(" {k}={}", quote(v)));
-        }
-        line.push_str(&format!(
-            " {} term {args}; stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?icanon'; echo EXITED; sleep 600",
-            quote(&openshell_bin().to_string_lossy())
-        ));
-        let t = Self { sock, _dir: dir };
-        let o = t
-            .tmux()
-            .args(["new-session", "-d", "-x", "80", "-y", "24", &line])
-            .output()
-            .expect("tmux");
-        assert!(o.status.success(), "tmux: {}", stderr(&o));
-        t
+/// Start `openshell term ARGS` with `env` in an 80×24 tmux pane; after it ends the pane
+/// prints the terminal's canonical-mode flag and `EXITED`, then waits.
+fn start(env: &[(&str, &Path)], extra_env: &[(&str, &str)], args: &str) -> Tmux {
+    let mut line = String::from("env");
+    for (k, v) in env {
+        line.push_str(&format!(" {k}={}", quote(&v.to_string_lossy())));
     }
-
-    fn tmux(&self) -> Command {
-        let mut c = Command::new("tmux");
-        c.arg("-S").arg(&self.sock).stdin(Stdio::null());
-        // A pane's TERM: tmux's own.
-        c.env("TERM", "xterm-256color");
-        c
+    for (k, v) in extra_env {
+        line.push_str(&format!(" {k}={}", quote(v)));
     }
-
-    /// Send keys. An Escape goes alone, followed by a pause: a terminal cannot tell
-    /// Escape and then `/` from Alt-`/` when they arrive together.
-    fn keys(&self, keys: &[&str]) {
-        for chunk in keys.split_inclusive(|k| *k == "Escape") {
-            let o = self.tmux().arg("send-keys").args(chunk).output().unwrap();
-            assert!(o.status.success(), "send-keys: {}", stderr(&o));
-            if chunk.last() == Some(&"Escape") {
-                std::thread::sleep(std::time::Duration::from_millis(300));
-            }
-        }
-    }
-
-    /// The screen as text (`escapes`: with colour escape sequences).
-    fn screen(&self, escapes: bool) -> String {
-        let mut c = self.tmux();
-        c.args(["capture-pane", "-p"]);
-        if escapes {
-            c.arg("-e");
-        }
-        stdout(&c.output().unwrap())
-    }
-
-    /// Wait until the screen shows `want`; panic with the screen otherwise.
-    fn wait_for(&self, want: &str) -> String {
-        let mut last = String::new();
-        if eventually(20, || {
-            last = self.screen(false);
-            last.contains(want)
-        }) {
-            return last;
-        }
-        panic!("the screen never showed {want:?}:\n{last}");
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.tmux().arg("kill-server").output();
-    }
-}
-
-fn have_tmux() -> bool {
-    Command::new("tmux")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    line.push_str(&format!(
+        " {} term {args}; stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?icanon'; echo EXITED; sleep 600",
+        quote(&openshell_bin().to_string_lossy())
+    ));
+    Tmux::start(&line)
 }
 
 fn create(sb: &Sandbox, args: &[&str]) {
@@ -127,7 +50,7 @@ fn the_dashboard_shows_follows_and_acts() {
     need_upstream!();
     need(
         "tmux",
-        have_tmux(),
+        openshell_tests::tmux::available(),
         "tmux is not installed (apt install tmux)",
     );
     let host = up("OS_UPSTREAM_HOST");
@@ -146,7 +69,7 @@ fn the_dashboard_shows_follows_and_acts() {
     assert!(!o.status.success() || stdout(&o).contains("denied"));
 
     let state = sb.state.path().to_path_buf();
-    let t = Tmux::start(
+    let t = start(
         &[("OPENSHELL_STATE_DIR", &state), ("HOME", &state)],
         &[("PATH", &std::env::var("PATH").unwrap_or_default())],
         "",
@@ -230,7 +153,7 @@ fn the_terminal_comes_back_after_a_panic() {
     openshell_tests::need_sandbox!();
     need(
         "tmux",
-        have_tmux(),
+        openshell_tests::tmux::available(),
         "tmux is not installed (apt install tmux)",
     );
     let sb = Sandbox::new();
@@ -247,7 +170,7 @@ fn the_terminal_comes_back_after_a_panic() {
         openshell_tests::skip("the panic switch exists in debug builds only");
     }
     let state = sb.state.path().to_path_buf();
-    let t = Tmux::start(
+    let t = start(
         &[("OPENSHELL_STATE_DIR", &state)],
         &[("OPENSHELL_TERM_TEST_PANIC", "1")],
         "--theme light",

@@ -293,14 +293,6 @@ fn create(mut args: CreateArgs, format: Format, saved_raw: Option<Vec<String>>) 
     let tty_flag = (args.run.tty, args.run.no_tty);
     let editor = args.editor;
     let (detach, no_keep) = (args.detach || editor.is_some(), args.no_keep);
-    if detach && !command.is_empty() {
-        // Not silently: the command only chose the agent's providers here.
-        eprintln!(
-            "openshell: warning: --detach runs no command; `{}` only chose the providers. Run it with `openshell sandbox exec {name} -- {}`",
-            command.join(" "),
-            command.join(" ")
-        );
-    }
     let explicit = args.run.providers.providers.clone();
     // The agent's provider is chosen by the command, which the supervisor never runs.
     args.run.command = command.clone();
@@ -363,6 +355,14 @@ fn create(mut args: CreateArgs, format: Format, saved_raw: Option<Vec<String>>) 
         }
         return super::ssh_config::open(&name, ed);
     }
+    if detach && !command.is_empty() {
+        // In the background, on a pty one can attach to; its output in the log.
+        if let Err(e) = super::session::start(&name, &command, no_keep) {
+            return fail(format!(
+                "sandbox {name} is Ready, but its command did not start: {e}"
+            ));
+        }
+    }
     if detach {
         match format {
             Format::Json => println!("{}", serde_json::json!({ "name": name })),
@@ -384,16 +384,44 @@ fn create(mut args: CreateArgs, format: Format, saved_raw: Option<Vec<String>>) 
         }
     };
     let argv = if command.is_empty() {
-        let shell = "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi";
-        vec!["/bin/sh".into(), "-c".into(), shell.into()]
+        super::sandbox::LOGIN_SHELL
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     } else {
         command
     };
+    if tty {
+        // On a terminal: on the session keeper's pty, so that Ctrl-P Ctrl-Q detaches
+        // and `sandbox connect` attaches again.
+        if let Err(e) = super::session::start(&name, &argv, no_keep) {
+            return fail(format!("sandbox {name}: {e}"));
+        }
+        return match super::attach::attach(&store_dir(&base, &name)) {
+            Ok(super::attach::Attached::Exited(code)) => code,
+            Ok(super::attach::Attached::Detached) => {
+                detached(&name);
+                0
+            }
+            Err(e) => fail(format!("attach to {name}: {e}")),
+        };
+    }
     let code = run_in(&base, &name, argv, tty);
     if no_keep && let Err(e) = store::delete(&base, &name) {
         eprintln!("openshell: {e}");
     }
     code
+}
+
+fn store_dir(base: &std::path::Path, name: &str) -> std::path::PathBuf {
+    store::find(base, name).map_or_else(|_| base.join(name), |e| e.dir)
+}
+
+/// Said after Ctrl-P Ctrl-Q.
+pub fn detached(name: &str) {
+    eprintln!(
+        "\r\nopenshell: detached from {name}; it keeps running ('openshell sandbox connect {name}' attaches again)"
+    );
 }
 
 /// Run `argv` in the sandbox (from a child process: this one keeps the host's view).

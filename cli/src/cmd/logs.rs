@@ -35,10 +35,10 @@ pub enum Source {
     /// The supervisor: policy loads and network decisions (`gateway`: OpenShell's name).
     #[value(alias = "gateway")]
     Supervisor,
-    /// The sandboxed processes' own output (not kept yet: they write to the terminal
-    /// that started them).
+    /// The output of the sandbox's first command (`create -- CMD`, also with
+    /// --detach): what its terminal showed.
     Sandbox,
-    /// Both.
+    /// Both: the supervisor's lines, then the command's output prefixed `sandbox| `.
     All,
 }
 
@@ -109,10 +109,14 @@ pub fn render(line: &str, f: &Filter) -> Option<String> {
     };
     // The proxy escapes control characters; a log written otherwise still never
     // sends one to the terminal.
-    let message: String = v["message"]
-        .as_str()
-        .unwrap_or_default()
-        .chars()
+    let message = escape_controls(v["message"].as_str().unwrap_or_default());
+    Some(format!("{stamp} {lvl} {message}"))
+}
+
+/// `s` with every control character written `\x{..}`, so that a line shown among
+/// others can neither move the cursor nor overwrite what came before it.
+fn escape_controls(s: &str) -> String {
+    s.chars()
         .map(|c| {
             if c.is_control() {
                 format!("\\x{{{:x}}}", c as u32)
@@ -120,8 +124,7 @@ pub fn render(line: &str, f: &Filter) -> Option<String> {
                 c.to_string()
             }
         })
-        .collect();
-    Some(format!("{stamp} {lvl} {message}"))
+        .collect()
 }
 
 /// Run `logs`; returns the exit status.
@@ -153,13 +156,41 @@ pub fn run(mut args: LogsArgs, format: Format) -> i32 {
         .ok()
         .and_then(|r| r.log_dir.clone())
         .unwrap_or_else(|| entry.dir.join("logs"));
+    let json = format == Format::Json;
+    // The first command's output (sandbox source): printed alone, or after the
+    // supervisor's lines and then as it comes, prefixed (all).
+    let (mut output, first) = super::logs_sandbox::OutputTail::open(&entry.dir);
+    let show = |l: &str, prefixed: bool| {
+        if json {
+            println!("{}", serde_json::json!({"source": "sandbox", "message": l}));
+        } else if prefixed {
+            // Among the supervisor's lines the command's output is escaped: a `\r`
+            // or an escape sequence cannot pass for a line of the log. Alone
+            // (`--source sandbox`) it is the terminal output it was, as `docker logs`.
+            println!("sandbox| {}", escape_controls(l));
+        } else {
+            println!("{l}");
+        }
+    };
+    let last_n = |v: &[String]| match args.lines {
+        0 => 0,
+        n => v.len().saturating_sub(n),
+    };
     if args.source == Source::Sandbox {
-        eprintln!(
-            "openshell: sandbox {}: its processes write to the terminal that started it; no sandbox-side log is kept yet",
-            name
-        );
+        first[last_n(&first)..].iter().for_each(|l| show(l, false));
+        while args.follow && super::logs_sandbox::running(&entry.dir) {
+            std::thread::sleep(Duration::from_millis(200));
+            output.poll().iter().for_each(|l| show(l, false));
+        }
+        if args.follow {
+            output.poll().iter().for_each(|l| show(l, false));
+        }
+        if let Some(l) = output.rest() {
+            show(&l, false);
+        }
         return 0;
     }
+    let with_output = args.source == Source::All;
     let path = dir.join("openshell.ocsf.jsonl");
     let mut printed: Vec<String> = Vec::new();
     let mut pending = String::new();
@@ -183,6 +214,9 @@ pub fn run(mut args: LogsArgs, format: Format) -> i32 {
     };
     for l in &printed[skip..] {
         println!("{l}");
+    }
+    if with_output {
+        first[last_n(&first)..].iter().for_each(|l| show(l, true));
     }
     if !args.follow {
         return 0;
@@ -220,6 +254,9 @@ pub fn run(mut args: LogsArgs, format: Format) -> i32 {
             for l in new {
                 println!("{l}");
             }
+        }
+        if with_output {
+            output.poll().iter().for_each(|l| show(l, true));
         }
         if !running {
             return 0;

@@ -1,5 +1,6 @@
 //! One module per command group.
 
+pub mod attach;
 pub mod create;
 pub mod doctor;
 pub mod explain;
@@ -8,6 +9,7 @@ pub mod image;
 pub mod inference;
 pub mod live_policy;
 pub mod logs;
+pub mod logs_sandbox;
 pub mod policy;
 pub mod policy_edit;
 pub mod provider;
@@ -17,6 +19,7 @@ pub mod sandbox;
 pub mod serve;
 pub mod serve_api;
 pub mod serve_cfg;
+pub mod session;
 pub mod ssh;
 pub mod ssh_config;
 pub mod status;

@@ -125,8 +125,12 @@ pub enum SandboxCommand {
         name: Option<String>,
         /// Open it in an editor over SSH instead (writes openshell's ssh_config and one
         /// Include line in ~/.ssh/config).
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, conflicts_with = "shell")]
         editor: Option<super::ssh_config::Editor>,
+        /// A new shell, even when the sandbox's first command runs (without it,
+        /// connect attaches to that command; Ctrl-P Ctrl-Q detaches).
+        #[arg(long)]
+        shell: bool,
     },
     /// Print an OpenSSH `Host openshell-NAME` block for `~/.ssh/config` (ssh, scp,
     /// sftp, `ssh -L` then work without a port or an sshd).
@@ -564,14 +568,35 @@ pub fn run(cmd: SandboxCommand, format: Format) -> i32 {
         SandboxCommand::Connect {
             name,
             editor: Some(editor),
+            ..
         } => {
             let name = named!(name);
             remember(&name);
             super::ssh_config::open(&name, editor)
         }
-        SandboxCommand::Connect { name, editor: None } => {
+        SandboxCommand::Connect {
+            name,
+            editor: None,
+            shell,
+        } => {
             let name = named!(name);
             remember(&name);
+            if !shell
+                && let Ok(e) = store::find(&base, &name)
+                && super::attach::available(&e.dir)
+            {
+                eprintln!(
+                    "openshell: attached to {name}'s first command (Ctrl-P Ctrl-Q detaches; --shell opens a new shell)"
+                );
+                return match super::attach::attach(&e.dir) {
+                    Ok(super::attach::Attached::Exited(code)) => code,
+                    Ok(super::attach::Attached::Detached) => {
+                        super::create::detached(&name);
+                        0
+                    }
+                    Err(err) => fail(format!("attach to {name}: {err}")),
+                };
+            }
             let argv = LOGIN_SHELL.iter().map(|s| s.to_string()).collect();
             exec(&base, &name, None, &[], None, true, argv)
         }

@@ -173,6 +173,16 @@ pub fn set_winsize(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> std::io::Result<
     }
 }
 
+/// The window size (columns, rows) of the terminal `fd`, if it is one.
+pub fn get_winsize(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
+    // SAFETY: TIOCGWINSZ fills a winsize, which `ws` is; `fd` is open (borrowed).
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        (libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) == 0)
+            .then_some((ws.ws_col, ws.ws_row))
+    }
+}
+
 fn copy_winsize(master: BorrowedFd<'_>) {
     // SAFETY: winsize is plain data; TIOCGWINSZ fills it from our stdout terminal and
     // TIOCSWINSZ reads it; both fds are open.
