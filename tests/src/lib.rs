@@ -152,6 +152,19 @@ impl Default for Sandbox {
     }
 }
 
+/// A test's sandboxes go with it, failed or not: no supervisor outlives its state dir.
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self
+            .cmd()
+            .args(["sandbox", "delete", "--all"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 impl Sandbox {
     /// A fresh state directory.
     pub fn new() -> Self {
