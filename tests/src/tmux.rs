@@ -65,6 +65,26 @@ impl Tmux {
         }
     }
 
+    /// Paste `text` into the pane at once (a tmux buffer), as a user's paste does.
+    pub fn paste(&self, text: &str) {
+        use std::io::Write;
+        let mut c = self.cmd();
+        let mut child = c
+            .args(["load-buffer", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "load-buffer");
+        let o = self.cmd().args(["paste-buffer", "-d"]).output().unwrap();
+        assert!(o.status.success(), "paste-buffer: {}", stderr(&o));
+    }
+
     /// Resize the window.
     pub fn resize(&self, cols: u16, rows: u16) {
         let o = self

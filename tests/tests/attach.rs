@@ -106,6 +106,36 @@ fn a_shell_beside_the_window_size_and_no_keep() {
     assert_eq!(phase(&sb, "at3"), "absent");
 }
 
+/// A command that stops reading its input (raw mode, never a read) does not take the
+/// way out: after a paste far larger than every buffer on the way, Ctrl-P Ctrl-Q still
+/// detaches, and the terminal comes back in its normal mode.
+fn a_command_that_never_reads_cannot_hold_the_terminal() {
+    need_sandbox!();
+    need_tmux();
+    let sb = Sandbox::new();
+    let cmd = "sandbox create --name st -- sh -c 'stty raw -echo; printf \"\\033[?1049h\\033[?1000h\\033[>4;2m\"; echo stalled; sleep 600'";
+    let t = in_tmux(&sb, cmd, "CREATE_RC");
+    t.wait_for("stalled");
+    let chunk = "y".repeat(64 << 10);
+    for _ in 0..48 {
+        t.paste(&chunk);
+    }
+    t.keys(&["C-p", "C-q"]);
+    let s = t.wait_for("CREATE_RC=0");
+    assert!(s.contains("detached from st"), "{s}");
+    // The terminal is in its normal mode again (what is typed is echoed: the raw,
+    // no-echo mode the command set is gone), on the main screen, without mouse reporting.
+    t.keys(&["typed-after-detach"]);
+    t.wait_for("typed-after-detach");
+    let o = t
+        .cmd()
+        .args(["display", "-p", "#{alternate_on}#{mouse_any_flag}"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o).trim(), "00", "alternate screen / mouse left on");
+    assert_eq!(phase(&sb, "st"), "Ready");
+}
+
 /// A client that attaches late gets at most the last MiB of output, ending with the
 /// newest.
 fn the_replay_is_bounded() {
@@ -152,5 +182,6 @@ fn the_replay_is_bounded() {
 openshell_tests::suite!(
     detach_attach_and_the_exit_status,
     a_shell_beside_the_window_size_and_no_keep,
+    a_command_that_never_reads_cannot_hold_the_terminal,
     the_replay_is_bounded,
 );

@@ -36,17 +36,30 @@ fn create_detached_attached_and_no_keep() {
         "--",
         "sh",
         "-c",
-        "echo hi; printf 'x\\rforged\\033[2K\\n'; sleep 1; echo done",
+        "echo hi; printf 'x\\rforged\\033[2K\\033[1mbold\\033[0m\\n'; sleep 1; echo done",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "bg2\n");
     let o = sb.cli(&["logs", "bg2", "--source", "sandbox", "-f"]);
-    assert_eq!(stdout(&o), "hi\nx\rforged\x1b[2K\ndone\n", "{}", stderr(&o));
+    // Colours pass; other control characters are shown, not obeyed (--raw: as written).
+    assert_eq!(
+        stdout(&o),
+        "hi\nx\\x{d}forged\\x{1b}[2K\x1b[1mbold\x1b[0m\ndone\n",
+        "{}",
+        stderr(&o)
+    );
+    let o = sb.cli(&["logs", "bg2", "--source", "sandbox", "--raw"]);
+    assert_eq!(
+        stdout(&o),
+        "hi\nx\rforged\x1b[2K\x1b[1mbold\x1b[0m\ndone\n",
+        "{}",
+        stderr(&o)
+    );
     // Among the supervisor's lines, control characters are escaped: no forged line.
     let all = stdout(&sb.cli(&["logs", "bg2"]));
     assert!(
         all.contains("CONFIG:LOADED")
-            && all.ends_with("sandbox| hi\nsandbox| x\\x{d}forged\\x{1b}[2K\nsandbox| done\n"),
+            && all.ends_with("sandbox| hi\nsandbox| x\\x{d}forged\\x{1b}[2K\\x{1b}[1mbold\\x{1b}[0m\nsandbox| done\n"),
         "{all}"
     );
     assert!(sb.cli(&["sandbox", "delete", "bg2"]).status.success());

@@ -386,7 +386,7 @@ fn editors_get_one_include_line() {
     }
     let managed = home.path().join(".config/openshell/ssh_config");
     let text = std::fs::read_to_string(&dotfile).unwrap();
-    let include = format!("Include {}", managed.display());
+    let include = format!("Include \"{}\"", managed.display());
     assert_eq!(text.matches(&include).count(), 1, "{text}");
     assert!(
         text.starts_with(&include) && text.contains("Host mine"),
@@ -422,6 +422,25 @@ fn editors_get_one_include_line() {
         "{}",
         stderr(&o)
     );
+    // A config that is not the caller's (root with someone else's HOME, or a link to a
+    // file of another user's) is left alone, with an error that says why.
+    if std::fs::metadata("/proc/self").unwrap().uid() == 0 {
+        let before = std::fs::read_to_string(&dotfile).unwrap();
+        let other = home.path().join("other-config");
+        std::fs::write(&other, "Host theirs\n").unwrap();
+        std::os::unix::fs::chown(&other, Some(65534), Some(65534)).unwrap();
+        std::fs::remove_file(ssh_dir.join("config")).unwrap();
+        std::os::unix::fs::symlink(&other, ssh_dir.join("config")).unwrap();
+        let o = connect("vscode");
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            stderr(&o).contains("belongs to uid 65534"),
+            "{}",
+            stderr(&o)
+        );
+        assert_eq!(std::fs::read_to_string(&other).unwrap(), "Host theirs\n");
+        assert_eq!(std::fs::read_to_string(&dotfile).unwrap(), before);
+    }
 }
 
 openshell_tests::suite!(

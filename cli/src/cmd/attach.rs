@@ -22,9 +22,22 @@ pub enum Attached {
     Detached,
 }
 
-/// Detach keys: Ctrl-P then Ctrl-Q.
-const CTRL_P: u8 = 0x10;
-const CTRL_Q: u8 = 0x11;
+/// Detach keys: Ctrl-P then Ctrl-Q, as a terminal sends them plainly (0x10, 0x11), with
+/// the kitty keyboard protocol (`CSI 112;5u`) or with xterm's modifyOtherKeys
+/// (`CSI 27;5;112~`): the command inside may turn either on, and must not thereby
+/// take the way out from the user.
+const CTRL_P: &[&[u8]] = &[b"\x10", b"\x1b[112;5u", b"\x1b[27;5;112~"];
+const CTRL_Q: &[&[u8]] = &[b"\x11", b"\x1b[113;5u", b"\x1b[27;5;113~"];
+
+/// What the terminal is told when this client lets go of it, whatever the command
+/// left on: the main screen, a visible cursor, no mouse reporting, no bracketed paste,
+/// the keyboard protocols off, plain colours.
+const TERMINAL_RESET: &[u8] =
+    b"\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?2004l\x1b[<u\x1b[>4;0m\x1b[0m";
+
+/// Input queued for the keeper while the command does not read; beyond it, keys are
+/// dropped (still watched for the detach keys).
+const INPUT_QUEUE: usize = 64;
 
 /// Whether `dir`'s sandbox has a first command kept that one can attach to.
 pub fn available(dir: &Path) -> bool {
@@ -59,27 +72,34 @@ impl Drop for Raw {
 }
 
 /// Splits input at the detach keys: what to send, and whether they were pressed. A
-/// Ctrl-P at the end of a read is held back until the next byte says what it was.
+/// Ctrl-P at the end of a read is held back until the next key says what it was.
 #[derive(Default)]
 struct DetachKeys {
-    held: bool,
+    held: Option<&'static [u8]>,
+}
+
+fn key_at(input: &[u8], forms: &[&'static [u8]]) -> Option<&'static [u8]> {
+    forms.iter().copied().find(|f| input.starts_with(f))
 }
 
 impl DetachKeys {
     fn feed(&mut self, input: &[u8]) -> (Vec<u8>, bool) {
-        let mut out = Vec::with_capacity(input.len() + 1);
-        for &b in input {
-            if self.held {
-                self.held = false;
-                if b == CTRL_Q {
+        let mut out = Vec::with_capacity(input.len() + 16);
+        let mut i = 0;
+        while i < input.len() {
+            let rest = &input[i..];
+            if let Some(p) = self.held.take() {
+                if key_at(rest, CTRL_Q).is_some() {
                     return (out, true);
                 }
-                out.push(CTRL_P);
+                out.extend_from_slice(p);
             }
-            if b == CTRL_P {
-                self.held = true;
+            if let Some(p) = key_at(rest, CTRL_P) {
+                self.held = Some(p);
+                i += p.len();
             } else {
-                out.push(b);
+                out.push(rest[0]);
+                i += 1;
             }
         }
         (out, false)
@@ -114,18 +134,32 @@ fn winsize() -> Option<[u8; 4]> {
 }
 
 async fn relay(s: UnixStream) -> Result<Attached, String> {
+    use tokio::signal::unix::{SignalKind, signal};
     let (mut r, mut w) = s.into_split();
+    // Frames to the keeper go through a bounded queue and a task of their own: a
+    // command that stops reading its input must not stop this loop from reading the
+    // keyboard (and seeing the detach keys).
+    let (to_keeper, mut queue) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(INPUT_QUEUE);
+    tokio::spawn(async move {
+        while let Some((kind, data)) = queue.recv().await {
+            if write_frame(&mut w, kind, &data).await.is_err() {
+                return;
+            }
+        }
+    });
     if let Some(ws) = winsize() {
-        let _ = write_frame(&mut w, b'w', &ws).await;
+        let _ = to_keeper.try_send((b'w', ws.to_vec()));
     }
-    let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
-        .map_err(|e| format!("SIGWINCH: {e}"))?;
+    let sig = |k: SignalKind, n: &str| signal(k).map_err(|e| format!("{n}: {e}"));
+    let mut winch = sig(SignalKind::window_change(), "SIGWINCH")?;
+    let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
+    let mut hup = sig(SignalKind::hangup(), "SIGHUP")?;
     let mut stdin = tokio::io::stdin();
     let mut stdout = tokio::io::stdout();
     let mut keys = DetachKeys::default();
     let mut buf = vec![0u8; 16 * 1024];
     let mut stdin_open = true;
-    loop {
+    let ended = loop {
         tokio::select! {
             f = read_frame(&mut r) => match f {
                 Ok(Some((b'd', data))) => {
@@ -133,31 +167,40 @@ async fn relay(s: UnixStream) -> Result<Attached, String> {
                     stdout.flush().await.map_err(|e| format!("stdout: {e}"))?;
                 }
                 Ok(Some((b'e', code))) if code.len() == 4 => {
-                    return Ok(Attached::Exited(i32::from_be_bytes([code[0], code[1], code[2], code[3]])));
+                    break Attached::Exited(i32::from_be_bytes([code[0], code[1], code[2], code[3]]));
                 }
                 Ok(Some(_)) => {}
                 // The keeper went away without a status (killed with its sandbox).
-                Ok(None) | Err(_) => return Ok(Attached::Exited(255)),
+                Ok(None) | Err(_) => break Attached::Exited(255),
             },
             n = stdin.read(&mut buf), if stdin_open => match n {
                 Ok(0) | Err(_) => stdin_open = false,
                 Ok(n) => {
                     let (send, detach) = keys.feed(&buf[..n]);
                     if !send.is_empty() {
-                        let _ = write_frame(&mut w, b'd', &send).await;
+                        // Full: the command is not reading; the keys are dropped.
+                        let _ = to_keeper.try_send((b'd', send));
                     }
                     if detach {
-                        return Ok(Attached::Detached);
+                        break Attached::Detached;
                     }
                 }
             },
             _ = winch.recv() => {
                 if let Some(ws) = winsize() {
-                    let _ = write_frame(&mut w, b'w', &ws).await;
+                    let _ = to_keeper.try_send((b'w', ws.to_vec()));
                 }
             }
+            // Killed or hung up: let go of the terminal (the caller restores its mode).
+            _ = term.recv() => break Attached::Detached,
+            _ = hup.recv() => break Attached::Detached,
         }
+    };
+    if std::io::stdout().is_terminal() {
+        let _ = stdout.write_all(TERMINAL_RESET).await;
+        let _ = stdout.flush().await;
     }
+    Ok(ended)
 }
 
 #[cfg(test)]
@@ -168,11 +211,32 @@ mod tests {
     fn ctrl_p_ctrl_q_detaches_and_nothing_else_does() {
         let mut k = DetachKeys::default();
         assert_eq!(k.feed(b"ab"), (b"ab".to_vec(), false));
-        assert_eq!(k.feed(&[b'x', CTRL_P, CTRL_Q, b'y']), (b"x".to_vec(), true));
+        assert_eq!(k.feed(b"x\x10\x11y"), (b"x".to_vec(), true));
         let mut k = DetachKeys::default();
         // Ctrl-P alone goes through, late.
-        assert_eq!(k.feed(&[CTRL_P]), (vec![], false));
-        assert_eq!(k.feed(b"z"), (vec![CTRL_P, b'z'], false));
-        assert_eq!(k.feed(&[CTRL_P, CTRL_P, CTRL_Q]), (vec![CTRL_P], true));
+        assert_eq!(k.feed(b"\x10"), (vec![], false));
+        assert_eq!(k.feed(b"z"), (b"\x10z".to_vec(), false));
+        assert_eq!(k.feed(b"\x10\x10\x11"), (b"\x10".to_vec(), true));
+    }
+
+    #[test]
+    fn the_keyboard_protocols_forms_detach_too() {
+        // kitty's CSI u, within one read and across two.
+        let mut k = DetachKeys::default();
+        assert_eq!(k.feed(b"a\x1b[112;5u\x1b[113;5u"), (b"a".to_vec(), true));
+        let mut k = DetachKeys::default();
+        assert_eq!(k.feed(b"\x1b[112;5u"), (vec![], false));
+        assert_eq!(k.feed(b"\x11"), (vec![], true));
+        // modifyOtherKeys.
+        let mut k = DetachKeys::default();
+        assert_eq!(k.feed(b"\x1b[27;5;112~\x1b[27;5;113~"), (vec![], true));
+        // A held CSI-u Ctrl-P followed by something else goes through as it came.
+        let mut k = DetachKeys::default();
+        assert_eq!(k.feed(b"\x1b[112;5ux"), (b"\x1b[112;5ux".to_vec(), false));
+        // Other CSI sequences are untouched.
+        assert_eq!(
+            k.feed(b"\x1b[A\x1b[113;5u"),
+            (b"\x1b[A\x1b[113;5u".to_vec(), false)
+        );
     }
 }

@@ -63,6 +63,11 @@ pub struct LogsArgs {
     /// Only lines at this level or above.
     #[arg(long, value_enum, default_value_t = Level::Info)]
     level: Level,
+    /// With `--source sandbox`: the command's output exactly as written. Without it,
+    /// colours pass and every other control character is shown escaped, so that what
+    /// the sandbox printed cannot drive this terminal (titles, clipboard, replies).
+    #[arg(long)]
+    raw: bool,
 }
 
 fn level_of(v: &serde_json::Value) -> Level {
@@ -111,6 +116,38 @@ pub fn render(line: &str, f: &Filter) -> Option<String> {
     // sends one to the terminal.
     let message = escape_controls(v["message"].as_str().unwrap_or_default());
     Some(format!("{stamp} {lvl} {message}"))
+}
+
+/// `s` with its colour sequences (SGR: `ESC [ digits ; : m`) and tabs kept and every
+/// other control character written `\x{..}`.
+fn colours_only(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(c) = rest.chars().next() {
+        if c == '\x1b' {
+            let body = rest[1..].strip_prefix('[').map(|b| {
+                b.find(|ch: char| !(ch.is_ascii_digit() || ch == ';' || ch == ':'))
+                    .map_or((b, ""), |i| b.split_at(i))
+            });
+            if let Some((params, tail)) = body
+                && tail.starts_with('m')
+            {
+                out.push('\x1b');
+                out.push('[');
+                out.push_str(params);
+                out.push('m');
+                rest = &tail[1..];
+                continue;
+            }
+        }
+        if c == '\t' || !c.is_control() {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\x{{{:x}}}", c as u32));
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    out
 }
 
 /// `s` with every control character written `\x{..}`, so that a line shown among
@@ -168,8 +205,10 @@ pub fn run(mut args: LogsArgs, format: Format) -> i32 {
             // or an escape sequence cannot pass for a line of the log. Alone
             // (`--source sandbox`) it is the terminal output it was, as `docker logs`.
             println!("sandbox| {}", escape_controls(l));
-        } else {
+        } else if args.raw {
             println!("{l}");
+        } else {
+            println!("{}", colours_only(l));
         }
     };
     let last_n = |v: &[String]| match args.lines {
@@ -294,6 +333,21 @@ fn read_lines(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colours_pass_and_nothing_else_does() {
+        assert_eq!(
+            colours_only("a\x1b[1;31mred\x1b[0m\tb"),
+            "a\x1b[1;31mred\x1b[0m\tb"
+        );
+        // OSC 52 (clipboard), a clear line, a carriage return, a title, a bare ESC.
+        assert_eq!(
+            colours_only("\x1b]52;c;ZXZpbA==\x07x\x1b[2K\ry\x1b]0;t\x07\x1b"),
+            "\\x{1b}]52;c;ZXZpbA==\\x{7}x\\x{1b}[2K\\x{d}y\\x{1b}]0;t\\x{7}\\x{1b}"
+        );
+        assert_eq!(colours_only("\x1b[5n\x1b[m"), "\\x{1b}[5n\x1b[m");
+        assert_eq!(colours_only("é\u{9b}2J"), "é\\x{9b}2J");
+    }
 
     #[test]
     fn renders_and_filters() {

@@ -95,9 +95,10 @@ fn line(bytes: &[u8]) -> String {
         .to_string()
 }
 
-/// Whether the first command still runs (its keeper's socket is there).
+/// Whether the first command still runs: its keeper answers on its socket (a socket
+/// left by a keeper that was killed does not count, so `-f` ends).
 pub fn running(dir: &Path) -> bool {
-    super::session::socket_path(dir).exists()
+    super::attach::available(dir)
 }
 
 #[cfg(test)]

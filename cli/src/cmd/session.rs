@@ -36,6 +36,8 @@ pub const REPLAY: usize = 1 << 20;
 pub const LOG_MAX: u64 = 8 << 20;
 /// The largest frame accepted.
 pub const MAX_FRAME: usize = 64 << 10;
+/// Input frames queued for the pty (each at most [`MAX_FRAME`]).
+const INPUT_QUEUE: usize = 64;
 /// The socket's name in the sandbox's directory.
 pub const SOCKET: &str = "session.sock";
 
@@ -108,12 +110,15 @@ impl Output {
     }
 }
 
+/// The sandbox's directory is the owner's alone (0700) and out of the sandbox's reach;
+/// its files are still opened without following a link and made 0600.
 fn open_log(path: &Path) -> Option<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
         .ok()
 }
@@ -210,9 +215,18 @@ async fn keep(
     let (tx, _) = broadcast::channel::<Arc<Vec<u8>>>(256);
     let winsize_fd = master.try_clone().map_err(|e| e.to_string())?;
     let master = std::fs::File::from(master);
-    let writer = Arc::new(tokio::sync::Mutex::new(tokio::fs::File::from_std(
-        master.try_clone().map_err(|e| e.to_string())?,
-    )));
+    // Input from every client goes to the pty through one task and a bounded queue:
+    // a command that stops reading its input stalls only the clients typing to it.
+    let (writer, mut input) = tokio::sync::mpsc::channel::<Vec<u8>>(INPUT_QUEUE);
+    let mut pty_in = tokio::fs::File::from_std(master.try_clone().map_err(|e| e.to_string())?);
+    tokio::spawn(async move {
+        while let Some(data) = input.recv().await {
+            if pty_in.write_all(&data).await.is_err() {
+                return;
+            }
+            let _ = pty_in.flush().await;
+        }
+    });
     let mut reader = tokio::fs::File::from_std(master);
     say("ready");
     // Output: the replay buffer, the log, every client.
@@ -237,6 +251,8 @@ async fn keep(
     let accept = tokio::spawn(async move {
         loop {
             let Ok((s, _)) = listener.accept().await else {
+                // Out of descriptors, say: wait rather than spin.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             };
             if !same_user(&s) {
@@ -263,7 +279,10 @@ async fn keep(
             .unwrap_or(255)
     };
     let _ = std::fs::remove_file(&sock_path);
-    let _ = std::fs::write(dir.join("session.exit"), format!("{code}\n"));
+    if let Some(mut f) = open_log(&dir.join("session.exit")) {
+        let _ = f.set_len(0);
+        let _ = writeln!(f, "{code}");
+    }
     // --no-keep: the sandbox goes with its command, before the attached client hears
     // the end (so that `create` returns with it gone).
     if no_keep {
@@ -285,7 +304,7 @@ fn same_user(s: &UnixStream) -> bool {
 struct Client {
     out: Arc<Mutex<Output>>,
     rx: broadcast::Receiver<Arc<Vec<u8>>>,
-    writer: Arc<tokio::sync::Mutex<tokio::fs::File>>,
+    writer: tokio::sync::mpsc::Sender<Vec<u8>>,
     winsize: Option<std::os::fd::OwnedFd>,
     child_pid: Option<i32>,
     done: tokio::sync::watch::Receiver<Option<i32>>,
@@ -331,14 +350,13 @@ impl Client {
             }
         });
         while let Ok(Some((kind, payload))) = read_frame(&mut r).await {
-            match kind {
-                b'd' => {
-                    let mut wr = self.writer.lock().await;
-                    if wr.write_all(&payload).await.is_err() {
-                        break;
-                    }
-                    let _ = wr.flush().await;
+            if kind == b'd' {
+                if self.writer.send(payload).await.is_err() {
+                    break;
                 }
+                continue;
+            }
+            match kind {
                 b'w' if payload.len() == 4 => {
                     let c = u16::from_be_bytes([payload[0], payload[1]]);
                     let r = u16::from_be_bytes([payload[2], payload[3]]);
@@ -368,11 +386,8 @@ pub fn start(name: &str, argv: &[String], no_keep: bool) -> Result<(), String> {
         .dir;
     let logs = dir.join("logs");
     let _ = std::fs::create_dir_all(&logs);
-    let err_log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(logs.join("session.err"))
-        .map_err(|e| format!("{}: {e}", logs.display()))?;
+    let err_log = open_log(&logs.join("session.err"))
+        .ok_or_else(|| format!("{}: cannot open session.err", logs.display()))?;
     let size = openshell_runtime::relay::get_winsize(std::io::stdout().as_fd())
         .filter(|(c, r)| *c > 0 && *r > 0)
         .map_or("80,24".to_string(), |(c, r)| format!("{c},{r}"));

@@ -58,7 +58,7 @@ pub fn proxy(name: &str) -> i32 {
         Err(err) => return fail(err),
     };
     let init = match &e.record {
-        Ok(r) if r.phase().0 == Phase::Ready => r.init_pid,
+        Ok(r) if r.phase().0 == Phase::Ready => r.init_pid.zip(r.supervisor.map(|s| s.pid)),
         Ok(r) => {
             return fail(format!(
                 "sandbox {name} is not running ({}); start it with 'openshell sandbox start {name}'",
@@ -67,7 +67,9 @@ pub fn proxy(name: &str) -> i32 {
         }
         Err(err) => return fail(format!("sandbox {name}: {err}")),
     };
-    let Some(init) = init.and_then(|p| u32::try_from(p).ok()) else {
+    let Some((init, supervisor)) =
+        init.and_then(|(i, s)| Some((u32::try_from(i).ok()?, u32::try_from(s).ok()?)))
+    else {
         return fail(format!("sandbox {name} is still starting; try again"));
     };
     let key = match host_key() {
@@ -97,6 +99,7 @@ pub fn proxy(name: &str) -> i32 {
     let server = Server {
         name: name.to_string(),
         init_pid: init,
+        supervisor,
         connector: Arc::new(std::sync::Mutex::new(None)),
     };
     rt.block_on(async move {
@@ -122,6 +125,9 @@ fn host_key() -> std::io::Result<PrivateKey> {
 struct Server {
     name: String,
     init_pid: u32,
+    /// The supervisor of `init_pid` when the connection began: the connector joins
+    /// init's namespaces only while init is still its child (not a reused pid).
+    supervisor: u32,
     connector: Arc<std::sync::Mutex<Option<openshell_runtime::forward::Connector>>>,
 }
 
@@ -164,18 +170,21 @@ impl Handler for Server {
                 .await;
             return Ok(());
         };
-        match connect_inside(&self.connector, self.init_pid, port).await {
-            Ok(stream) => {
-                reply.accept().await;
-                tokio::spawn(async move {
+        // Connecting may take up to its timeout (a listener that never accepts): off the
+        // connection's loop, so other channels go on meanwhile.
+        let (connector, init, sup) = (self.connector.clone(), self.init_pid, self.supervisor);
+        tokio::spawn(async move {
+            match connect_inside(&connector, init, sup, port).await {
+                Ok(stream) => {
+                    reply.accept().await;
                     let mut ch = channel.into_stream();
                     let mut s = stream;
                     let _ = tokio::io::copy_bidirectional(&mut ch, &mut s).await;
                     let _ = ch.shutdown().await;
-                });
+                }
+                Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
             }
-            Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
-        }
+        });
         Ok(())
     }
 
@@ -238,16 +247,30 @@ impl Handler for Server {
     }
 }
 
+/// The parent pid of `pid` (`/proc/PID/stat`, field 4).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.get(stat.rfind(')')? + 2..)?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// A TCP stream to the sandbox's 127.0.0.1:`port`.
 async fn connect_inside(
     connector: &Arc<std::sync::Mutex<Option<openshell_runtime::forward::Connector>>>,
     init_pid: u32,
+    supervisor: u32,
     port: u16,
 ) -> std::io::Result<tokio::net::TcpStream> {
     let c = connector.clone();
     let fd = tokio::task::spawn_blocking(move || {
         let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
         if c.is_none() {
+            if parent_of(init_pid) != Some(supervisor) {
+                return Err(std::io::Error::other("the sandbox's init is gone"));
+            }
             *c = Some(openshell_runtime::forward::Connector::start(init_pid)?);
         }
         let r = c.as_mut().map(|c| c.socket());

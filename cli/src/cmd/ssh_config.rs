@@ -40,8 +40,15 @@ pub fn host(name: &str) -> String {
     format!("openshell-{name}")
 }
 
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
+/// `s` quoted for the shell ssh runs `ProxyCommand` with, `%` doubled (ssh expands
+/// `%h`, `%p`... there). A line break cannot be written in ssh_config: refused.
+fn quote(s: &str) -> Result<String, String> {
+    if s.contains(['\n', '\r']) {
+        return Err(format!(
+            "{s:?} has a line break, which ssh_config cannot hold: use another path"
+        ));
+    }
+    Ok(format!("'{}'", s.replace('\'', r"'\''").replace('%', "%%")))
 }
 
 /// The `Host openshell-NAME` block: `ProxyCommand` is this binary's absolute path.
@@ -50,9 +57,10 @@ pub fn block(name: &str) -> Result<String, String> {
     let exe = exe.to_string_lossy().into_owned();
     // A state directory set by variable must reach the proxy too (ssh runs it with
     // its own environment, which may not have it).
-    let env = std::env::var_os("OPENSHELL_STATE_DIR")
-        .map(|d| format!("env OPENSHELL_STATE_DIR={} ", quote(&d.to_string_lossy())))
-        .unwrap_or_default();
+    let env = match std::env::var_os("OPENSHELL_STATE_DIR") {
+        Some(d) => format!("env OPENSHELL_STATE_DIR={} ", quote(&d.to_string_lossy())?),
+        None => String::new(),
+    };
     Ok(format!(
         "Host {host}\n\
          \x20   User sandbox\n\
@@ -64,7 +72,7 @@ pub fn block(name: &str) -> Result<String, String> {
          \x20   LogLevel ERROR\n\
          \x20   ServerAliveInterval 30\n",
         host = host(name),
-        exe = quote(&exe),
+        exe = quote(&exe)?,
     ))
 }
 
@@ -161,9 +169,15 @@ pub fn ensure_include(managed: &Path) -> Result<bool, String> {
             .create(&ssh)
             .map_err(|e| format!("{}: {e}", ssh.display()))?;
     }
+    mine(&ssh)?;
     let link = ssh.join("config");
-    // Edit a symlinked config where it points (a rename would replace the link).
+    // Edit a symlinked config where it points (a rename would replace the link), if
+    // that file is ours too: as root with another user's HOME, never a file the link
+    // names elsewhere.
     let config = std::fs::canonicalize(&link).unwrap_or(link);
+    if config.exists() {
+        mine(&config)?;
+    }
     let (text, mode) = match std::fs::read_to_string(&config) {
         Ok(t) => {
             use std::os::unix::fs::PermissionsExt;
@@ -173,13 +187,39 @@ pub fn ensure_include(managed: &Path) -> Result<bool, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), 0o600),
         Err(e) => return Err(format!("{}: {e}", config.display())),
     };
-    let line = format!("Include {}", managed.display());
-    if text.lines().any(|l| l.trim() == line) {
+    let path = managed.to_string_lossy();
+    if path.contains(['"', '\n', '\r']) {
+        return Err(format!(
+            "{path:?} cannot be written in an Include line: set HOME to a plainer path"
+        ));
+    }
+    let line = format!("Include \"{path}\"");
+    let unquoted = format!("Include {path}");
+    if text
+        .lines()
+        .any(|l| l.trim() == line || l.trim() == unquoted)
+    {
         return Ok(false);
     }
     let new = format!("{line}\n{text}");
     write_atomic(&config, &new, mode)?;
     Ok(true)
+}
+
+/// `path` belongs to the user running this (ownership is checked, so that root with
+/// someone else's HOME does not rewrite, and take over, their files).
+fn mine(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if m.uid() != me {
+        return Err(format!(
+            "{} belongs to uid {}, not to you (uid {me}): run this as its owner, or add the Include line yourself",
+            path.display(),
+            m.uid()
+        ));
+    }
+    Ok(())
 }
 
 /// `sandbox connect NAME --editor E` (and `create --editor E`): config, then the editor.
@@ -202,7 +242,7 @@ pub fn open(name: &str, editor: Editor) -> i32 {
     };
     match ensure_include(&managed) {
         Ok(true) => eprintln!(
-            "openshell: added 'Include {}' to ~/.ssh/config",
+            "openshell: added 'Include \"{}\"' to ~/.ssh/config",
             managed.display()
         ),
         Ok(false) => {}
@@ -222,7 +262,8 @@ pub fn open(name: &str, editor: Editor) -> i32 {
     };
     match spawned {
         Ok(_) => {
-            println!("opened {cmd} on {} ({dir})", host(name));
+            let shown: String = dir.chars().filter(|c| !c.is_control()).collect();
+            println!("opened {cmd} on {} ({shown})", host(name));
             0
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => fail(format!(
@@ -239,7 +280,10 @@ mod tests {
 
     #[test]
     fn blocks_quote_the_binary_path() {
-        assert_eq!(quote("/a b/it's"), r"'/a b/it'\''s'");
+        assert_eq!(quote("/a b/it's").unwrap(), r"'/a b/it'\''s'");
+        // ssh expands %-tokens in ProxyCommand; a line break would start a directive.
+        assert_eq!(quote("/x/100%h").unwrap(), "'/x/100%%h'");
+        assert!(quote("/x\nProxyCommand evil").is_err());
         let b = block("dev").unwrap();
         assert!(b.starts_with("Host openshell-dev\n"), "{b}");
         assert!(b.contains(" ssh-proxy dev\n"), "{b}");
