@@ -2,7 +2,9 @@
 //! ssh-config` prints): a command with its output, stdin and exit status, an
 //! interactive shell on a pty that follows window changes (in tmux), scp and sftp round
 //! trips, `ssh -L` to a server inside (and never to the host's or another address), the
-//! attack probes run through ssh, and `--editor` writing one Include line.
+//! attack probes run through ssh, `--editor` writing one Include line, and what an
+//! editor's remote mode does (its server installed over `bash -s` into the home, left
+//! running in the background, reached with `ssh -W` and `ssh -D`).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -443,10 +445,91 @@ fn editors_get_one_include_line() {
     }
 }
 
+/// VS Code's and Cursor's remote mode, step by step as they do it (the editors
+/// themselves are not installable here): a script over `ssh HOST bash -s` writes the
+/// server into `~/.vscode-server/bin/COMMIT`, starts it in the background on a loopback
+/// port and prints the port; the ssh session ends and the server stays; the editor then
+/// reaches it with a direct-tcpip channel (`ssh -W`, and through `ssh -D` SOCKS as its
+/// local-server mode does). A SOCKS request for any other address is refused.
+fn an_editor_server_installs_runs_and_is_reached() {
+    need_sandbox!();
+    need_ssh();
+    let s = Ssh::new("sh6", &[]);
+    let install = r#"set -e
+mkdir -p ~/.vscode-server/bin/c0ffee
+cd ~/.vscode-server/bin/c0ffee
+cat > server.py <<'PY'
+import http.server, socketserver
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"editor-server-alive\n")
+    def log_message(self, *a): pass
+with socketserver.TCPServer(("127.0.0.1", 0), H) as srv:
+    open("port.tmp", "w").write(str(srv.server_address[1]))
+    __import__("os").rename("port.tmp", "port")
+    srv.serve_forever()
+PY
+nohup python3 server.py > log 2>&1 < /dev/null &
+for i in $(seq 100); do [ -s port ] && break; sleep 0.1; done
+[ -s port ] || cat log >&2
+echo "listeningOn==$(cat port)=="
+"#;
+    let o = s.ssh(&["openshell-sh6", "bash -s"], install.as_bytes());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let port: u16 = out
+        .trim()
+        .strip_prefix("listeningOn==")
+        .and_then(|p| p.strip_suffix("=="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {out:?}: {}", stderr(&o)));
+    // The session ended; the server is still there, reached through the channel.
+    let get = b"GET / HTTP/1.0\r\n\r\n";
+    let w = format!("127.0.0.1:{port}");
+    let o = s.ssh(&["-W", &w, "openshell-sh6"], get);
+    assert!(
+        stdout(&o).ends_with("editor-server-alive\n"),
+        "{} / {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    // SOCKS (ssh -D), as the editor's local server uses it.
+    let socks = free_port();
+    let mut d = Command::new("ssh")
+        .arg("-F")
+        .arg(&s.cfg)
+        .args(["-N", "-D", &format!("127.0.0.1:{socks}"), "openshell-sh6"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let via = |url: &str| {
+        Command::new("curl")
+            .args(["-s", "-m", "5", "--socks5-hostname"])
+            .arg(format!("127.0.0.1:{socks}"))
+            .arg(url)
+            .output()
+            .unwrap()
+    };
+    let ok = eventually(10, || {
+        stdout(&via(&format!("http://localhost:{port}/"))) == "editor-server-alive\n"
+    });
+    let refused = via("http://10.0.0.1:80/");
+    let _ = d.kill();
+    let _ = d.wait();
+    assert!(ok, "ssh -D to the editor's server");
+    assert!(!refused.status.success(), "ssh -D reached another address");
+    // It wrote only inside the sandbox: the server's files are in the sandbox's home.
+    let o = s.ssh(&["openshell-sh6", "ls ~/.vscode-server/bin/c0ffee"], b"");
+    assert_eq!(stdout(&o), "log\nport\nserver.py\n", "{}", stderr(&o));
+}
+
 openshell_tests::suite!(
     commands_exit_codes_and_the_config,
     scp_sftp_and_local_forwarding,
     attacks_through_ssh_stay_blocked,
     an_interactive_shell_follows_the_window,
     editors_get_one_include_line,
+    an_editor_server_installs_runs_and_is_reached,
 );
