@@ -113,8 +113,11 @@ fn a_command_that_never_reads_cannot_hold_the_terminal() {
     need_sandbox!();
     need_tmux();
     let sb = Sandbox::new();
-    let cmd = "sandbox create --name st -- sh -c 'stty raw -echo; printf \"\\033[?1049h\\033[?1000h\\033[>4;2m\"; echo stalled; sleep 600'";
-    let t = in_tmux(&sb, cmd, "CREATE_RC");
+    let name = format!("st{}", std::process::id());
+    let cmd = format!(
+        "sandbox create --name {name} -- sh -c 'stty raw -echo; printf \"\\033[?1049h\\033[?1000h\\033[>4;2m\"; echo stalled; sleep 600'"
+    );
+    let t = in_tmux(&sb, &cmd, "CREATE_RC");
     t.wait_for("stalled");
     let chunk = "y".repeat(64 << 10);
     for _ in 0..48 {
@@ -122,7 +125,7 @@ fn a_command_that_never_reads_cannot_hold_the_terminal() {
     }
     t.keys(&["C-p", "C-q"]);
     let s = t.wait_for("CREATE_RC=0");
-    assert!(s.contains("detached from st"), "{s}");
+    assert!(s.contains(&format!("detached from {name}")), "{s}");
     // The terminal is in its normal mode again (what is typed is echoed: the raw,
     // no-echo mode the command set is gone), on the main screen, without mouse reporting.
     t.keys(&["typed-after-detach"]);
@@ -133,7 +136,16 @@ fn a_command_that_never_reads_cannot_hold_the_terminal() {
         .output()
         .unwrap();
     assert_eq!(stdout(&o).trim(), "00", "alternate screen / mouse left on");
-    assert_eq!(phase(&sb, "st"), "Ready");
+    assert_eq!(phase(&sb, &name), "Ready");
+    // Deleted, the sandbox takes its session keeper with it, even with a write to the
+    // pty still blocked.
+    assert!(sb.cli(&["sandbox", "delete", &name]).status.success());
+    let keeper = format!("__session {name}");
+    assert!(
+        eventually(10, || openshell_tests::processes_with(&keeper).is_empty()),
+        "left: {:?}",
+        openshell_tests::processes_with(&keeper)
+    );
 }
 
 /// A client that attaches late gets at most the last MiB of output, ending with the

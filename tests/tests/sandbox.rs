@@ -248,6 +248,72 @@ fn concurrent_deletes_never_trip_over_each_other() {
     assert_eq!(deleted, want, "each deleted exactly once");
     let left = leftovers(&sb);
     assert!(left.is_empty(), "left: {left:?}");
+    assert_eq!(lock_files(&sb), Vec::<String>::new());
+}
+
+fn lock_files(sb: &Sandbox) -> Vec<String> {
+    std::fs::read_dir(sb.state.path().join("sandboxes/.locks"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A name's lock file goes when the name is free again (it used to stay, one file per
+/// `run` for ever), also while runs, creates and deletes of one name race; a kept
+/// sandbox keeps its lock file.
+fn lock_files_go_with_their_sandboxes() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    for _ in 0..3 {
+        assert!(sb.run(&[], &["true"]).status.success());
+    }
+    assert!(
+        sb.run(&["--keep", "--name", "kept"], &["true"])
+            .status
+            .success()
+    );
+    assert_eq!(lock_files(&sb), vec!["kept".to_string()]);
+    assert!(sb.cli(&["sandbox", "delete", "kept"]).status.success());
+    assert_eq!(lock_files(&sb), Vec::<String>::new());
+    // Four racers on one name: runs, kept runs and deletes.
+    let bin = openshell_tests::openshell_bin();
+    let racers: Vec<_> = (0..4)
+        .map(|i| {
+            let (bin, state) = (bin.clone(), sb.state.path().to_path_buf());
+            std::thread::spawn(move || {
+                for j in 0..6 {
+                    let args: Vec<&str> = match (i + j) % 3 {
+                        0 => vec!["run", "--name", "same", "--", "true"],
+                        1 => vec!["run", "--keep", "--name", "same", "--", "true"],
+                        _ => vec!["sandbox", "delete", "same"],
+                    };
+                    let o = Command::new(&bin)
+                        .env("OPENSHELL_STATE_DIR", &state)
+                        .args(&args)
+                        .stdin(Stdio::null())
+                        .output()
+                        .unwrap();
+                    let e = stderr(&o);
+                    assert!(
+                        o.status.success()
+                            || e.contains("already exists")
+                            || e.contains("no sandbox named")
+                            || e.contains("was deleted while it was being set up"),
+                        "{args:?}: {e}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for r in racers {
+        r.join().unwrap();
+    }
+    let _ = sb.cli(&["sandbox", "delete", "same"]);
+    assert_eq!(leftovers(&sb), Vec::<std::ffi::OsString>::new());
+    assert_eq!(lock_files(&sb), Vec::<String>::new());
 }
 
 fn nix_euid() -> u32 {
@@ -770,6 +836,7 @@ openshell_tests::suite!(
     image_sandbox_files_of_other_ids_are_deleted,
     bad_arguments_are_refused_clearly,
     concurrent_deletes_never_trip_over_each_other,
+    lock_files_go_with_their_sandboxes,
     prune_removes_only_idle_or_old_sandboxes_that_are_not_running,
     status_counts_sandboxes_and_reports_the_kernel,
     explain_reports_what_this_kernel_enforced,

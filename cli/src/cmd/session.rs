@@ -157,7 +157,11 @@ pub fn keeper_main(name: &str, no_keep: bool) -> i32 {
             return 1;
         }
     };
-    match rt.block_on(keep(name, &dir, size, no_keep, &say)) {
+    let r = rt.block_on(keep(name, &dir, size, no_keep, &say));
+    // A write to the pty may still be blocked (a command that never read its input):
+    // do not wait for it.
+    rt.shutdown_background();
+    match r {
         Ok(_) => 0,
         Err(e) => {
             say(&format!("error: {e}"));

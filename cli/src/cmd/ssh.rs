@@ -102,7 +102,7 @@ pub fn proxy(name: &str) -> i32 {
         supervisor,
         connector: Arc::new(std::sync::Mutex::new(None)),
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         let io = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
         match russh::server::run_stream(config, io, server).await {
             Ok(session) => match session.await {
@@ -111,7 +111,11 @@ pub fn proxy(name: &str) -> i32 {
             },
             Err(err) => fail(format!("ssh-proxy: {err}")),
         }
-    })
+    });
+    // The stdin reader, or a write to a pty nobody reads, may still be blocked on
+    // tokio's blocking pool: the connection is over, do not wait for them.
+    rt.shutdown_background();
+    code
 }
 
 /// A fresh ed25519 key for this connection.

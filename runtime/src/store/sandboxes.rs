@@ -173,6 +173,13 @@ pub fn stop(entry: &Entry) -> Result<bool, StoreError> {
 
 /// Stop and remove a sandbox with everything it has on disk.
 pub fn delete(base: &Path, name: &str) -> Result<(), StoreError> {
+    let r = delete_locked(base, name);
+    // Whatever the outcome, a free name keeps no lock file (taking the lock made one).
+    crate::state::forget_lock(base, name);
+    r
+}
+
+fn delete_locked(base: &Path, name: &str) -> Result<(), StoreError> {
     let lock = crate::state::NameLock::acquire(base, name)
         .map_err(|_| StoreError::NotFound(name.to_string()))?;
     let entry = find(base, name)?;

@@ -87,20 +87,44 @@ impl NameLock {
             .create(&dir)
             .map_err(io_err("create", &dir))?;
         let path = dir.join(name);
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("open", &path))?;
-        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-            .map(Self)
-            .map_err(|(_, e)| StateError::Io {
-                what: "lock",
-                path,
-                source: e.into(),
-            })
+        loop {
+            let f = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io_err("open", &path))?;
+            let held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(
+                |(_, e)| StateError::Io {
+                    what: "lock",
+                    path: path.clone(),
+                    source: e.into(),
+                },
+            )?;
+            // The file may have been removed (`forget_lock`) while we waited for it:
+            // then the lock we hold is on a file nobody else will open; take the new one.
+            use std::os::unix::fs::MetadataExt;
+            let ours = held.metadata().map(|m| (m.dev(), m.ino())).ok();
+            let current = fs::metadata(&path).map(|m| (m.dev(), m.ino())).ok();
+            if ours.is_some() && ours == current {
+                return Ok(Self(held));
+            }
+        }
     }
+}
+
+/// Remove `name`'s lock file once the name is free (no sandbox directory), so that
+/// `sandboxes/.locks` does not grow by a file for every `run`. The lock is taken first:
+/// a holder is never robbed, and whoever waited on the removed file notices and takes
+/// a new one (`NameLock::acquire`).
+pub fn forget_lock(base: &Path, name: &str) {
+    let Ok(lock) = NameLock::acquire(base, name) else {
+        return;
+    };
+    if fs::symlink_metadata(base.join("sandboxes").join(name)).is_err() {
+        let _ = fs::remove_file(base.join("sandboxes/.locks").join(name));
+    }
+    drop(lock);
 }
 
 /// The state root for this user.

@@ -96,10 +96,14 @@ struct Cleanup {
     ident: Option<(u64, u64, u128)>,
     /// The sandbox CA still being made: joined before anything here forks.
     material: Option<std::thread::JoinHandle<Result<crate::trust::Material, String>>>,
+    /// The name's lock while the sandbox is set up (released first when dropped: the
+    /// clean-up then takes it again to remove the lock file of a freed name).
+    lock: Option<state::NameLock>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        drop(self.lock.take());
         if let Some(h) = self.material.take() {
             let _ = h.join();
         }
@@ -126,6 +130,12 @@ impl Drop for Cleanup {
         }
         if self.dir.path.exists() {
             let _ = self.dir.remove();
+        }
+        if let (Some(name), Some(base)) = (
+            self.dir.path.file_name().and_then(|n| n.to_str()),
+            self.dir.path.parent().and_then(std::path::Path::parent),
+        ) {
+            state::forget_lock(base, name);
         }
     }
 }
@@ -302,6 +312,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         mapped: (ids.mode == idmap::IdMode::Subids).then(|| ids.clone()),
         ident: state::identity(&dir.path),
         material,
+        lock: Some(lock),
     };
     let ident = cleanup.ident;
     let mount_grants: Vec<record::MountGrant> = opts
@@ -518,7 +529,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             .map_err(|e| RunError::Invalid(format!("--log-dir {}: {e}", logs.display())))?;
     }
     // Set up: from here on the sandbox is whole and a delete may take it.
-    drop(lock);
+    drop(cleanup.lock.take());
     if !opts.forwards.is_empty() && !opts.network {
         return Err(RunError::Invalid(
             "--forward needs the sandbox's network (--network proxy): with --network none nothing serves the host side"
