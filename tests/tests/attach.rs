@@ -148,6 +148,39 @@ fn a_command_that_never_reads_cannot_hold_the_terminal() {
     );
 }
 
+/// A large paste into a command that reads slowly arrives whole, in order: held by the
+/// client, not dropped.
+fn a_large_paste_arrives_whole() {
+    need_sandbox!();
+    need_tmux();
+    let sb = Sandbox::new();
+    let cmd = "sandbox create --name pa -- sh -c 'stty raw -echo; echo ready; sleep 4; head -c 6291456 | md5sum; sleep 600'";
+    let t = in_tmux(&sb, cmd, "CREATE_RC");
+    t.wait_for("ready");
+    let chunk: String = (0..(64 << 10))
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    for _ in 0..96 {
+        t.paste(&chunk);
+    }
+    let mut all = String::new();
+    for _ in 0..96 {
+        all.push_str(&chunk);
+    }
+    let o = Command::new("md5sum")
+        .stdin({
+            let p = std::env::temp_dir().join(format!("paste-{}", std::process::id()));
+            std::fs::write(&p, &all).unwrap();
+            std::fs::File::open(&p).unwrap()
+        })
+        .output()
+        .unwrap();
+    let want = stdout(&o).split_whitespace().next().unwrap().to_string();
+    t.wait_for(&want);
+    t.keys(&["C-p", "C-q"]);
+    t.wait_for("CREATE_RC=0");
+}
+
 /// A client that attaches late gets at most the last MiB of output, ending with the
 /// newest.
 fn the_replay_is_bounded() {
@@ -195,5 +228,6 @@ openshell_tests::suite!(
     detach_attach_and_the_exit_status,
     a_shell_beside_the_window_size_and_no_keep,
     a_command_that_never_reads_cannot_hold_the_terminal,
+    a_large_paste_arrives_whole,
     the_replay_is_bounded,
 );

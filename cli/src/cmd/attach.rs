@@ -35,9 +35,12 @@ const CTRL_Q: &[&[u8]] = &[b"\x11", b"\x1b[113;5u", b"\x1b[27;5;113~"];
 const TERMINAL_RESET: &[u8] =
     b"\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?2004l\x1b[<u\x1b[>4;0m\x1b[0m";
 
-/// Input queued for the keeper while the command does not read; beyond it, keys are
-/// dropped (still watched for the detach keys).
+/// Frames on their way to the keeper.
 const INPUT_QUEUE: usize = 64;
+/// Input held here, in order, while the command reads slower than it comes (a large
+/// paste): kept whole up to this size; beyond it (a command that stopped reading) new
+/// keys are dropped — and still watched for the detach keys.
+const PENDING_MAX: usize = 8 << 20;
 
 /// Whether `dir`'s sandbox has a first command kept that one can attach to.
 pub fn available(dir: &Path) -> bool {
@@ -159,8 +162,17 @@ async fn relay(s: UnixStream) -> Result<Attached, String> {
     let mut keys = DetachKeys::default();
     let mut buf = vec![0u8; 16 * 1024];
     let mut stdin_open = true;
+    let mut pending: std::collections::VecDeque<Vec<u8>> = Default::default();
+    let mut pending_bytes = 0usize;
     let ended = loop {
         tokio::select! {
+            permit = to_keeper.reserve(), if !pending.is_empty() => {
+                let Ok(permit) = permit else { break Attached::Exited(255) };
+                if let Some(data) = pending.pop_front() {
+                    pending_bytes -= data.len();
+                    permit.send((b'd', data));
+                }
+            }
             f = read_frame(&mut r) => match f {
                 Ok(Some((b'd', data))) => {
                     stdout.write_all(&data).await.map_err(|e| format!("stdout: {e}"))?;
@@ -178,8 +190,13 @@ async fn relay(s: UnixStream) -> Result<Attached, String> {
                 Ok(n) => {
                     let (send, detach) = keys.feed(&buf[..n]);
                     if !send.is_empty() {
-                        // Full: the command is not reading; the keys are dropped.
-                        let _ = to_keeper.try_send((b'd', send));
+                        if !pending.is_empty() {
+                            hold(&mut pending, &mut pending_bytes, send);
+                        } else if let Err(tokio::sync::mpsc::error::TrySendError::Full((_, send))) =
+                            to_keeper.try_send((b'd', send))
+                        {
+                            hold(&mut pending, &mut pending_bytes, send);
+                        }
                     }
                     if detach {
                         break Attached::Detached;
@@ -201,6 +218,14 @@ async fn relay(s: UnixStream) -> Result<Attached, String> {
         let _ = stdout.flush().await;
     }
     Ok(ended)
+}
+
+/// Keep `data` for the keeper, after what is already held, within [`PENDING_MAX`].
+fn hold(pending: &mut std::collections::VecDeque<Vec<u8>>, bytes: &mut usize, data: Vec<u8>) {
+    if *bytes + data.len() <= PENDING_MAX {
+        *bytes += data.len();
+        pending.push_back(data);
+    }
 }
 
 #[cfg(test)]
