@@ -64,10 +64,11 @@ init=$(pgrep -P "$sup" | head -1)
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 pss() { awk '/^Pss:/ {s += $2} END {print s}' "/proc/$1/smaps_rollup"; }
 echo "just started: supervisor RSS $(rss "$sup") kB (PSS $(pss "$sup") kB), init RSS $(rss "$init") kB (PSS $(pss "$init") kB)"
-# Idle: both release their start-up code after 2 s without activity.
-sleep 3
-echo "idle (3 s later): supervisor RSS $(rss "$sup") kB (PSS $(pss "$sup") kB), init RSS $(rss "$init") kB (PSS $(pss "$init") kB)"
-echo "total RSS idle $(( $(rss "$sup") + $(rss "$init") )) kB (target <= 10240 kB)"
+# Idle: both release their start-up code after 2 s without activity; measured 4 s
+# after the start (issue 11's point).
+sleep 3.5
+echo "idle (4 s after start): supervisor RSS $(rss "$sup") kB (PSS $(pss "$sup") kB), init RSS $(rss "$init") kB (PSS $(pss "$init") kB)"
+echo "total RSS idle $(( $(rss "$sup") + $(rss "$init") )) kB, PSS $(( $(pss "$sup") + $(pss "$init") )) kB (targets: <= 10240 kB; issue 11: <= 4096 kB)"
 
 echo "== exec latency into a running sandbox vs crun exec ($runs runs each)"
 # crun's container runs busybox sleep; podman is not installed here.
@@ -112,7 +113,13 @@ hyperfine -N --warmup 5 --runs "$runs" --export-json "$work/many.json" \
   -n "with-$alive" "$os run -- true" >/dev/null
 python3 - "$work/one.json" "$work/many.json" "$alive" <<'PY'
 import json, sys
-one = json.load(open(sys.argv[1]))["results"][0]["median"] * 1000
-many = json.load(open(sys.argv[2]))["results"][0]["median"] * 1000
-print(f"run -- true: {one:.2f} ms with none alive, {many:.2f} ms with {sys.argv[3]} alive: {many / one:.2f}x (target <= 2x)")
+def stats(path):
+    r = json.load(open(path))["results"][0]
+    t = sorted(r["times"])
+    p99 = t[min(len(t) - 1, int(round(0.99 * (len(t) - 1))))]
+    return r["median"] * 1000, p99 * 1000
+one, one99 = stats(sys.argv[1])
+many, many99 = stats(sys.argv[2])
+print(f"run -- true: median {one:.2f} ms with none alive, {many:.2f} ms with {sys.argv[3]} alive: {many / one:.2f}x (target <= 2x)")
+print(f"run -- true: p99 {one99:.2f} ms with none alive, {many99:.2f} ms with {sys.argv[3]} alive: {many99 / one99:.2f}x; p99 with {sys.argv[3]} alive / median alone {many99 / one:.2f}x (issue 11: <= 1.5x)")
 PY

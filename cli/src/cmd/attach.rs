@@ -30,10 +30,10 @@ const CTRL_P: &[&[u8]] = &[b"\x10", b"\x1b[112;5u", b"\x1b[27;5;112~"];
 const CTRL_Q: &[&[u8]] = &[b"\x11", b"\x1b[113;5u", b"\x1b[27;5;113~"];
 
 /// What the terminal is told when this client lets go of it, whatever the command
-/// left on: the main screen, a visible cursor, no mouse reporting, no bracketed paste,
+/// left on (and the main screen when it was left on the alternate one): a visible cursor, no mouse reporting, no bracketed paste,
 /// the keyboard protocols off, plain colours.
 const TERMINAL_RESET: &[u8] =
-    b"\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?2004l\x1b[<u\x1b[>4;0m\x1b[0m";
+    b"\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?2004l\x1b[<u\x1b[>4;0m\x1b[0m";
 
 /// Frames on their way to the keeper.
 const INPUT_QUEUE: usize = 64;
@@ -143,16 +143,27 @@ async fn relay(s: UnixStream) -> Result<Attached, String> {
     // command that stops reading its input must not stop this loop from reading the
     // keyboard (and seeing the detach keys).
     let (to_keeper, mut queue) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(INPUT_QUEUE);
-    tokio::spawn(async move {
+    let writer = tokio::spawn(async move {
         while let Some((kind, data)) = queue.recv().await {
             if write_frame(&mut w, kind, &data).await.is_err() {
                 return;
             }
         }
     });
-    if let Some(ws) = winsize() {
-        let _ = to_keeper.try_send((b'w', ws.to_vec()));
-    }
+    // Frames from it are read whole by a task of their own too: a frame read inside the
+    // select below could be cut in two when another branch wins.
+    let (frames_tx, mut frames) = tokio::sync::mpsc::channel::<Option<(u8, Vec<u8>)>>(16);
+    tokio::spawn(async move {
+        loop {
+            let f = read_frame(&mut r).await.ok().flatten();
+            let end = f.is_none();
+            if frames_tx.send(f).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    let mut size_due: Option<[u8; 4]> = winsize();
+    let mut alt_screen = AltScreen::default();
     let sig = |k: SignalKind, n: &str| signal(k).map_err(|e| format!("{n}: {e}"));
     let mut winch = sig(SignalKind::window_change(), "SIGWINCH")?;
     let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
@@ -164,6 +175,8 @@ async fn relay(s: UnixStream) -> Result<Attached, String> {
     let mut stdin_open = true;
     let mut pending: std::collections::VecDeque<Vec<u8>> = Default::default();
     let mut pending_bytes = 0usize;
+    // Past PENDING_MAX: input is dropped until what is held has gone (one cut, not holes).
+    let mut cut = false;
     let ended = loop {
         tokio::select! {
             permit = to_keeper.reserve(), if !pending.is_empty() => {
@@ -172,30 +185,40 @@ async fn relay(s: UnixStream) -> Result<Attached, String> {
                     pending_bytes -= data.len();
                     permit.send((b'd', data));
                 }
+                if pending.is_empty() {
+                    cut = false;
+                }
             }
-            f = read_frame(&mut r) => match f {
-                Ok(Some((b'd', data))) => {
+            f = frames.recv() => match f.flatten() {
+                Some((b'd', data)) => {
+                    alt_screen.see(&data);
                     stdout.write_all(&data).await.map_err(|e| format!("stdout: {e}"))?;
                     stdout.flush().await.map_err(|e| format!("stdout: {e}"))?;
                 }
-                Ok(Some((b'e', code))) if code.len() == 4 => {
+                Some((b'e', code)) if code.len() == 4 => {
                     break Attached::Exited(i32::from_be_bytes([code[0], code[1], code[2], code[3]]));
                 }
-                Ok(Some(_)) => {}
+                Some(_) => {}
                 // The keeper went away without a status (killed with its sandbox).
-                Ok(None) | Err(_) => break Attached::Exited(255),
+                None => break Attached::Exited(255),
             },
+            permit = to_keeper.reserve(), if size_due.is_some() && pending.is_empty() => {
+                let Ok(permit) = permit else { break Attached::Exited(255) };
+                if let Some(ws) = size_due.take() {
+                    permit.send((b'w', ws.to_vec()));
+                }
+            }
             n = stdin.read(&mut buf), if stdin_open => match n {
                 Ok(0) | Err(_) => stdin_open = false,
                 Ok(n) => {
                     let (send, detach) = keys.feed(&buf[..n]);
                     if !send.is_empty() {
                         if !pending.is_empty() {
-                            hold(&mut pending, &mut pending_bytes, send);
+                            hold(&mut pending, &mut pending_bytes, &mut cut, send);
                         } else if let Err(tokio::sync::mpsc::error::TrySendError::Full((_, send))) =
                             to_keeper.try_send((b'd', send))
                         {
-                            hold(&mut pending, &mut pending_bytes, send);
+                            hold(&mut pending, &mut pending_bytes, &mut cut, send);
                         }
                     }
                     if detach {
@@ -203,28 +226,65 @@ async fn relay(s: UnixStream) -> Result<Attached, String> {
                     }
                 }
             },
-            _ = winch.recv() => {
-                if let Some(ws) = winsize() {
-                    let _ = to_keeper.try_send((b'w', ws.to_vec()));
-                }
-            }
+            // The newest size goes when the queue has room (never lost, never stale).
+            _ = winch.recv() => size_due = winsize().or(size_due),
             // Killed or hung up: let go of the terminal (the caller restores its mode).
             _ = term.recv() => break Attached::Detached,
             _ = hup.recv() => break Attached::Detached,
         }
     };
+    // What was typed and not yet sent still goes (briefly): detaching must not eat it.
+    drop(to_keeper);
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), writer).await;
     if std::io::stdout().is_terminal() {
+        if alt_screen.on {
+            let _ = stdout.write_all(b"\x1b[?1049l").await;
+        }
         let _ = stdout.write_all(TERMINAL_RESET).await;
         let _ = stdout.flush().await;
     }
     Ok(ended)
 }
 
-/// Keep `data` for the keeper, after what is already held, within [`PENDING_MAX`].
-fn hold(pending: &mut std::collections::VecDeque<Vec<u8>>, bytes: &mut usize, data: Vec<u8>) {
-    if *bytes + data.len() <= PENDING_MAX {
-        *bytes += data.len();
-        pending.push_back(data);
+/// Keep `data` for the keeper, after what is already held, within [`PENDING_MAX`];
+/// once over it, nothing more until the held input has gone (`cut`).
+fn hold(
+    pending: &mut std::collections::VecDeque<Vec<u8>>,
+    bytes: &mut usize,
+    cut: &mut bool,
+    data: Vec<u8>,
+) {
+    if *cut || *bytes + data.len() > PENDING_MAX {
+        *cut = true;
+        return;
+    }
+    *bytes += data.len();
+    pending.push_back(data);
+}
+
+/// Whether the command's output left the terminal on its alternate screen (the last
+/// of `CSI ?1049h`/`?1047h`/`?47h` and their `l` forms seen), so that letting go
+/// switches back only then: elsewhere `?1049l` also restores a saved cursor.
+#[derive(Default)]
+struct AltScreen {
+    on: bool,
+}
+
+impl AltScreen {
+    fn see(&mut self, out: &[u8]) {
+        const FORMS: [&[u8]; 3] = [b"\x1b[?1049", b"\x1b[?1047", b"\x1b[?47"];
+        for i in 0..out.len() {
+            let rest = &out[i..];
+            for f in FORMS {
+                if rest.starts_with(f) {
+                    match rest.get(f.len()) {
+                        Some(b'h') => self.on = true,
+                        Some(b'l') => self.on = false,
+                        _ => {}
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -242,6 +302,31 @@ mod tests {
         assert_eq!(k.feed(b"\x10"), (vec![], false));
         assert_eq!(k.feed(b"z"), (b"\x10z".to_vec(), false));
         assert_eq!(k.feed(b"\x10\x10\x11"), (b"\x10".to_vec(), true));
+    }
+
+    #[test]
+    fn the_alternate_screen_is_followed() {
+        let mut a = AltScreen::default();
+        a.see(b"x\x1b[?1049hy");
+        assert!(a.on);
+        a.see(b"\x1b[?1049l");
+        assert!(!a.on);
+        a.see(b"\x1b[?47h");
+        assert!(a.on);
+        a.see(b"\x1b[?1047l\x1b[?1049");
+        assert!(!a.on);
+    }
+
+    #[test]
+    fn input_past_the_limit_is_cut_once_not_holed() {
+        let (mut p, mut b, mut cut) = (Default::default(), 0, false);
+        hold(&mut p, &mut b, &mut cut, vec![0; PENDING_MAX - 10]);
+        hold(&mut p, &mut b, &mut cut, vec![1; 20]);
+        // Smaller input after the cut is not let in: no hole in the middle.
+        hold(&mut p, &mut b, &mut cut, vec![2; 5]);
+        assert!(cut);
+        assert_eq!(p.len(), 1);
+        assert_eq!(b, PENDING_MAX - 10);
     }
 
     #[test]

@@ -113,8 +113,10 @@ pub fn proxy(name: &str) -> i32 {
         }
     });
     // The stdin reader, or a write to a pty nobody reads, may still be blocked on
-    // tokio's blocking pool: the connection is over, do not wait for them.
-    rt.shutdown_background();
+    // tokio's blocking pool: the connection is over, do not wait for them for long —
+    // but long enough for the sessions' tasks to be dropped, which ends their commands
+    // (kill_on_drop, and the hang-up sent on a closed channel).
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
     code
 }
 

@@ -79,6 +79,31 @@ pub struct NameLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
 impl NameLock {
     /// Wait for the lock on `name`.
     pub fn acquire(base: &Path, name: &str) -> Result<Self, StateError> {
+        loop {
+            if let Some(l) = Self::take(base, name, true)? {
+                return Ok(l);
+            }
+        }
+    }
+
+    /// The lock on `name` if it is free within `wait` (polled), else `None`.
+    pub fn acquire_within(base: &Path, name: &str, wait: std::time::Duration) -> Option<Self> {
+        let until = std::time::Instant::now() + wait;
+        loop {
+            match Self::take(base, name, false) {
+                Ok(Some(l)) => return Some(l),
+                Ok(None) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// One attempt: `Ok(None)` when busy (`wait` false) or when the file locked was
+    /// removed meanwhile (`forget_lock`: the lock held is on a file nobody else opens).
+    fn take(base: &Path, name: &str, wait: bool) -> Result<Option<Self>, StateError> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         check_name(name)?;
         let dir = base.join("sandboxes/.locks");
         fs::DirBuilder::new()
@@ -87,44 +112,52 @@ impl NameLock {
             .create(&dir)
             .map_err(io_err("create", &dir))?;
         let path = dir.join(name);
-        loop {
-            let f = fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .map_err(io_err("open", &path))?;
-            let held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(
-                |(_, e)| StateError::Io {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        let how = if wait {
+            nix::fcntl::FlockArg::LockExclusive
+        } else {
+            nix::fcntl::FlockArg::LockExclusiveNonblock
+        };
+        let held = match nix::fcntl::Flock::lock(f, how) {
+            Ok(h) => h,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => return Ok(None),
+            Err((_, e)) => {
+                return Err(StateError::Io {
                     what: "lock",
-                    path: path.clone(),
+                    path,
                     source: e.into(),
-                },
-            )?;
-            // The file may have been removed (`forget_lock`) while we waited for it:
-            // then the lock we hold is on a file nobody else will open; take the new one.
-            use std::os::unix::fs::MetadataExt;
-            let ours = held.metadata().map(|m| (m.dev(), m.ino())).ok();
-            let current = fs::metadata(&path).map(|m| (m.dev(), m.ino())).ok();
-            if ours.is_some() && ours == current {
-                return Ok(Self(held));
+                });
             }
+        };
+        let ours = held.metadata().map(|m| (m.dev(), m.ino())).ok();
+        let current = fs::symlink_metadata(&path).map(|m| (m.dev(), m.ino())).ok();
+        Ok((ours.is_some() && ours == current).then_some(Self(held)))
+    }
+
+    /// Let go, removing the lock file first when `name` has no sandbox directory (the
+    /// name is free), so that `sandboxes/.locks` does not grow by a file per `run`.
+    pub fn release_forgetting(self, base: &Path, name: &str) {
+        if fs::symlink_metadata(base.join("sandboxes").join(name)).is_err() {
+            let _ = fs::remove_file(base.join("sandboxes/.locks").join(name));
         }
+        drop(self);
     }
 }
 
-/// Remove `name`'s lock file once the name is free (no sandbox directory), so that
-/// `sandboxes/.locks` does not grow by a file for every `run`. The lock is taken first:
-/// a holder is never robbed, and whoever waited on the removed file notices and takes
-/// a new one (`NameLock::acquire`).
+/// Remove `name`'s lock file if the name is free and nobody holds its lock (whoever
+/// does removes it when done); whoever waited on a removed file notices and takes a new
+/// one (`NameLock::acquire`).
 pub fn forget_lock(base: &Path, name: &str) {
-    let Ok(lock) = NameLock::acquire(base, name) else {
-        return;
-    };
-    if fs::symlink_metadata(base.join("sandboxes").join(name)).is_err() {
-        let _ = fs::remove_file(base.join("sandboxes/.locks").join(name));
+    if let Ok(Some(lock)) = NameLock::take(base, name, false) {
+        lock.release_forgetting(base, name);
     }
-    drop(lock);
 }
 
 /// The state root for this user.

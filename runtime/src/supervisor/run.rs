@@ -103,10 +103,23 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        drop(self.lock.take());
         if let Some(h) = self.material.take() {
             let _ = h.join();
         }
+        // The name's lock is held through the checks, the removal and the lock file's
+        // removal: setup's own (a failure before it was released), or taken again.
+        let names = self
+            .dir
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .zip(self.dir.path.parent().and_then(std::path::Path::parent));
+        let lock = self.lock.take().or_else(|| {
+            names.as_ref().and_then(|(n, b)| {
+                state::NameLock::acquire_within(b, n, std::time::Duration::from_secs(2))
+            })
+        });
         if state::identity(&self.dir.path) != self.ident {
             return; // deleted (and maybe replaced) while running
         }
@@ -131,11 +144,8 @@ impl Drop for Cleanup {
         if self.dir.path.exists() {
             let _ = self.dir.remove();
         }
-        if let (Some(name), Some(base)) = (
-            self.dir.path.file_name().and_then(|n| n.to_str()),
-            self.dir.path.parent().and_then(std::path::Path::parent),
-        ) {
-            state::forget_lock(base, name);
+        if let (Some(lock), Some((name, base))) = (lock, names.as_ref()) {
+            lock.release_forgetting(base, name);
         }
     }
 }
@@ -292,10 +302,18 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     let is_root = nix::unistd::geteuid().is_root();
 
     let lock = state::NameLock::acquire(&state::base_dir(), &name)?;
-    let dir = if opts.reuse {
-        SandboxDir::open(&state::base_dir(), &name)?
+    let made = if opts.reuse {
+        SandboxDir::open(&state::base_dir(), &name)
     } else {
-        SandboxDir::create(&state::base_dir(), &name, is_root)?
+        SandboxDir::create(&state::base_dir(), &name, is_root)
+    };
+    let dir = match made {
+        Ok(d) => d,
+        Err(e) => {
+            // `sandbox start` of a name that is gone leaves no lock file behind.
+            lock.release_forgetting(&state::base_dir(), &name);
+            return Err(e.into());
+        }
     };
     let previous = opts.reuse.then(|| Record::load(&dir.path).ok()).flatten();
     if let Some(p) = &previous
