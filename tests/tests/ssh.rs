@@ -445,6 +445,22 @@ fn editors_get_one_include_line() {
     }
 }
 
+/// A command on a terminal that never reads it, under a flood of input, still ends
+/// the session with its status (the input waits apart from the session's loop).
+fn a_terminal_nobody_reads_does_not_hold_the_session() {
+    need_sandbox!();
+    need_ssh();
+    let s = Ssh::new("sh7", &[]);
+    let mut c = Command::new("timeout");
+    c.args(["60", "ssh", "-F"]).arg(&s.cfg).args([
+        "-tt",
+        "openshell-sh7",
+        "stty raw -echo; sleep 2; exit 3",
+    ]);
+    let o = run_with_input(c, &vec![b'z'; 4 << 20]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+}
+
 /// VS Code's and Cursor's remote mode, step by step as they do it (the editors
 /// themselves are not installable here): a script over `ssh HOST bash -s` writes the
 /// server into `~/.vscode-server/bin/COMMIT`, starts it in the background on a loopback
@@ -532,4 +548,5 @@ openshell_tests::suite!(
     an_interactive_shell_follows_the_window,
     editors_get_one_include_line,
     an_editor_server_installs_runs_and_is_reached,
+    a_terminal_nobody_reads_does_not_hold_the_session,
 );

@@ -495,12 +495,37 @@ async fn with_pty(
             }
         }
     });
+    // Input goes to the pty from a task of its own, so that a command that stops
+    // reading never keeps this loop from seeing it end (or the client go). What waits
+    // is held here, in order; past PTY_PENDING the channel is not read (SSH's own flow
+    // control then holds the client).
+    const PTY_PENDING: usize = 8 << 20;
+    let (to_pty, mut queue) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    tokio::spawn(async move {
+        while let Some(data) = queue.recv().await {
+            if writer.write_all(&data).await.is_err() {
+                return;
+            }
+            let _ = writer.flush().await;
+        }
+    });
+    let mut pending: std::collections::VecDeque<Vec<u8>> = Default::default();
+    let mut pending_bytes = 0usize;
     let status = loop {
         tokio::select! {
-            msg = ch.wait() => match msg {
+            permit = to_pty.reserve(), if !pending.is_empty() => {
+                if let (Ok(permit), Some(data)) = (permit, pending.pop_front()) {
+                    pending_bytes -= data.len();
+                    permit.send(data);
+                } else {
+                    pending.clear();
+                    pending_bytes = 0;
+                }
+            }
+            msg = ch.wait(), if pending_bytes < PTY_PENDING => match msg {
                 Some(ChannelMsg::Data { data }) => {
-                    let _ = writer.write_all(&data).await;
-                    let _ = writer.flush().await;
+                    pending_bytes += data.len();
+                    pending.push_back(data.to_vec());
                 }
                 Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {
                     let c = u16::try_from(col_width).unwrap_or(u16::MAX);

@@ -10,15 +10,43 @@
 /// fork about to happen. Where procfs cannot be read (not mounted yet) nothing can be
 /// checked and the call passes.
 pub fn check(op: &str) -> Result<(), String> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return Ok(());
-    };
-    match dir.count() {
-        0 | 1 => Ok(()),
-        n => Err(format!(
-            "internal error: {op} in a process with {n} threads (fork is only sound single-threaded); please report it"
-        )),
+    // A thread that was just joined may still be listed for a moment: `join` returns
+    // once the kernel clears its tid, early in its exit, before it leaves the thread
+    // group. It runs no user code any more (holds no lock), so it is waited out here
+    // (briefly) rather than reported; zombies are not counted at all.
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    loop {
+        let Some(n) = live_threads() else {
+            return Ok(());
+        };
+        if n <= 1 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= until {
+            return Err(format!(
+                "internal error: {op} in a process with {n} threads (fork is only sound single-threaded); please report it"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
+}
+
+/// Threads of this process that are not zombies; `None` without procfs.
+fn live_threads() -> Option<usize> {
+    let dir = std::fs::read_dir("/proc/self/task").ok()?;
+    Some(
+        dir.flatten()
+            .filter(|e| {
+                // Gone since the listing, or a zombie: not a thread that runs.
+                std::fs::read_to_string(e.path().join("stat")).is_ok_and(|st| {
+                    let state = st
+                        .rfind(')')
+                        .and_then(|i| st[i + 1..].split_whitespace().next());
+                    !matches!(state, Some("Z" | "X"))
+                })
+            })
+            .count(),
+    )
 }
 
 #[cfg(test)]
@@ -31,6 +59,7 @@ mod tests {
         let t = std::thread::spawn(move || {
             let _ = rx.recv();
         });
+        // (a live thread is reported after the short wait for exiting ones)
         let e = super::check("fork for the test").unwrap_err();
         assert!(
             e.contains("fork for the test") && e.contains("threads"),
