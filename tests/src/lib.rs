@@ -173,6 +173,19 @@ impl Sandbox {
         }
     }
 
+    /// What is in `sandboxes/` besides the lock directory (sandboxes, half-made or
+    /// being deleted).
+    pub fn leftovers(&self) -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(self.state.path().join("sandboxes"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name())
+                    .filter(|n| n != ".locks")
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// `openshell ARGS` with this state dir.
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(openshell_bin());

@@ -1,11 +1,12 @@
 //! `openshell sandbox list|get|delete` as a user drives them: kept sandboxes and their
 //! records, phases checked against the real supervisor, deleting running and dead
 //! sandboxes (processes and files gone, also files of subordinate ids), labels and
-//! selectors, bad input, concurrent deletes; prune, status and explain.
+//! selectors, bad input, a CLI killed mid-create; prune, status and explain
+//! (concurrency.rs: many CLIs at once).
 
 mod common;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
 use openshell_tests::{Sandbox, need_sandbox, processes_with, stderr, stdout};
@@ -111,7 +112,7 @@ fn running_sandbox_is_ready_and_delete_stops_it() {
         Vec::<String>::new()
     );
     assert_eq!(stdout(&sb.cli(&["sandbox", "list", "-q"])), "");
-    let names = leftovers(&sb);
+    let names = sb.leftovers();
     assert!(names.is_empty(), "left: {names:?}");
 }
 
@@ -182,7 +183,7 @@ fn image_sandbox_files_of_other_ids_are_deleted() {
     let del = sb.cli(&["sandbox", "delete", "img"]);
     assert!(del.status.success(), "{}", stderr(&del));
     assert!(!path.exists(), "upper left behind");
-    let left = leftovers(&sb);
+    let left = sb.leftovers();
     assert!(left.is_empty(), "left: {left:?}");
 }
 
@@ -212,111 +213,6 @@ fn bad_arguments_are_refused_clearly() {
             .contains("unreadable record")
     );
     assert!(sb.cli(&["sandbox", "delete", "broken"]).status.success());
-}
-
-fn concurrent_deletes_never_trip_over_each_other() {
-    need_sandbox!();
-    let sb = Sandbox::new();
-    for i in 0..8 {
-        let o = sb.run(&["--keep", "--name", &format!("c{i}")], &["true"]);
-        assert!(o.status.success(), "{}", stderr(&o));
-    }
-    let bin = openshell_tests::openshell_bin();
-    let kids: Vec<Child> = (0..4)
-        .map(|_| {
-            Command::new(&bin)
-                .env("OPENSHELL_STATE_DIR", sb.state.path())
-                .args(["sandbox", "delete", "--all"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let mut deleted = Vec::new();
-    for k in kids {
-        let o = k.wait_with_output().unwrap();
-        for l in stdout(&o).lines() {
-            deleted.push(l.to_string());
-        }
-        for l in stderr(&o).lines() {
-            assert!(l.contains("no sandbox named"), "unexpected: {l}");
-        }
-    }
-    deleted.sort();
-    let want: Vec<String> = (0..8).map(|i| format!("deleted c{i}")).collect();
-    assert_eq!(deleted, want, "each deleted exactly once");
-    let left = leftovers(&sb);
-    assert!(left.is_empty(), "left: {left:?}");
-    assert_eq!(lock_files(&sb), Vec::<String>::new());
-}
-
-fn lock_files(sb: &Sandbox) -> Vec<String> {
-    std::fs::read_dir(sb.state.path().join("sandboxes/.locks"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A name's lock file goes when the name is free again (it used to stay, one file per
-/// `run` for ever), also while runs, creates and deletes of one name race; a kept
-/// sandbox keeps its lock file.
-fn lock_files_go_with_their_sandboxes() {
-    need_sandbox!();
-    let sb = Sandbox::new();
-    for _ in 0..3 {
-        assert!(sb.run(&[], &["true"]).status.success());
-    }
-    assert!(
-        sb.run(&["--keep", "--name", "kept"], &["true"])
-            .status
-            .success()
-    );
-    assert_eq!(lock_files(&sb), vec!["kept".to_string()]);
-    assert!(sb.cli(&["sandbox", "delete", "kept"]).status.success());
-    assert_eq!(lock_files(&sb), Vec::<String>::new());
-    // Four racers on one name: runs, kept runs and deletes.
-    let bin = openshell_tests::openshell_bin();
-    let racers: Vec<_> = (0..4)
-        .map(|i| {
-            let (bin, state) = (bin.clone(), sb.state.path().to_path_buf());
-            std::thread::spawn(move || {
-                for j in 0..6 {
-                    let args: Vec<&str> = match (i + j) % 3 {
-                        0 => vec!["run", "--name", "same", "--", "true"],
-                        1 => vec!["run", "--keep", "--name", "same", "--", "true"],
-                        _ => vec!["sandbox", "delete", "same"],
-                    };
-                    let o = Command::new(&bin)
-                        .env("OPENSHELL_STATE_DIR", &state)
-                        .args(&args)
-                        .stdin(Stdio::null())
-                        .output()
-                        .unwrap();
-                    let e = stderr(&o);
-                    assert!(
-                        o.status.success()
-                            // A run whose sandbox a racing delete took, stopped by it.
-                            || matches!(o.status.code(), None | Some(143))
-                            || e.contains("already exists")
-                            || e.contains("no sandbox named")
-                            || e.contains("was deleted while it was being set up"),
-                        "{args:?}: {:?} {e}",
-                        o.status
-                    );
-                }
-            })
-        })
-        .collect();
-    for r in racers {
-        r.join().unwrap();
-    }
-    let _ = sb.cli(&["sandbox", "delete", "same"]);
-    assert_eq!(leftovers(&sb), Vec::<std::ffi::OsString>::new());
-    assert_eq!(lock_files(&sb), Vec::<String>::new());
 }
 
 fn nix_euid() -> u32 {
@@ -455,92 +351,6 @@ fn explain_reports_what_this_kernel_enforced() {
     );
 }
 
-fn twenty_parallel_creates_lists_and_deletes_keep_state_whole() {
-    need_sandbox!();
-    let sb = Sandbox::new();
-    let bin = openshell_tests::openshell_bin();
-    let state = sb.state.path().to_path_buf();
-    // 20 creators (two of them racing for each of 10 names), listers and deleters at once.
-    let mut threads = Vec::new();
-    for i in 0..20 {
-        let (bin, state) = (bin.clone(), state.clone());
-        threads.push(std::thread::spawn(move || {
-            let name = format!("p{}", i % 10);
-            let create = Command::new(&bin)
-                .env("OPENSHELL_STATE_DIR", &state)
-                .args(["run", "--keep", "--name", &name, "--", "true"])
-                .stdin(Stdio::null())
-                .output()
-                .unwrap();
-            let list = Command::new(&bin)
-                .env("OPENSHELL_STATE_DIR", &state)
-                .args(["sandbox", "list", "-o", "json"])
-                .output()
-                .unwrap();
-            let del = (i >= 10).then(|| {
-                Command::new(&bin)
-                    .env("OPENSHELL_STATE_DIR", &state)
-                    .args(["sandbox", "delete", &name])
-                    .output()
-                    .unwrap()
-            });
-            (name, create, list, del)
-        }));
-    }
-    let mut created = std::collections::BTreeMap::<String, usize>::new();
-    for t in threads {
-        let (name, create, list, _del) = t.join().unwrap();
-        if create.status.success() {
-            *created.entry(name.clone()).or_default() += 1;
-        } else {
-            // Refused as a duplicate, or deleted by a racing delete while being set up
-            // (the delete may also stop it with SIGTERM: 143 or killed by it, nothing to say).
-            let err = stderr(&create);
-            assert!(
-                (create.status.code() == Some(143)
-                    || std::os::unix::process::ExitStatusExt::signal(&create.status) == Some(15))
-                    || err.contains(&format!("a sandbox named {name} already exists"))
-                    || err.contains(&format!(
-                        "sandbox {name} was deleted while it was being set up"
-                    )),
-                "unexpected create failure: {}",
-                stderr(&create)
-            );
-        }
-        // Every listing is whole JSON with whole records, whatever else is going on.
-        let v: serde_json::Value = serde_json::from_slice(&list.stdout)
-            .unwrap_or_else(|e| panic!("list output not JSON ({e}): {}", stdout(&list)));
-        for s in v.as_array().unwrap() {
-            assert!(
-                s["reason"]
-                    .as_str()
-                    .is_none_or(|r| !r.contains("unreadable")),
-                "torn record: {s}"
-            );
-        }
-    }
-    // Each name was created by at most one of its two racers at a time.
-    assert!(created.values().all(|n| *n <= 2), "{created:?}");
-    // Whatever survived is a whole, Stopped sandbox; delete --all leaves nothing.
-    let v = json(&sb.cli(&["sandbox", "list", "-o", "json"]));
-    for s in v.as_array().unwrap() {
-        assert_eq!(s["phase"], "Stopped", "{s}");
-    }
-    assert!(sb.cli(&["sandbox", "delete", "--all"]).status.success());
-    let left = leftovers(&sb);
-    assert!(left.is_empty(), "left: {left:?}");
-}
-
-/// What is left in the sandboxes directory besides the name locks.
-fn leftovers(sb: &Sandbox) -> Vec<std::ffi::OsString> {
-    std::fs::read_dir(sb.state.path().join("sandboxes"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .filter(|n| n != ".locks")
-        .collect()
-}
-
 fn a_cli_killed_mid_create_leaves_something_delete_removes() {
     need_sandbox!();
     let sb = Sandbox::new();
@@ -558,7 +368,7 @@ fn a_cli_killed_mid_create_leaves_something_delete_removes() {
             stderr(&o)
         );
     }
-    assert!(leftovers(&sb).is_empty(), "left: {:?}", leftovers(&sb));
+    assert!(sb.leftovers().is_empty(), "left: {:?}", sb.leftovers());
     let until = Instant::now() + Duration::from_secs(10);
     while !processes_with(&format!("sleep {marker}")).is_empty() {
         assert!(Instant::now() < until, "a sandbox outlived its killed CLI");
@@ -838,12 +648,9 @@ openshell_tests::suite!(
     dead_supervisor_reads_as_error_and_delete_cleans_up,
     image_sandbox_files_of_other_ids_are_deleted,
     bad_arguments_are_refused_clearly,
-    concurrent_deletes_never_trip_over_each_other,
-    lock_files_go_with_their_sandboxes,
     prune_removes_only_idle_or_old_sandboxes_that_are_not_running,
     status_counts_sandboxes_and_reports_the_kernel,
     explain_reports_what_this_kernel_enforced,
-    twenty_parallel_creates_lists_and_deletes_keep_state_whole,
     a_cli_killed_mid_create_leaves_something_delete_removes,
     stop_ends_the_processes_and_keeps_the_files,
 );
