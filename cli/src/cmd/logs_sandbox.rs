@@ -4,93 +4,39 @@
 //! they are, like `docker logs`. It has no times, so `--since` and `--level` do not
 //! apply to it.
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use super::tail::FileTail;
 
 /// The followed output file.
-pub struct OutputTail {
-    path: PathBuf,
-    reader: Option<BufReader<std::fs::File>>,
-    pending: Vec<u8>,
-}
+pub struct OutputTail(FileTail);
 
 impl OutputTail {
     /// The sandbox in `dir`'s output, from its start (the rotated file first).
     pub fn open(dir: &Path) -> (Self, Vec<String>) {
         let path = super::session::log_path(dir);
-        let mut first = Vec::new();
-        if let Ok(f) = std::fs::File::open(path.with_extension("log.1")) {
-            let mut t = Self {
-                path: path.clone(),
-                reader: Some(BufReader::new(f)),
-                pending: Vec::new(),
-            };
-            first = t.read_new();
-            if !t.pending.is_empty() {
-                first.push(line(&std::mem::take(&mut t.pending)));
-            }
-        }
-        let mut t = Self {
-            reader: std::fs::File::open(&path).ok().map(BufReader::new),
-            path,
-            pending: Vec::new(),
-        };
-        first.extend(t.read_new());
-        (t, first)
+        let mut old = FileTail::open(path.with_extension("log.1"), None);
+        let mut first: Vec<String> = old.poll().iter().map(|l| line(l)).collect();
+        first.extend(old.rest().map(|l| line(&l)));
+        let mut t = FileTail::open(path, None);
+        first.extend(t.poll().iter().map(|l| line(l)));
+        (Self(t), first)
     }
 
     /// Complete lines written since the last call; follows a rotation.
     pub fn poll(&mut self) -> Vec<String> {
-        let mut new = self.read_new();
-        let ours = self
-            .reader
-            .as_ref()
-            .and_then(|r| r.get_ref().metadata().ok())
-            .map(|m| m.ino());
-        let now = std::fs::metadata(&self.path).ok().map(|m| m.ino());
-        if ours != now {
-            if !self.pending.is_empty() {
-                new.push(line(&std::mem::take(&mut self.pending)));
-            }
-            self.reader = std::fs::File::open(&self.path).ok().map(BufReader::new);
-            new.extend(self.read_new());
-        }
-        new
+        self.0.poll().iter().map(|l| line(l)).collect()
     }
 
     /// What is left of a last line without its newline (at the end).
     pub fn rest(&mut self) -> Option<String> {
-        (!self.pending.is_empty()).then(|| line(&std::mem::take(&mut self.pending)))
-    }
-
-    fn read_new(&mut self) -> Vec<String> {
-        let mut out = Vec::new();
-        let Some(r) = self.reader.as_mut() else {
-            return out;
-        };
-        loop {
-            let mut buf = Vec::new();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    self.pending.extend_from_slice(&buf);
-                    if self.pending.ends_with(b"\n") {
-                        out.push(line(&std::mem::take(&mut self.pending)));
-                    } else if self.pending.len() > 1 << 20 {
-                        // A line that never ends is cut, not kept growing.
-                        out.push(line(&std::mem::take(&mut self.pending)));
-                    }
-                }
-            }
-        }
-        out
+        self.0.rest().map(|l| line(&l))
     }
 }
 
+/// A line of terminal output: its `\r` dropped.
 fn line(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes)
-        .trim_end_matches('\n')
         .trim_end_matches('\r')
         .to_string()
 }

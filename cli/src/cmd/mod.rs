@@ -24,6 +24,7 @@ pub mod ssh;
 pub mod ssh_config;
 pub mod status;
 pub mod system;
+pub mod tail;
 pub mod term;
 pub mod term_data;
 pub mod term_view;

@@ -253,16 +253,6 @@ impl Handler for Server {
     }
 }
 
-/// The parent pid of `pid` (`/proc/PID/stat`, field 4).
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.get(stat.rfind(')')? + 2..)?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// A TCP stream to the sandbox's 127.0.0.1:`port`.
 async fn connect_inside(
     connector: &Arc<std::sync::Mutex<Option<openshell_runtime::forward::Connector>>>,
@@ -274,7 +264,10 @@ async fn connect_inside(
     let fd = tokio::task::spawn_blocking(move || {
         let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
         if c.is_none() {
-            if parent_of(init_pid) != Some(supervisor) {
+            let parent = i32::try_from(init_pid)
+                .ok()
+                .and_then(openshell_runtime::exec::ppid);
+            if parent.is_none() || parent != i32::try_from(supervisor).ok() {
                 return Err(std::io::Error::other("the sandbox's init is gone"));
             }
             *c = Some(openshell_runtime::forward::Connector::start(init_pid)?);

@@ -8,8 +8,6 @@
 //! dashboard.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,6 +16,7 @@ use openshell_runtime::store::{self, Entry};
 use openshell_runtime::{control, state};
 
 use super::logs::{Filter, Level, render};
+use super::tail::FileTail;
 
 /// Lines of log kept for the selected sandbox.
 pub const MAX_LINES: usize = 2000;
@@ -154,9 +153,7 @@ impl Line {
 
 /// The followed log of one sandbox.
 pub struct LogTail {
-    dir: PathBuf,
-    reader: Option<BufReader<std::fs::File>>,
-    pending: String,
+    file: FileTail,
     /// The last [`MAX_LINES`] lines, oldest first.
     pub lines: VecDeque<Line>,
 }
@@ -165,85 +162,28 @@ impl LogTail {
     /// Start following the log in `dir` from near its end.
     pub fn open(dir: &Path) -> Self {
         let mut t = Self {
-            dir: dir.to_path_buf(),
-            reader: None,
-            pending: String::new(),
+            file: FileTail::open(dir.join("openshell.ocsf.jsonl"), Some(TAIL_BYTES)),
             lines: VecDeque::new(),
         };
-        t.reopen(true);
         t.poll();
         t
     }
 
-    fn path(&self) -> PathBuf {
-        self.dir.join("openshell.ocsf.jsonl")
-    }
-
-    fn reopen(&mut self, from_tail: bool) {
-        self.pending.clear();
-        self.reader = std::fs::File::open(self.path()).ok().map(|mut f| {
-            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-            if from_tail && len > TAIL_BYTES {
-                let _ = f.seek(SeekFrom::Start(len - TAIL_BYTES));
-                let mut r = BufReader::new(f);
-                // The first line is cut: skip it.
-                let mut skip = Vec::new();
-                let _ = r.read_until(b'\n', &mut skip);
-                return r;
-            }
-            BufReader::new(f)
-        });
-    }
-
     /// Read what was appended; follow a rotation. Returns whether lines were added.
     pub fn poll(&mut self) -> bool {
-        let mut added = self.read_available();
-        let ours = self
-            .reader
-            .as_ref()
-            .and_then(|r| r.get_ref().metadata().ok())
-            .map(|m| m.ino());
-        let now = std::fs::metadata(self.path()).ok().map(|m| m.ino());
-        if ours != now {
-            self.reopen(false);
-            added |= self.read_available();
-        }
-        added
-    }
-
-    fn read_available(&mut self) -> bool {
-        let Some(r) = self.reader.as_mut() else {
-            return false;
-        };
         let filter = Filter {
             since_ms: None,
             level: Level::Info,
             json: false,
         };
         let mut added = false;
-        loop {
-            let mut buf = Vec::new();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    self.pending.push_str(&String::from_utf8_lossy(&buf));
-                    if !self.pending.ends_with('\n') {
-                        // Half written: the rest comes later. A line never ends
-                        // (a hostile writer) cannot grow us past a bound.
-                        if self.pending.len() > 1 << 20 {
-                            self.pending.clear();
-                        }
-                        break;
-                    }
-                    let line = std::mem::take(&mut self.pending);
-                    if let Some(text) = render(line.trim_end(), &filter) {
-                        self.lines.push_back(Line::new(text));
-                        if self.lines.len() > MAX_LINES {
-                            self.lines.pop_front();
-                        }
-                        added = true;
-                    }
+        for l in self.file.poll() {
+            if let Some(text) = render(String::from_utf8_lossy(&l).trim_end(), &filter) {
+                self.lines.push_back(Line::new(text));
+                if self.lines.len() > MAX_LINES {
+                    self.lines.pop_front();
                 }
+                added = true;
             }
         }
         added

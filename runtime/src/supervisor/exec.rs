@@ -77,7 +77,7 @@ pub struct ExecRequest {
 }
 
 /// The parent pid of a process (`/proc/<pid>/stat` field 4).
-fn ppid(pid: i32) -> Option<i32> {
+pub fn ppid(pid: i32) -> Option<i32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.get(stat.rfind(')')? + 2..)?
         .split_whitespace()
