@@ -13,6 +13,7 @@
 
 pub mod netlink;
 pub mod nft;
+pub mod queue;
 pub mod rules;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -98,6 +99,9 @@ pub struct Listeners {
     pub dns: OwnedFd,
     /// NETLINK_SOCK_DIAG of the agent namespace (socket owner lookups).
     pub diag: Option<OwnedFd>,
+    /// The router namespace's packet queue socket, when the rules that queue connection
+    /// attempts are in (loaded over netlink; the `nft` text fallback has no queue).
+    pub queue: Option<OwnedFd>,
 }
 
 /// The router namespace while init still holds it.
@@ -234,6 +238,11 @@ pub fn setup_router(
         bypass: tcp_listener(BYPASS_PORT)?,
         dns: udp_socket(DNS_PORT)?,
         diag: None,
+        queue: if direct {
+            queue::socket_for_queue().ok()
+        } else {
+            None
+        },
     };
     Ok(Router {
         agent_ns,

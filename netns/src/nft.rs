@@ -12,6 +12,7 @@ use nix::sys::socket::{
 };
 
 use crate::netlink::attr;
+use crate::queue::{QUEUE_NUM, REFUSED_MARK};
 use crate::{BYPASS_PORT, DNS_PORT, PROXY_PORT, ROUTER_IF, ROUTER_IP};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -49,6 +50,16 @@ pub enum Expr {
     Redirect(u16),
     /// ICMP "administratively prohibited".
     Reject,
+    /// Answer a TCP packet with a reset (the sender's connect fails with "refused").
+    RejectTcpReset,
+    /// Load the packet's mark into register 1.
+    MetaMark,
+    /// Register 1 = register 1 AND these bytes.
+    And(Vec<u8>),
+    /// Hand the packet to queue [`crate::queue::QUEUE_NUM`] (xt's NFQUEUE target through
+    /// nft_compat: some kernels lack nf_tables' own `queue` expression); with nobody
+    /// reading the queue the packet goes on as if accepted.
+    Queue,
 }
 
 /// A chain with its hook, priority and policy, and its rules.
@@ -102,7 +113,46 @@ pub fn ruleset() -> Vec<Chain> {
         Expr::CmpEq(ROUTER_IP.octets().to_vec()),
     ];
     let join = |parts: Vec<Vec<Expr>>| parts.concat();
+    // A TCP packet with SYN set and ACK clear: a connection attempt.
+    let syn = vec![
+        Expr::Payload {
+            transport: true,
+            offset: 13,
+            len: 1,
+        },
+        Expr::And(vec![0x12]),
+        Expr::CmpEq(vec![0x02]),
+    ];
     vec![
+        // Before the redirect: a connection attempt that is not for the proxy waits in
+        // the queue for the supervisor's verdict; a refused one comes back marked and is
+        // answered with a reset, so the kernel refuses it (docs/network.md).
+        Chain {
+            name: "guard",
+            kind: "filter",
+            hook: 0,
+            priority: -150,
+            accept: true,
+            rules: vec![
+                join(vec![
+                    iif(),
+                    daddr.clone(),
+                    proto(TCP),
+                    dport(PROXY_PORT),
+                    vec![Expr::Accept],
+                ]),
+                join(vec![
+                    iif(),
+                    vec![
+                        Expr::MetaMark,
+                        Expr::CmpEq(REFUSED_MARK.to_ne_bytes().to_vec()),
+                    ],
+                    proto(TCP),
+                    vec![Expr::RejectTcpReset],
+                ]),
+                join(vec![iif(), proto(TCP), syn, vec![Expr::Queue]]),
+            ],
+        },
         Chain {
             name: "prerouting",
             kind: "nat",
@@ -214,6 +264,31 @@ fn expr_bytes(e: &Expr) -> Vec<u8> {
         }
         // ICMP unreachable, code 13 (communication administratively prohibited).
         Expr::Reject => ("reject", [be32(1, 0), attr(2, &[13])].concat()),
+        Expr::RejectTcpReset => ("reject", be32(1, 1)),
+        Expr::MetaMark => ("meta", [be32(2, 3), be32(1, 1)].concat()),
+        Expr::And(mask) => (
+            "bitwise",
+            [
+                be32(1, 1),
+                be32(2, 1),
+                be32(3, mask.len() as u32),
+                nested(4, &attr(1, mask)),
+                nested(5, &attr(1, &vec![0; mask.len()])),
+            ]
+            .concat(),
+        ),
+        Expr::Queue => {
+            // struct xt_NFQ_info_v3: queue number, number of queues, flags (bypass).
+            let mut info = Vec::with_capacity(8);
+            info.extend_from_slice(&QUEUE_NUM.to_ne_bytes());
+            info.extend_from_slice(&1u16.to_ne_bytes());
+            info.extend_from_slice(&1u16.to_ne_bytes());
+            info.extend_from_slice(&[0, 0]);
+            (
+                "target",
+                [string(1, "NFQUEUE"), be32(2, 3), attr(3, &info)].concat(),
+            )
+        }
     };
     list_elem(name, &data)
 }
@@ -350,8 +425,8 @@ mod tests {
     #[test]
     fn batch_shape() {
         let (b, acked) = batch(&ruleset());
-        // table + 3 chains + 3 + 5 + 1 rules.
-        assert_eq!(acked, 1 + 3 + 9);
+        // table + 4 chains + 3 + 3 + 5 + 1 rules.
+        assert_eq!(acked, 1 + 4 + 12);
         let first_type = u16::from_ne_bytes([b[4], b[5]]);
         assert_eq!(first_type, NFNL_MSG_BATCH_BEGIN);
         assert!(b.windows(10).any(|w| w == b"openshell\0"));
@@ -393,6 +468,8 @@ mod tests {
                             eprintln!("load: {e}");
                             1
                         }
+                        // The queue the rules use binds in the same namespace.
+                        Ok(()) if crate::queue::socket_for_queue().is_err() => 3,
                         Ok(()) => match nft {
                             None => 0,
                             Some(bin) => {
@@ -408,6 +485,9 @@ mod tests {
                                     "iifname \"vr\" meta l4proto tcp redirect to :15001",
                                     "iifname \"vr\" tcp dport 15001 accept",
                                     "reject with icmp admin-prohibited",
+                                    "tcp flags syn / syn,ack queue num 0 bypass",
+                                    "meta mark 0x4f530001",
+                                    "reject with tcp reset",
                                 ];
                                 if want.iter().all(|w| text.contains(w)) {
                                     0

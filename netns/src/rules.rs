@@ -3,7 +3,8 @@
 //!
 //! Everything the agent sends arrives at `vr`: TCP to the proxy port is accepted, any
 //! other TCP is redirected to the bypass listener (which logs it and refuses it, or
-//! relays it for a `protocol: tcp` endpoint), DNS to any server goes to our DNS
+//! relays it for a `protocol: tcp` endpoint; without `nft.rs`'s packet queue the refusal
+//! is a reset after the handshake), DNS to any server goes to our DNS
 //! listener, everything else is rejected at once. The rules are text (the nft language),
 //! built by a pure function and loaded by a child that keeps CAP_NET_ADMIN across exec
 //! (ambient capability), in parallel with the rest of init's setup.

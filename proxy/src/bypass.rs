@@ -2,6 +2,8 @@
 //! The original destination comes from SO_ORIGINAL_DST. A `protocol: tcp` endpoint the
 //! policy allows (by the name our DNS answered for that address, or a literal IP) is
 //! relayed transparently; anything else is logged as `NET:BYPASS` and reset at once.
+//! Where the router queues connection attempts (`refuse.rs`), [`admit`] decides them
+//! before the handshake and only admitted ones reach this listener.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -11,12 +13,73 @@ use openshell_policy::engine::decide;
 use tokio::net::TcpStream;
 
 use crate::log::NetEvent;
-use crate::{Context, dial};
+use crate::{Context, Peer, dial};
 
 fn original_dst(sock: &TcpStream) -> Option<SocketAddr> {
     let sa = getsockopt(sock, sockopt::OriginalDst).ok()?;
     let ip = Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr));
     Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be(sa.sin_port)))
+}
+
+/// The names a transparent connection to `dst` may be allowed by: the name our DNS
+/// answered for the address (if any), then the address itself.
+fn candidates(ctx: &Context, dst: SocketAddr) -> (Option<String>, String) {
+    let name = ctx
+        .dns_names
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&dst.ip())
+        .cloned();
+    (name, dst.ip().to_string())
+}
+
+const NOT_ALLOWED: &str =
+    "connection bypassed the proxy (set HTTPS_PROXY) and no `protocol: tcp` endpoint allows it";
+
+/// Log a refused connection attempt (`NET:BYPASS`).
+fn log_refusal(ctx: &Context, who: &Peer, host: &str, port: u16, reason: &str) {
+    ctx.log.net(&NetEvent {
+        kind: "NET:BYPASS",
+        allowed: false,
+        binary: &who.exe,
+        pid: who.pid,
+        host,
+        port,
+        policy: None,
+        reason: Some(reason),
+    });
+}
+
+/// Decide a connection attempt before its handshake (the router's packet queue,
+/// `refuse.rs`): true when some `protocol: tcp` endpoint allows it, so that it goes on
+/// to [`handle`] (which decides again with the policy of that moment and relays);
+/// otherwise it is logged here and the kernel refuses it.
+pub async fn admit(ctx: &Context, peer: SocketAddr, dst: SocketAddr) -> bool {
+    let (who, pinned) = ctx.who(peer, dst).await;
+    let (name, ip) = candidates(ctx, dst);
+    let reason = match pinned {
+        Err(e) => e,
+        Ok(()) => {
+            let active = ctx.policy.current();
+            let chain = ctx.chain_with_links(&active.policy, &who.chain).await;
+            let allowed = name
+                .iter()
+                .chain(std::iter::once(&ip))
+                .any(|host| decide(&active.policy, host, dst.port(), &chain, true).is_ok());
+            if allowed {
+                return true;
+            }
+            NOT_ALLOWED.to_string()
+        }
+    };
+    log_refusal(
+        ctx,
+        &who,
+        name.as_deref().unwrap_or(&ip),
+        dst.port(),
+        &reason,
+    );
+    false
 }
 
 /// Serve one redirected connection.
@@ -26,17 +89,9 @@ pub async fn handle(ctx: Arc<Context>, sock: TcpStream, peer: SocketAddr) {
         return;
     };
     let (who, pinned) = ctx.who(peer, dst).await;
-    let ip = dst.ip().to_string();
-    let name = ctx
-        .dns_names
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&dst.ip())
-        .cloned();
+    let (name, ip) = candidates(&ctx, dst);
     let active = ctx.policy.current();
-    let mut reason = String::from(
-        "connection bypassed the proxy (set HTTPS_PROXY) and no `protocol: tcp` endpoint allows it",
-    );
+    let mut reason = String::from(NOT_ALLOWED);
     if let Err(e) = &pinned {
         reason = e.clone();
     } else {
@@ -71,16 +126,13 @@ pub async fn handle(ctx: Arc<Context>, sock: TcpStream, peer: SocketAddr) {
             return;
         }
     }
-    ctx.log.net(&NetEvent {
-        kind: "NET:BYPASS",
-        allowed: false,
-        binary: &who.exe,
-        pid: who.pid,
-        host: name.as_deref().unwrap_or(&ip),
-        port: dst.port(),
-        policy: None,
-        reason: Some(&reason),
-    });
+    log_refusal(
+        &ctx,
+        &who,
+        name.as_deref().unwrap_or(&ip),
+        dst.port(),
+        &reason,
+    );
     // Reset, not a graceful close: the client fails at once.
     let _ = nix::sys::socket::setsockopt(
         &sock,

@@ -4,7 +4,9 @@
 //! supervisor in the host's: the explicit proxy (HTTP CONNECT and absolute-form
 //! `http://` requests), the bypass listener (connections that ignored the proxy,
 //! redirected by nftables: logged and refused, or relayed for `protocol: tcp`), and
-//! DNS (answers only names some policy allows). Decisions come from
+//! DNS (answers only names some policy allows); with them, the router's packet queue
+//! (`refuse`), where connection attempts that ignore the proxy are decided before
+//! their handshake so that the kernel refuses them. Decisions come from
 //! `openshell_policy::engine`; who owns a connection comes from an [`Identify`]
 //! implementation (the runtime reads /proc); this crate knows nothing of namespaces.
 #![forbid(unsafe_code)]
@@ -17,6 +19,7 @@ pub mod inference;
 pub mod l7;
 pub mod log;
 pub mod prefixed;
+pub mod refuse;
 pub mod secrets;
 pub mod splice;
 pub mod state;
@@ -371,6 +374,8 @@ pub struct Listeners {
     pub bypass: std::net::TcpListener,
     /// DNS.
     pub dns: std::net::UdpSocket,
+    /// The router's packet queue (connection attempts to refuse in the kernel), if any.
+    pub queue: Option<std::os::fd::OwnedFd>,
 }
 
 /// Serve until `shutdown` fires.
@@ -410,7 +415,11 @@ pub async fn serve(
         }
     });
     let resolver = tokio::spawn(dns::serve(ctx.clone(), dns));
+    let queue = l.queue.map(|q| tokio::spawn(refuse::serve(ctx.clone(), q)));
     let _ = (&mut shutdown).await;
+    if let Some(q) = queue {
+        q.abort();
+    }
     explicit.abort();
     redirected.abort();
     resolver.abort();

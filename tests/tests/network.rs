@@ -1,95 +1,19 @@
 //! The network of a sandbox end to end: real clients inside (curl, python3, git), the
 //! real proxy in the supervisor, real upstream servers of `tests/env` in their
 //! own network namespace. Deny by default; decisions by host, port and binary; SSRF
-//! guard; forward proxy; bypass refusal; transparent TCP; policy DNS; sha256 pinning;
+//! guard; forward proxy; policy DNS; sha256 pinning;
 //! hot reload through the control socket; logs; a socket shared with an allowed program.
+//! Connections that ignore the proxy (refusal, transparent TCP) are in `bypass.rs`.
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use openshell_tests::{
-    Sandbox, TempDir, need_sandbox, need_upstream, policy_file, stderr, stdout, up,
-};
+use openshell_tests::{Sandbox, need_sandbox, need_upstream, policy_file, stderr, stdout, up};
 
-/// A sandbox with the test CA mounted at /sandbox/ca.crt and logs in a known place.
-struct Net {
-    sb: Sandbox,
-    logs: TempDir,
-    dir: TempDir,
-}
+mod netcommon;
 
-impl Net {
-    fn new() -> Self {
-        Self {
-            sb: Sandbox::new(),
-            logs: TempDir::new("netlogs"),
-            dir: TempDir::new("netpol"),
-        }
-    }
-
-    fn run(&self, policy: Option<&str>, script: &str) -> Output {
-        self.run_opts(policy, &[], script)
-    }
-
-    fn run_opts(&self, policy: Option<&str>, extra: &[&str], script: &str) -> Output {
-        self.run_env(&[], policy, extra, script)
-    }
-
-    /// [`Net::run_opts`] with extra environment for the CLI (the supervisor).
-    fn run_env(
-        &self,
-        env: &[(&str, &str)],
-        policy: Option<&str>,
-        extra: &[&str],
-        script: &str,
-    ) -> Output {
-        let ca = format!("{}:/sandbox/ca.crt:ro", up("OS_UPSTREAM_CA"));
-        let logs = self.logs.path().to_string_lossy().into_owned();
-        let mut args: Vec<String> = vec!["--mount".into(), ca, "--log-dir".into(), logs];
-        if let Some(p) = policy {
-            let f = policy_file(self.dir.path(), "policy.yaml", p);
-            args.push("--policy".into());
-            args.push(f.to_string_lossy().into_owned());
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut cmd = self.sb.cmd();
-        cmd.envs(env.iter().copied())
-            .arg("run")
-            .args(&a)
-            .args(["--", "sh", "-c", script]);
-        cmd.output().unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.logs.path().join("openshell.log")).unwrap_or_default()
-    }
-
-    fn ocsf(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.logs.path().join("openshell.ocsf.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-}
-
-const CURL: &str = "curl -sS -m 10 --cacert /sandbox/ca.crt";
-
-fn policy(endpoints: &str, binaries: &str) -> String {
-    format!(
-        "version: 1\nnetwork_policies:\n  upstream:\n    name: upstream\n    endpoints:\n{endpoints}    binaries:\n{binaries}"
-    )
-}
-
-fn ep(host: &str, port: u16) -> String {
-    format!("      - {{ host: \"{host}\", port: {port} }}\n")
-}
-
-fn bin(path: &str) -> String {
-    format!("      - {{ path: \"{path}\" }}\n")
-}
+use netcommon::{CURL, Net, bin, ep, policy};
 
 fn no_policy_denies_everything_with_a_clear_answer() {
     need_upstream!();
@@ -398,55 +322,6 @@ fn a_huge_executable_is_refused_without_stalling_the_proxy() {
         n.log().contains("larger than 1024 MiB and is not hashed"),
         "{}",
         n.log()
-    );
-}
-
-fn bypass_is_refused_and_logged_transparent_tcp_is_relayed() {
-    need_upstream!();
-    bypass_and_transparent_tcp(&[]);
-}
-
-/// The same with the rules loaded by the host's `nft` (the fallback when the kernel
-/// refuses our netlink batch), which init starts before its root filesystem is pivoted.
-fn bypass_is_caught_with_the_nft_binary_fallback_too() {
-    need_upstream!();
-    openshell_tests::need(
-        "nft",
-        std::path::Path::new("/usr/sbin/nft").exists(),
-        "no /usr/sbin/nft (apt install nftables)",
-    );
-    bypass_and_transparent_tcp(&[("OPENSHELL_NFT_FALLBACK", "1")]);
-}
-
-fn bypass_and_transparent_tcp(env: &[(&str, &str)]) {
-    let n = Net::new();
-    let tcp_host = up("OS_UPSTREAM_TCP").split(':').next().unwrap().to_string();
-    let tcp = format!("      - {{ host: \"{tcp_host}\", port: 7777, protocol: tcp }}\n");
-    let p = policy(&tcp, &bin("/usr/bin/python3*"));
-    let script = format!(
-        "curl -sS -m 5 --noproxy '*' http://{ip}/ ; echo curl=$?; \
-         python3 -c 'import socket; s=socket.create_connection((\"{tcp_host}\",7777), timeout=5); s.sendall(b\"ping\\n\"); print(\"echo:\", s.recv(100).decode().strip())'",
-        ip = up("OS_UPSTREAM_OTHER_IP"),
-    );
-    let out = n.run_env(env, Some(&p), &[], &script);
-    let text = stdout(&out);
-    assert!(text.contains("curl=56"), "{text}{}", stderr(&out));
-    assert!(
-        !n.log().contains("NET:MODE"),
-        "the rules did not load: {}",
-        n.log()
-    );
-    assert!(text.contains("echo: ping"), "{text}{}", stderr(&out));
-    let log = n.log();
-    assert!(
-        log.contains("NET:BYPASS DENIED /usr/bin/curl(")
-            && log.contains(&format!("-> {}:80", up("OS_UPSTREAM_OTHER_IP"))),
-        "{log}"
-    );
-    assert!(
-        log.contains("NET:OPEN ALLOWED /usr/bin/python3")
-            && log.contains(&format!("-> {tcp_host}:7777 [policy:upstream]")),
-        "{log}"
     );
 }
 
@@ -767,8 +642,6 @@ openshell_tests::suite!(
     forward_proxy_and_malformed_requests,
     forward_proxy_refuses_ambiguous_requests_and_fronting,
     a_huge_executable_is_refused_without_stalling_the_proxy,
-    bypass_is_refused_and_logged_transparent_tcp_is_relayed,
-    bypass_is_caught_with_the_nft_binary_fallback_too,
     dns_answers_only_allowed_names,
     a_binary_changed_after_first_use_is_denied,
     git_and_curl_through_the_proxy,

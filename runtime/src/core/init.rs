@@ -181,10 +181,13 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, SetupErr
         if let Some(l) = r.take_listeners() {
             let mut fds = vec![l.proxy.as_raw_fd(), l.bypass.as_raw_fd(), l.dns.as_raw_fd()];
             fds.extend(l.diag.as_ref().map(|d| d.as_raw_fd()));
+            fds.extend(l.queue.as_ref().map(|d| d.as_raw_fd()));
+            // Which of the optional fds follow the three listeners, in this order.
+            let optional = u8::from(l.diag.is_some()) | (u8::from(l.queue.is_some()) << 1);
             let cmsg = [ControlMessage::ScmRights(&fds)];
             sendmsg::<()>(
                 sync.as_raw_fd(),
-                &[IoSlice::new(&[msg::NET, u8::from(rules)])],
+                &[IoSlice::new(&[msg::NET, u8::from(rules), optional])],
                 &cmsg,
                 MsgFlags::empty(),
                 None,

@@ -35,6 +35,9 @@ pub struct RouterFds {
     pub dns: OwnedFd,
     /// The agent namespace's sock_diag socket, when init could open one.
     pub diag: Option<OwnedFd>,
+    /// The router's packet queue socket (connection attempts for a verdict), when the
+    /// rules that use it are in.
+    pub queue: Option<OwnedFd>,
     /// Whether the router's nftables rules are in place.
     pub rules: bool,
 }
@@ -75,6 +78,7 @@ impl NetService {
             proxy: std::net::TcpListener::from(r.proxy),
             bypass: std::net::TcpListener::from(r.bypass),
             dns: std::net::UdpSocket::from(r.dns),
+            queue: r.queue,
         };
         let log = Arc::new(Logger::new(cfg.log_dir.as_deref(), cfg.verbose));
         let state = PolicyState::new(cfg.policy);
@@ -82,6 +86,12 @@ impl NetService {
         log.config(cur.version, &cur.sha256, true, "initial policy");
         for n in &cfg.notes {
             log.note("SETUP:FALLBACK", n);
+        }
+        if r.rules && listeners.queue.is_none() {
+            log.note(
+                "NET:QUEUE",
+                "the router has no packet queue (its rules were loaded by the nft binary, or the kernel refused the queue): connections that ignore the proxy are reset after the handshake instead of refused",
+            );
         }
         if !r.rules {
             log.note(

@@ -118,7 +118,7 @@ pub(crate) fn start_and_wait(
             return Err(e);
         }
         let mut buf = [0u8; 4096];
-        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 3]);
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 8]);
         let mut iov = [IoSliceMut::new(&mut buf)];
         let r = recvmsg::<()>(
             ours.as_raw_fd(),
@@ -156,7 +156,19 @@ pub(crate) fn start_and_wait(
                     .iter()
                     .map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) })
                     .collect();
-                let diag = (owned.len() > 3).then(|| owned.remove(3));
+                // The optional fds after the three listeners, as init's flags say.
+                let optional = data.get(2).copied().unwrap_or(0);
+                let mut extra = owned.split_off(3.min(owned.len())).into_iter();
+                let diag = if optional & 1 != 0 {
+                    extra.next()
+                } else {
+                    None
+                };
+                let queue = if optional & 2 != 0 {
+                    extra.next()
+                } else {
+                    None
+                };
                 let mut it = owned.into_iter();
                 if let (Some(proxy), Some(bypass), Some(dns)) = (it.next(), it.next(), it.next()) {
                     router = Some(crate::netsvc::RouterFds {
@@ -164,6 +176,7 @@ pub(crate) fn start_and_wait(
                         bypass,
                         dns,
                         diag,
+                        queue,
                         rules: data.get(1) == Some(&1),
                     });
                 }
