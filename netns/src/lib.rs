@@ -203,8 +203,12 @@ pub fn setup_router(
     // The rules straight over netlink (fast); the nft binary only where that fails. The
     // rules name interfaces, so they may come before the veth pair.
     // OPENSHELL_NFT_FALLBACK=1 takes the fallback on purpose (tests, odd kernels).
-    let direct =
-        std::env::var_os("OPENSHELL_NFT_FALLBACK").is_none_or(|v| v != "1") && nft::load().is_ok();
+    let loaded = if std::env::var_os("OPENSHELL_NFT_FALLBACK").is_none_or(|v| v != "1") {
+        nft::load().ok()
+    } else {
+        None
+    };
+    let direct = loaded.is_some();
     let nft = if direct {
         None
     } else {
@@ -238,7 +242,7 @@ pub fn setup_router(
         bypass: tcp_listener(BYPASS_PORT)?,
         dns: udp_socket(DNS_PORT)?,
         diag: None,
-        queue: if direct {
+        queue: if loaded == Some(true) {
             queue::socket_for_queue().ok()
         } else {
             None

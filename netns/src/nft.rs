@@ -100,20 +100,28 @@ fn dport(port: u16) -> Vec<Expr> {
     ]
 }
 
-/// The ruleset (the same as `rules::ruleset()` in nft syntax).
-pub fn ruleset() -> Vec<Chain> {
-    const TCP: u8 = 6;
-    const UDP: u8 = 17;
-    let daddr = vec![
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+/// The destination is the router itself.
+fn to_router() -> Vec<Expr> {
+    vec![
         Expr::Payload {
             transport: false,
             offset: 16,
             len: 4,
         },
         Expr::CmpEq(ROUTER_IP.octets().to_vec()),
-    ];
-    let join = |parts: Vec<Vec<Expr>>| parts.concat();
-    // A TCP packet with SYN set and ACK clear: a connection attempt.
+    ]
+}
+
+/// The packet queue's chain, before the redirect: a connection attempt (a TCP SYN) that
+/// is not for the proxy waits in the queue for the supervisor's verdict; a refused one
+/// comes back marked and is answered with a reset, so the kernel refuses it
+/// (docs/network.md). Loaded with the ruleset when the kernel has what it needs
+/// (nft_compat, xt NFQUEUE, reject at prerouting); the ruleset alone otherwise.
+pub fn guard() -> Chain {
+    // SYN set and ACK clear.
     let syn = vec![
         Expr::Payload {
             transport: true,
@@ -123,36 +131,36 @@ pub fn ruleset() -> Vec<Chain> {
         Expr::And(vec![0x12]),
         Expr::CmpEq(vec![0x02]),
     ];
+    let mark = vec![
+        Expr::MetaMark,
+        Expr::CmpEq(REFUSED_MARK.to_ne_bytes().to_vec()),
+    ];
+    Chain {
+        name: "guard",
+        kind: "filter",
+        hook: 0,
+        priority: -150,
+        accept: true,
+        rules: vec![
+            [
+                iif(),
+                to_router(),
+                proto(TCP),
+                dport(PROXY_PORT),
+                vec![Expr::Accept],
+            ]
+            .concat(),
+            [iif(), mark, proto(TCP), vec![Expr::RejectTcpReset]].concat(),
+            [iif(), proto(TCP), syn, vec![Expr::Queue]].concat(),
+        ],
+    }
+}
+
+/// The ruleset (the same as `rules::ruleset()` in nft syntax), without [`guard`].
+pub fn ruleset() -> Vec<Chain> {
+    let daddr = to_router();
+    let join = |parts: Vec<Vec<Expr>>| parts.concat();
     vec![
-        // Before the redirect: a connection attempt that is not for the proxy waits in
-        // the queue for the supervisor's verdict; a refused one comes back marked and is
-        // answered with a reset, so the kernel refuses it (docs/network.md).
-        Chain {
-            name: "guard",
-            kind: "filter",
-            hook: 0,
-            priority: -150,
-            accept: true,
-            rules: vec![
-                join(vec![
-                    iif(),
-                    daddr.clone(),
-                    proto(TCP),
-                    dport(PROXY_PORT),
-                    vec![Expr::Accept],
-                ]),
-                join(vec![
-                    iif(),
-                    vec![
-                        Expr::MetaMark,
-                        Expr::CmpEq(REFUSED_MARK.to_ne_bytes().to_vec()),
-                    ],
-                    proto(TCP),
-                    vec![Expr::RejectTcpReset],
-                ]),
-                join(vec![iif(), proto(TCP), syn, vec![Expr::Queue]]),
-            ],
-        },
         Chain {
             name: "prerouting",
             kind: "nat",
@@ -383,8 +391,20 @@ pub fn batch(chains: &[Chain]) -> (Vec<u8>, u32) {
     (out, acked)
 }
 
-/// Load the ruleset into the current network namespace.
-pub fn load() -> Result<(), Errno> {
+/// Load the ruleset and the [`guard`] chain into the current network namespace, in one
+/// batch; where the kernel refuses the guard, the ruleset alone. Ok(true) when the
+/// guard is in.
+pub fn load() -> Result<bool, Errno> {
+    let mut all = vec![guard()];
+    all.extend(ruleset());
+    if send_batch(&all).is_ok() {
+        return Ok(true);
+    }
+    send_batch(&ruleset()).map(|()| false)
+}
+
+/// Send one batch on a socket of its own; Ok once every message is acked.
+fn send_batch(chains: &[Chain]) -> Result<(), Errno> {
     let fd = socket(
         AddressFamily::Netlink,
         SockType::Raw,
@@ -392,7 +412,7 @@ pub fn load() -> Result<(), Errno> {
         SockProtocol::NetlinkNetFilter,
     )?;
     bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
-    let (msg, mut acked) = batch(&ruleset());
+    let (msg, mut acked) = batch(chains);
     send(fd.as_raw_fd(), &msg, MsgFlags::empty())?;
     let mut buf = vec![0u8; 16384];
     while acked > 0 {
@@ -425,8 +445,12 @@ mod tests {
     #[test]
     fn batch_shape() {
         let (b, acked) = batch(&ruleset());
-        // table + 4 chains + 3 + 3 + 5 + 1 rules.
-        assert_eq!(acked, 1 + 4 + 12);
+        // table + 3 chains + 3 + 5 + 1 rules.
+        assert_eq!(acked, 1 + 3 + 9);
+        let mut all = vec![guard()];
+        all.extend(ruleset());
+        let (_, acked) = batch(&all);
+        assert_eq!(acked, 1 + 4 + 3 + 9);
         let first_type = u16::from_ne_bytes([b[4], b[5]]);
         assert_eq!(first_type, NFNL_MSG_BATCH_BEGIN);
         assert!(b.windows(10).any(|w| w == b"openshell\0"));
@@ -469,8 +493,9 @@ mod tests {
                             1
                         }
                         // The queue the rules use binds in the same namespace.
-                        Ok(()) if crate::queue::socket_for_queue().is_err() => 3,
-                        Ok(()) => match nft {
+                        Ok(false) => 4,
+                        Ok(true) if crate::queue::socket_for_queue().is_err() => 3,
+                        Ok(true) => match nft {
                             None => 0,
                             Some(bin) => {
                                 let out = std::process::Command::new(bin)

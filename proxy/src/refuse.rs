@@ -7,10 +7,12 @@
 //! and the attempt is logged as `NET:BYPASS` with its binary — the socket is still
 //! there to be identified while its first packet waits).
 //!
-//! At most [`IN_FLIGHT`] attempts are decided at once and [`BACKLOG`] wait; beyond
-//! that (or when the kernel's own queue or our socket's buffer is full) attempts go on
-//! to the bypass listener, which refuses them after the handshake (the behaviour
-//! without a queue). Nothing gets out either way.
+//! At most [`IN_FLIGHT`] attempts are decided at once and [`BACKLOG`] wait for a
+//! decider. An attempt goes on to the bypass listener, which decides it again and
+//! refuses it after the handshake (the behaviour without a queue), when the backlog is
+//! full, when its decision takes over [`DECIDE_WITHIN`] or fails, and — in the kernel
+//! — when the kernel's queue (1 024) or our socket's receive buffer (capped by
+//! `net.core.rmem_max`, a few hundred messages) is full. Nothing gets out either way.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -26,6 +28,8 @@ use crate::bypass::admit;
 pub const IN_FLIGHT: usize = 16;
 /// Connection attempts waiting for a decider.
 pub const BACKLOG: usize = 1024;
+/// How long one decision may take before the attempt goes on to the listener.
+pub const DECIDE_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Serve the router's packet queue (bound by init) until the task is aborted. A read
 /// that fails is logged (`NET:QUEUE`) and the queue is left to the bypass listener.
@@ -37,6 +41,22 @@ pub async fn serve(ctx: Arc<Context>, fd: OwnedFd) {
                 "the router's packet queue failed ({e}): connections that ignore the proxy are now reset after the handshake instead of refused"
             ),
         );
+    }
+}
+
+/// Refuse unless [`admit`] says otherwise within [`DECIDE_WITHIN`]; a decision that
+/// takes longer or fails (a panic) lets the attempt go on to the listener, which
+/// decides it again.
+async fn decide(
+    ctx: &Arc<Context>,
+    src: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+) -> Verdict {
+    let c = ctx.clone();
+    let decision = tokio::spawn(async move { admit(&c, src, dst).await });
+    match tokio::time::timeout(DECIDE_WITHIN, decision).await {
+        Ok(Ok(false)) => Verdict::Refuse,
+        _ => Verdict::Accept,
     }
 }
 
@@ -93,11 +113,11 @@ async fn run(ctx: &Arc<Context>, fd: OwnedFd) -> std::io::Result<()> {
                 // Anything but an IPv4 TCP packet goes on to the listener, which
                 // decides it as before.
                 let verdict = match tcp_tuple(&payload) {
-                    Some((src, dst)) if !admit(&ctx, src.into(), dst.into()).await => {
-                        Verdict::Refuse
-                    }
-                    _ => Verdict::Accept,
+                    Some((src, dst)) => decide(&ctx, src.into(), dst.into()).await,
+                    None => Verdict::Accept,
                 };
+                // A verdict that cannot be sent leaves the packet queued until the
+                // socket closes (the client retries its SYN meanwhile).
                 let _ = send_msg(&fd, &verdict_msg(id, verdict)).await;
             }
         });
@@ -109,7 +129,7 @@ async fn run(ctx: &Arc<Context>, fd: OwnedFd) -> std::io::Result<()> {
                 continue;
             };
             if tx.try_send((id, payload)).is_err() {
-                send_msg(&fd, &verdict_msg(id, Verdict::Accept)).await?;
+                let _ = send_msg(&fd, &verdict_msg(id, Verdict::Accept)).await;
             }
         }
     }
