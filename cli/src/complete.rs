@@ -9,8 +9,8 @@ use clap_complete::engine::CompletionCandidate;
 
 /// This user's sandboxes.
 pub fn sandboxes() -> Vec<CompletionCandidate> {
-    let base = openshell_runtime::state::base_dir();
-    openshell_runtime::store::list(&base)
+    let base = openshell_runtime::api::state::base_dir();
+    openshell_runtime::api::store::list(&base)
         .into_iter()
         .map(|e| CompletionCandidate::new(e.name))
         .collect()

@@ -269,7 +269,7 @@ fn main() {
     }
     init_tracing(cli.verbose);
     if quiet_on_closed_pipe(&cli.command) {
-        openshell_runtime::spawn::default_sigpipe();
+        openshell_runtime::api::default_sigpipe();
     }
     let code = match cli.command {
         Command::Run(mut args) => {
@@ -291,7 +291,7 @@ fn main() {
         Command::Man { dir } => man_pages(&dir),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Forward(c) => cmd::forward::run(c, cli.output),
-        Command::Connector { pid } => openshell_runtime::forward::connector_main(pid),
+        Command::Connector { pid } => openshell_runtime::api::forward::connector_main(pid),
         Command::Completions { shell } => completions(shell),
     };
     std::process::exit(code);

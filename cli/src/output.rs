@@ -51,7 +51,7 @@ pub fn structured_times<T: Serialize>(format: Format, value: &T, keys: &[&str]) 
                 for (k, x) in m.iter_mut() {
                     match x.as_u64() {
                         Some(t) if keys.contains(&k.as_str()) => {
-                            *x = openshell_runtime::record::rfc3339(t).into();
+                            *x = openshell_runtime::api::record::rfc3339(t).into();
                         }
                         _ => walk(x, keys),
                     }

@@ -13,10 +13,11 @@
 //!   the network service (proxy host side, identity, trust), detach, exec, images,
 //!   host features for `doctor`.
 //!
-//! The CLI calls in here and does no kernel work itself. The modules are re-exported
-//! at the crate root (`openshell_runtime::record`, ...), their names unchanged.
+//! The CLI calls in here through [`api`], the crate's only public module, and does no
+//! kernel work itself; the layers are private (inside the crate their modules are
+//! named from the root: `crate::record`, ...).
 
-pub mod core {
+mod core {
     //! The synchronous sandbox core (no tokio, no threads; depends on nothing else here).
     pub mod confine;
     pub mod idmap;
@@ -31,7 +32,7 @@ pub mod core {
     pub mod trim;
 }
 
-pub mod store {
+mod store {
     //! What is on disk: state layout, records, the sandbox list, scratch, transfers.
     pub mod control;
     pub mod record;
@@ -39,11 +40,9 @@ pub mod store {
     pub mod scratch;
     pub mod state;
     pub mod transfer;
-    // `store::list`, `store::find`, ... name the sandbox list's functions.
-    pub use sandboxes::*;
 }
 
-pub mod supervisor {
+mod supervisor {
     //! `run`, and what serves a sandbox while it lives.
     pub mod detach;
     pub mod error;
@@ -59,13 +58,13 @@ pub mod supervisor {
     pub mod trust;
 }
 
-pub use core::{
+pub mod api;
+
+// Inside the crate the modules are named from the root (`crate::record`, ...).
+pub(crate) use core::{
     confine, idmap, init, limits, proctitle, relay, seccomp, setup, spawn, threads, trim,
 };
-pub use store::{control, record, scratch, state, transfer};
-pub use supervisor::{
-    detach, error, exec, features, forward, identity, image, netsvc, platform, run, supervise,
-    trust,
+pub(crate) use store::{record, scratch, state};
+pub(crate) use supervisor::{
+    error, exec, forward, identity, image, netsvc, platform, run, supervise, trust,
 };
-
-pub use run::{RunError, RunOptions, run};

@@ -129,7 +129,7 @@ pub fn attach(dir: &Path) -> Result<Attached, String> {
 }
 
 fn winsize() -> Option<[u8; 4]> {
-    let (c, r) = openshell_runtime::relay::get_winsize(std::io::stdout().as_fd())?;
+    let (c, r) = openshell_runtime::api::session::get_winsize(std::io::stdout().as_fd())?;
     let mut b = [0u8; 4];
     b[..2].copy_from_slice(&c.to_be_bytes());
     b[2..].copy_from_slice(&r.to_be_bytes());

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use openshell_runtime::exec::ExecRequest;
-use openshell_runtime::record::Phase;
-use openshell_runtime::spawn::EXIT_SETUP;
-use openshell_runtime::{state, store};
+use openshell_runtime::api::EXIT_SETUP;
+use openshell_runtime::api::exec::ExecRequest;
+use openshell_runtime::api::record::Phase;
+use openshell_runtime::api::{state, store};
 
 use super::run::RunArgs;
 use crate::output::Format;
@@ -81,7 +81,7 @@ pub fn start(name: &str) -> i32 {
     args.run.name = Some(name.to_string());
     args.run.command.clear();
     // The policy it has now (maybe changed live), not the file it was created with.
-    args.run.policy = Some(e.dir.join(openshell_runtime::record::POLICY));
+    args.run.policy = Some(e.dir.join(openshell_runtime::api::record::POLICY));
     args.run.stored_policy = true;
     args.run.upload.clear();
     let mut opts = match super::run::options(args.run) {
@@ -95,7 +95,7 @@ pub fn start(name: &str) -> i32 {
     let log = base.join("supervisors").join(format!("{name}.log"));
     let _ = std::fs::create_dir_all(base.join("supervisors"));
     let before = std::fs::metadata(&log).map_or(0, |m| m.len());
-    let sup = match openshell_runtime::detach::spawn_supervisor(opts, &log) {
+    let sup = match openshell_runtime::api::session::spawn_supervisor(opts, &log) {
         Ok(p) => p,
         Err(err) => return fail(err),
     };
@@ -153,7 +153,7 @@ pub fn stopped_by_user(dir: &std::path::Path) -> bool {
 /// Record that the user stopped the sandbox in `dir` (also when it was already down:
 /// a dead sandbox the user stops must not be restarted).
 pub fn mark_stopped(dir: &std::path::Path) {
-    let _ = openshell_runtime::record::write_whole(&dir.join(STOPPED_MARK), b"", false);
+    let _ = openshell_runtime::api::record::write_whole(&dir.join(STOPPED_MARK), b"", false);
 }
 
 /// The `--restart` a sandbox was created with (`No` when it was not created by
@@ -315,7 +315,7 @@ fn create(mut args: CreateArgs, format: Format, saved_raw: Option<Vec<String>>) 
     }
     let log = logs.join(format!("{name}.log"));
     let before = std::fs::metadata(&log).map_or(0, |m| m.len());
-    let sup = match openshell_runtime::detach::spawn_supervisor(opts, &log) {
+    let sup = match openshell_runtime::api::session::spawn_supervisor(opts, &log) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
@@ -343,7 +343,7 @@ fn create(mut args: CreateArgs, format: Format, saved_raw: Option<Vec<String>>) 
         saved.push("--no-auto-providers".into());
     }
     if let Ok(e) = store::find(&base, &name) {
-        let _ = openshell_runtime::record::write_atomic(
+        let _ = openshell_runtime::api::record::write_atomic(
             &e.dir.join(ARGS_FILE),
             serde_json::to_string(&saved).unwrap_or_default().as_bytes(),
         );
@@ -438,5 +438,5 @@ fn run_in(base: &std::path::Path, name: &str, argv: Vec<String>, tty: bool) -> i
         tty,
         ..ExecRequest::default()
     };
-    openshell_runtime::detach::exec_in_child(&entry.dir, &rec, &req)
+    openshell_runtime::api::session::exec_in_child(&entry.dir, &rec, &req)
 }

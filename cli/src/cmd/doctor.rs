@@ -1,6 +1,6 @@
 //! `openshell doctor`: what the host offers sandboxes and how to fix what is missing.
 
-use openshell_runtime::features::{Level, probe};
+use openshell_runtime::api::host::{Level, probe};
 
 use crate::output::{Format, structured, table};
 

@@ -7,9 +7,9 @@
 //! policy, so it answers for stopped sandboxes too.
 
 use openshell_policy::{Compatibility, Policy};
-use openshell_runtime::record::Record;
-use openshell_runtime::store::{self, Entry};
-use openshell_runtime::{control, seccomp, state};
+use openshell_runtime::api::record::Record;
+use openshell_runtime::api::store::{self, Entry};
+use openshell_runtime::api::{control, host, state};
 use serde::Serialize;
 
 use crate::output::{Format, fail, structured};
@@ -23,7 +23,7 @@ struct Explained {
     landlock: Landlock,
     seccomp: Seccomp,
     process: Vec<&'static str>,
-    limits: openshell_runtime::limits::Applied,
+    limits: openshell_runtime::api::limits::Applied,
     /// Fallbacks the setup took (from init's notes).
     fallbacks: Vec<String>,
     network: Network,
@@ -67,7 +67,7 @@ fn explain(e: &Entry, r: &Record, policy: &Policy) -> Explained {
         &en.workdir
     };
     let plan =
-        openshell_runtime::confine::landlock_plan(policy, workdir, &en.mounts, en.landlock_abi);
+        openshell_runtime::api::host::landlock_plan(policy, workdir, &en.mounts, en.landlock_abi);
     let paths = |v: &[std::path::PathBuf]| v.iter().map(|p| p.display().to_string()).collect();
     Explained {
         sandbox: e.name.clone(),
@@ -90,7 +90,7 @@ fn explain(e: &Entry, r: &Record, policy: &Policy) -> Explained {
             read_write: paths(&plan.read_write),
         },
         seccomp: Seccomp {
-            refused_syscall_rules: seccomp::rules().len(),
+            refused_syscall_rules: host::seccomp_rules().len(),
             other_architectures: "killed",
             x32_abi: "killed",
         },
@@ -104,7 +104,7 @@ fn explain(e: &Entry, r: &Record, policy: &Policy) -> Explained {
         fallbacks: en.notes.clone(),
         network: Network {
             mode: match r.network {
-                openshell_runtime::record::NetworkKind::Proxy => {
+                openshell_runtime::api::record::NetworkKind::Proxy => {
                     "proxy: every connection through the policy proxy, deny by default".into()
                 }
                 _ => "none: loopback only".into(),
@@ -124,7 +124,7 @@ pub fn run(name: &str, format: Format) -> i32 {
         Ok(r) => r,
         Err(why) => return fail(format!("sandbox {name}: unreadable record: {why}")),
     };
-    let path = e.dir.join(openshell_runtime::record::POLICY);
+    let path = e.dir.join(openshell_runtime::api::record::POLICY);
     let policy = match std::fs::read_to_string(&path)
         .map_err(|err| format!("{}: {err}", path.display()))
         .and_then(|t| {
@@ -166,7 +166,7 @@ pub fn run(name: &str, format: Format) -> i32 {
     if lim.pids == 0 {
         println!("Limits:    none recorded (the sandbox was made by an older openshell)");
     } else {
-        use openshell_runtime::limits::human;
+        use openshell_runtime::api::limits::human;
         let cpus = lim.cpus_milli.map_or_else(
             || "all".to_string(),
             |m| format!("{}", f64::from(m) / 1000.0),

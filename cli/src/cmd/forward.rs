@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Subcommand;
-use openshell_runtime::control;
-use openshell_runtime::forward::Spec;
-use openshell_runtime::record::Phase;
-use openshell_runtime::store::Entry;
-use openshell_runtime::{state, store};
+use openshell_runtime::api::control;
+use openshell_runtime::api::forward::Spec;
+use openshell_runtime::api::record::Phase;
+use openshell_runtime::api::store::Entry;
+use openshell_runtime::api::{state, store};
 use serde::Serialize;
 
 use crate::output::{self, Format, fail};

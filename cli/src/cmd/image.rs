@@ -124,7 +124,7 @@ pub enum ImageCommand {
 /// in a user namespace mapped like the sandbox (so ids are kept as they are); rootless
 /// without them flattens ownership to the user.
 pub fn in_store_userns(f: impl FnOnce(Ownership) -> i32) -> i32 {
-    use openshell_runtime::idmap;
+    use openshell_runtime::api::host as idmap;
     let ids = idmap::plan(&idmap::facts(), 1000, 1000);
     if nix::unistd::geteuid().is_root() {
         return f(match (ids.outside_uid(1), ids.outside_gid(1)) {
@@ -135,7 +135,7 @@ pub fn in_store_userns(f: impl FnOnce(Ownership) -> i32) -> i32 {
             _ => Ownership::Flatten,
         });
     }
-    if ids.mode != openshell_runtime::idmap::IdMode::Subids {
+    if ids.mode != openshell_runtime::api::host::IdMode::Subids {
         return f(Ownership::Flatten);
     }
     let identity = Ownership::Shift {
@@ -205,7 +205,7 @@ pub fn human(bytes: u64) -> String {
 /// Sandboxes (by name) whose state says they use `digest`. Fails closed: a state
 /// directory that cannot be read counts as a user named after the problem.
 fn users_of(digest: &str) -> Vec<String> {
-    let dir = openshell_runtime::state::base_dir().join("sandboxes");
+    let dir = openshell_runtime::api::state::base_dir().join("sandboxes");
     let rd = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vec![],

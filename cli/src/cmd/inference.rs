@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use openshell_providers::routes::{self, RouteConfig};
-use openshell_runtime::spawn::EXIT_SETUP;
+use openshell_runtime::api::EXIT_SETUP;
 
 use crate::output::{Format, structured};
 
@@ -73,8 +73,8 @@ fn push(only: Option<&str>) {
         Ok(r) => r,
         Err(e) => return eprintln!("openshell: {e}"),
     };
-    let base = openshell_runtime::state::base_dir();
-    for e in openshell_runtime::store::list(&base) {
+    let base = openshell_runtime::api::state::base_dir();
+    for e in openshell_runtime::api::store::list(&base) {
         if only.is_some_and(|n| n != e.name)
             || (only.is_none() && r.sandboxes.contains_key(&e.name))
         {
@@ -98,7 +98,7 @@ fn push(only: Option<&str>) {
             None => None,
         };
         let body = serde_json::json!({ "route": route }).to_string();
-        match openshell_runtime::control::request(
+        match openshell_runtime::api::control::request(
             &sock,
             "PUT",
             "/v1/inference",

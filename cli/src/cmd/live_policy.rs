@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use openshell_policy::Policy;
-use openshell_runtime::record::{self, Phase};
-use openshell_runtime::store::{self, Entry};
-use openshell_runtime::{control, state};
+use openshell_runtime::api::record::{self, Phase};
+use openshell_runtime::api::store::{self, Entry};
+use openshell_runtime::api::{control, state};
 use serde::Serialize;
 
 use crate::output::{self, Format, fail};

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use openshell_runtime::record::{self, Phase};
-use openshell_runtime::{state, store};
+use openshell_runtime::api::record::{self, Phase};
+use openshell_runtime::api::{state, store};
 
 use crate::output::{Format, fail};
 

@@ -13,7 +13,7 @@ use openshell_policy::Policy;
 use openshell_providers::profile::{self, Profile};
 use openshell_providers::store::{self, Provider};
 use openshell_providers::{ProviderError, attach};
-use openshell_runtime::spawn::EXIT_SETUP;
+use openshell_runtime::api::EXIT_SETUP;
 
 use crate::output::{Format, structured, structured_times, table};
 
@@ -225,8 +225,8 @@ fn print_view(p: &Provider, format: Format) {
 
 /// Running sandboxes whose record lists `provider`.
 fn users_of(provider: &str) -> Vec<String> {
-    let base = openshell_runtime::state::base_dir();
-    openshell_runtime::store::list(&base)
+    let base = openshell_runtime::api::state::base_dir();
+    openshell_runtime::api::store::list(&base)
         .into_iter()
         .filter(|e| {
             e.record
@@ -240,8 +240,8 @@ fn users_of(provider: &str) -> Vec<String> {
 /// Hand running sandboxes that use `p` its current credentials (an empty set when it
 /// was deleted): placeholders resolve to the new values from the next request on.
 fn push(name: &str, creds: &[openshell_proxy::secrets::Credential]) {
-    let base = openshell_runtime::state::base_dir();
-    for e in openshell_runtime::store::list(&base) {
+    let base = openshell_runtime::api::state::base_dir();
+    for e in openshell_runtime::api::store::list(&base) {
         let uses = e
             .record
             .as_ref()
@@ -251,7 +251,7 @@ fn push(name: &str, creds: &[openshell_proxy::secrets::Credential]) {
             continue;
         }
         let body = serde_json::json!({"provider": name, "credentials": creds}).to_string();
-        match openshell_runtime::control::request(
+        match openshell_runtime::api::control::request(
             &sock,
             "PUT",
             "/v1/credentials",

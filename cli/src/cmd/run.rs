@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 use openshell_policy::Policy;
-use openshell_runtime::image::ImageSpec;
-use openshell_runtime::spawn::EXIT_SETUP;
-use openshell_runtime::{RunOptions, run as run_sandbox};
+use openshell_runtime::api::EXIT_SETUP;
+use openshell_runtime::api::ImageSpec;
+use openshell_runtime::api::{RunOptions, run as run_sandbox};
 
 /// `--network` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -194,21 +194,21 @@ pub fn options(args: RunArgs) -> Result<RunOptions, String> {
         .as_deref()
         .map(|f| resolve_image(f, args.pull, &args.registry))
         .transpose()?;
-    let limits = openshell_runtime::limits::LimitRequest {
+    let limits = openshell_runtime::api::limits::LimitRequest {
         memory: args
             .memory
             .as_deref()
-            .map(openshell_runtime::limits::parse_memory)
+            .map(openshell_runtime::api::limits::parse_memory)
             .transpose()?,
         cpus_milli: args
             .cpus
             .as_deref()
-            .map(openshell_runtime::limits::parse_cpus)
+            .map(openshell_runtime::api::limits::parse_cpus)
             .transpose()?,
         pids: args
             .pids
             .as_deref()
-            .map(openshell_runtime::limits::parse_pids)
+            .map(openshell_runtime::api::limits::parse_pids)
             .transpose()?,
     };
     // Providers: their entries join the policy the sandbox would have had.
@@ -245,7 +245,7 @@ pub fn options(args: RunArgs) -> Result<RunOptions, String> {
     let forwards = args
         .forward
         .iter()
-        .map(|f| openshell_runtime::forward::Spec::parse(f))
+        .map(|f| openshell_runtime::api::forward::Spec::parse(f))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(RunOptions {
         forwards,

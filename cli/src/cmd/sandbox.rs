@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use clap::Subcommand;
-use openshell_runtime::record::{self, Phase};
-use openshell_runtime::state;
-use openshell_runtime::store::{self, Entry};
+use openshell_runtime::api::record::{self, Phase};
+use openshell_runtime::api::state;
+use openshell_runtime::api::store::{self, Entry};
 use serde::Serialize;
 
 use crate::output::{self, Format, fail};
@@ -196,8 +196,8 @@ fn exec(
     tty: bool,
     command: Vec<String>,
 ) -> i32 {
-    use openshell_runtime::exec::{ExecRequest, exec as exec_in};
-    let setup = openshell_runtime::spawn::EXIT_SETUP;
+    use openshell_runtime::api::exec::{ExecRequest, exec as exec_in};
+    let setup = openshell_runtime::api::EXIT_SETUP;
     let env = match env
         .iter()
         .map(|kv| match kv.split_once('=') {
@@ -390,7 +390,7 @@ const LAST: &str = "last-sandbox";
 /// Remember `name` as the last sandbox used.
 pub fn remember(name: &str) {
     let base = state::base_dir();
-    let _ = openshell_runtime::record::write_whole(&base.join(LAST), name.as_bytes(), false);
+    let _ = openshell_runtime::api::record::write_whole(&base.join(LAST), name.as_bytes(), false);
 }
 
 /// `name`, or the last sandbox used when none was given (said on stderr), or an error

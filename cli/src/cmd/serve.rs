@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use openshell_runtime::record::Phase;
-use openshell_runtime::{state, store};
+use openshell_runtime::api::record::Phase;
+use openshell_runtime::api::{state, store};
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixListener;
 use tokio::process::Command;

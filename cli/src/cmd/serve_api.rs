@@ -19,7 +19,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use openshell_runtime::state;
+use openshell_runtime::api::state;
 use serde::Deserialize;
 
 use super::serve::{Finished, MAX_OUTPUT, cli};
@@ -108,7 +108,7 @@ fn provider_name(name: &str) -> Result<&str, Answer> {
 
 /// The sandbox exists (its state directory), or the 404 to answer.
 fn exists(name: &str) -> Result<(), Answer> {
-    match openshell_runtime::store::find(&state::base_dir(), name) {
+    match openshell_runtime::api::store::find(&state::base_dir(), name) {
         Ok(_) => Ok(()),
         Err(e) => Err(error(StatusCode::NOT_FOUND, &e.to_string())),
     }

@@ -28,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
-use openshell_runtime::{state, store};
+use openshell_runtime::api::{state, store};
 
 /// Output kept for clients that attach later.
 pub const REPLAY: usize = 1 << 20;
@@ -187,8 +187,8 @@ async fn keep(
         let _ = std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600));
     }
     let (master, slave, _) =
-        openshell_runtime::confine::open_pty().map_err(|e| format!("host pty: {e}"))?;
-    let _ = openshell_runtime::relay::set_winsize(master.as_fd(), cols, rows);
+        openshell_runtime::api::session::open_pty().map_err(|e| format!("host pty: {e}"))?;
+    let _ = openshell_runtime::api::session::set_winsize(master.as_fd(), cols, rows);
     let dup = |fd: &std::os::fd::OwnedFd| {
         fd.try_clone()
             .map(std::process::Stdio::from)
@@ -365,7 +365,7 @@ impl Client {
                     let c = u16::from_be_bytes([payload[0], payload[1]]);
                     let r = u16::from_be_bytes([payload[2], payload[3]]);
                     if let Some(fd) = &self.winsize {
-                        let _ = openshell_runtime::relay::set_winsize(fd.as_fd(), c, r);
+                        let _ = openshell_runtime::api::session::set_winsize(fd.as_fd(), c, r);
                         if let Some(pid) = self.child_pid {
                             let _ = nix::sys::signal::kill(
                                 nix::unistd::Pid::from_raw(pid),
@@ -392,7 +392,7 @@ pub fn start(name: &str, argv: &[String], no_keep: bool) -> Result<(), String> {
     let _ = std::fs::create_dir_all(&logs);
     let err_log = open_log(&logs.join("session.err"))
         .ok_or_else(|| format!("{}: cannot open session.err", logs.display()))?;
-    let size = openshell_runtime::relay::get_winsize(std::io::stdout().as_fd())
+    let size = openshell_runtime::api::session::get_winsize(std::io::stdout().as_fd())
         .filter(|(c, r)| *c > 0 && *r > 0)
         .map_or("80,24".to_string(), |(c, r)| format!("{c},{r}"));
     let mut cmd = std::process::Command::new(exe);

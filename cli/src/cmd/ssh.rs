@@ -27,8 +27,8 @@ use russh::server::{Auth, ChannelOpenHandle, Config, Handler, Msg, Session};
 use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, MethodKind, MethodSet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use openshell_runtime::record::Phase;
-use openshell_runtime::{state, store};
+use openshell_runtime::api::record::Phase;
+use openshell_runtime::api::{state, store};
 
 use crate::output::fail;
 
@@ -134,7 +134,7 @@ struct Server {
     /// The supervisor of `init_pid` when the connection began: the connector joins
     /// init's namespaces only while init is still its child (not a reused pid).
     supervisor: u32,
-    connector: Arc<std::sync::Mutex<Option<openshell_runtime::forward::Connector>>>,
+    connector: Arc<std::sync::Mutex<Option<openshell_runtime::api::forward::Connector>>>,
 }
 
 impl Handler for Server {
@@ -255,7 +255,7 @@ impl Handler for Server {
 
 /// A TCP stream to the sandbox's 127.0.0.1:`port`.
 async fn connect_inside(
-    connector: &Arc<std::sync::Mutex<Option<openshell_runtime::forward::Connector>>>,
+    connector: &Arc<std::sync::Mutex<Option<openshell_runtime::api::forward::Connector>>>,
     init_pid: u32,
     supervisor: u32,
     port: u16,
@@ -266,11 +266,11 @@ async fn connect_inside(
         if c.is_none() {
             let parent = i32::try_from(init_pid)
                 .ok()
-                .and_then(openshell_runtime::exec::ppid);
+                .and_then(openshell_runtime::api::exec::ppid);
             if parent.is_none() || parent != i32::try_from(supervisor).ok() {
                 return Err(std::io::Error::other("the sandbox's init is gone"));
             }
-            *c = Some(openshell_runtime::forward::Connector::start(init_pid)?);
+            *c = Some(openshell_runtime::api::forward::Connector::start(init_pid)?);
         }
         let r = c.as_mut().map(|c| c.socket());
         match r {
@@ -456,8 +456,8 @@ async fn with_pty(
 ) -> Result<i32, String> {
     use std::os::fd::AsFd;
     let (master, slave, _) =
-        openshell_runtime::confine::open_pty().map_err(|e| format!("host pty: {e}"))?;
-    let _ = openshell_runtime::relay::set_winsize(master.as_fd(), cols, rows);
+        openshell_runtime::api::session::open_pty().map_err(|e| format!("host pty: {e}"))?;
+    let _ = openshell_runtime::api::session::set_winsize(master.as_fd(), cols, rows);
     let dup = |fd: &std::os::fd::OwnedFd| {
         fd.try_clone()
             .map(Stdio::from)
@@ -523,7 +523,7 @@ async fn with_pty(
                 Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {
                     let c = u16::try_from(col_width).unwrap_or(u16::MAX);
                     let r = u16::try_from(row_height).unwrap_or(u16::MAX);
-                    let _ = openshell_runtime::relay::set_winsize(winsize_fd.as_fd(), c, r);
+                    let _ = openshell_runtime::api::session::set_winsize(winsize_fd.as_fd(), c, r);
                     // The child has no controlling terminal: tell it the size changed.
                     signal_child(&child, &russh::Sig::Custom("WINCH".into()));
                 }

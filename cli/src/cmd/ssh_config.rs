@@ -13,7 +13,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use openshell_runtime::{state, store};
+use openshell_runtime::api::{state, store};
 
 use crate::output::fail;
 

@@ -3,9 +3,9 @@
 //! (the same probes as `doctor`).
 
 use openshell_images::store::Store;
-use openshell_runtime::features::{Level, probe};
-use openshell_runtime::record::Phase;
-use openshell_runtime::{state, store};
+use openshell_runtime::api::host::{Level, probe};
+use openshell_runtime::api::record::Phase;
+use openshell_runtime::api::{state, store};
 use serde::Serialize;
 
 use crate::output::{Format, structured};

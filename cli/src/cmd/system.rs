@@ -15,8 +15,8 @@ use std::path::Path;
 
 use clap::Subcommand;
 use openshell_images::store::{Store, force_remove};
-use openshell_runtime::record::Phase;
-use openshell_runtime::{state, store};
+use openshell_runtime::api::record::Phase;
+use openshell_runtime::api::{state, store};
 use serde::Serialize;
 
 use super::image::{human, in_store_userns};
@@ -68,7 +68,7 @@ fn disk_usage(p: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
 
 fn fail(e: impl std::fmt::Display) -> i32 {
     eprintln!("openshell: {e}");
-    openshell_runtime::spawn::EXIT_SETUP
+    openshell_runtime::api::EXIT_SETUP
 }
 
 /// What images and sandboxes there are, and the space they use.

@@ -11,9 +11,9 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use openshell_runtime::record::{self, Phase};
-use openshell_runtime::store::{self, Entry};
-use openshell_runtime::{control, state};
+use openshell_runtime::api::record::{self, Phase};
+use openshell_runtime::api::store::{self, Entry};
+use openshell_runtime::api::{control, state};
 
 use super::logs::{Filter, Level, render};
 use super::tail::FileTail;

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use openshell_runtime::transfer::{self, Report};
-use openshell_runtime::{idmap, state, store};
+use openshell_runtime::api::transfer::{self, Report};
+use openshell_runtime::api::{host as idmap, state, store};
 
 use crate::output::fail;
 

@@ -129,11 +129,6 @@ fn lookup_by_uid(passwd: &str, uid: u32) -> Option<u32> {
     })
 }
 
-/// Is `path` usable as a rootfs directory source (`--from ./dir`)?
-pub fn is_rootfs_dir(path: &Path) -> bool {
-    path.is_dir()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
