@@ -85,25 +85,15 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, SetupErr
     //    sync socket: EOF below means it died before we got going.
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-    // 2. Wait until the supervisor has written our uid/gid maps.
-    let mut b = [0u8; 1];
-    match nix::unistd::read(sync, &mut b) {
-        Ok(1) if b[0] == msg::GO => {}
-        _ => {
-            // SAFETY: the supervisor is gone; end quietly.
-            unsafe { libc::_exit(EXIT_SETUP) }
-        }
-    }
-    // 3. Our host supplementary groups mean nothing here; drop them where allowed.
-    if cfg.setgroups {
-        nix::unistd::setgroups(&[]).map_err(e(Step::Groups, "setgroups"))?;
-    }
-    // 4+5. Network and root filesystem, side by side: a thread of ours (network
+    // 2-5. Network and root filesystem, side by side: a thread of ours (network
     //    namespaces are per thread) sets up the router namespace we were created in —
     //    agent namespace, nftables, veth, listeners — and configures the agent's side,
-    //    while this thread builds the root filesystem (slave /, build, pivot, masks,
-    //    read-only remounts). pivot_root waits until the thread is done with host paths
-    //    (the nft fallback binary). Then this thread joins the agent's namespace.
+    //    while this thread waits for the id maps, then builds the root filesystem
+    //    (slave /, build, pivot, masks, read-only remounts). The network needs no id
+    //    map (only the capabilities a new user namespace starts with; it creates no
+    //    file), so it starts at once and overlaps the supervisor's newuidmap/newgidmap.
+    //    pivot_root waits until the thread is done with host paths (the nft fallback
+    //    binary). Then this thread joins the agent's namespace.
     let (paths_tx, paths_rx) = std::sync::mpsc::channel::<()>();
     let (fs_result, router) = std::thread::scope(|scope| {
         let net = match &cfg.net {
@@ -120,10 +110,27 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, SetupErr
                 Ok::<_, SetupError>(r)
             })),
         };
+        // 2. Wait until the supervisor has written our uid/gid maps.
+        let mut b = [0u8; 1];
+        match nix::unistd::read(sync, &mut b) {
+            Ok(1) if b[0] == msg::GO => {}
+            _ => {
+                // SAFETY: the supervisor is gone; end quietly (the network thread too).
+                unsafe { libc::_exit(EXIT_SETUP) }
+            }
+        }
+        // 3. Our host supplementary groups mean nothing here; drop them where allowed
+        //    (for every thread: the C library applies set*id calls process-wide).
+        if cfg.setgroups
+            && let Err(err) = nix::unistd::setgroups(&[])
+        {
+            return (Err(e(Step::Groups, "setgroups")(err)), Ok(None));
+        }
         // A failed thread drops its sender: recv returns at once.
         let fs = openshell_fs::apply_with(&cfg.mounts, || {
             let _ = paths_rx.recv();
-        });
+        })
+        .map_err(|err| SetupError::fs(&err));
         let router = match net {
             None => Ok(None),
             Some(h) => h
@@ -134,7 +141,7 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, SetupErr
         (fs, router)
     });
     let mut router = router?;
-    let applied = fs_result.map_err(|err| SetupError::fs(&err))?;
+    let applied = fs_result?;
     let note = |text: &str| {
         let mut m = vec![msg::NOTE];
         m.extend_from_slice(text.as_bytes());
