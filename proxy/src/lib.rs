@@ -78,6 +78,9 @@ fn system_path(p: &str) -> bool {
         && !p.split('/').any(|c| c == "..")
 }
 
+/// Executable paths whose first SHA-256 is remembered (see [`Context::who`]).
+pub const MAX_PINNED: usize = 16384;
+
 /// Everything the handlers share.
 pub struct Context {
     /// The live policy.
@@ -225,6 +228,16 @@ impl Context {
         let pinned = match &peer.sha256 {
             Ok(h) => {
                 let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+                // Bounded: past MAX_PINNED executables a new one is refused (never
+                // forgotten: a forgotten pin would accept a changed binary).
+                if pins.len() >= MAX_PINNED && !pins.contains_key(&peer.exe) {
+                    return (
+                        peer,
+                        Err(format!(
+                            "more than {MAX_PINNED} different executables have connected from this sandbox; a new one is refused"
+                        )),
+                    );
+                }
                 let first = pins.entry(peer.exe.clone()).or_insert_with(|| h.clone());
                 if first == h {
                     Ok(())
@@ -428,6 +441,41 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::normalize_name;
+    use super::*;
+
+    /// Every connection is made by `/bin/pN` for agent port N, all with one hash.
+    struct ByPort;
+    impl Identify for ByPort {
+        fn identify(&self, agent: SocketAddr, _remote: SocketAddr) -> Option<Peer> {
+            Some(Peer {
+                pid: 2,
+                exe: format!("/bin/p{}", agent.port()),
+                chain: vec![format!("/bin/p{}", agent.port())],
+                sha256: Ok("h".into()),
+                shared_with: Vec::new(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn pins_are_bounded_and_never_forgotten() {
+        let ctx = Context::new(
+            PolicyState::new(Policy::parse("version: 1\n").unwrap()),
+            Arc::new(ByPort),
+            Arc::new(Logger::new(None, false)),
+            None,
+            Vec::new(),
+        );
+        let remote: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        let at = |port: u16| SocketAddr::from(([10, 200, 0, 2], port));
+        for port in 0..MAX_PINNED as u16 {
+            assert!(ctx.who(at(port), remote).await.1.is_ok(), "{port}");
+        }
+        let (_, new) = ctx.who(at(MAX_PINNED as u16), remote).await;
+        assert!(new.unwrap_err().contains("different executables"));
+        // The ones pinned before still pass.
+        assert!(ctx.who(at(7), remote).await.1.is_ok());
+    }
 
     #[test]
     fn names_are_normalised_or_refused() {

@@ -24,6 +24,9 @@ use openshell_proxy::{Identify, Peer};
 /// Largest executable whose SHA-256 is computed (larger ones are refused, not hashed).
 const MAX_HASHED: u64 = 1 << 30;
 
+/// File versions whose SHA-256 is kept (the cache is emptied when it is full).
+const MAX_CACHED_HASHES: usize = 4096;
+
 /// dev, inode, mtime (s, ns), size: one version of a file.
 type FileVersion = (u64, u64, i64, i64, u64);
 
@@ -235,10 +238,13 @@ impl SandboxProcs {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        self.hashes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(k, h.clone());
+        let mut hashes = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: a sandbox that keeps making new executables (or touching one) must
+        // not grow the supervisor's memory; dropping the cache only costs re-hashing.
+        if hashes.len() >= MAX_CACHED_HASHES {
+            hashes.clear();
+        }
+        hashes.insert(k, h.clone());
         Ok(h)
     }
 }
