@@ -4,10 +4,12 @@
 //! life; the text pages of that one-off code stay mapped (and counted in their RSS)
 //! unless released — the same idea as the kernel freeing its `__init` sections.
 //!
-//! Only executable, never-written mappings (`r-xp`) are released, with MADV_DONTNEED:
-//! for a private file mapping that was never written this only drops the page-table
-//! entries, and a later use faults the same bytes back in from the page cache. Data,
-//! relocated read-only data (RELRO) and anonymous memory are left alone.
+//! Only read-only, never-written file mappings (`r-xp` code, `r--p` read-only data with
+//! no anonymous page in /proc/self/smaps) are released, with MADV_DONTNEED: for a
+//! private file mapping that was never written this only drops the page-table entries,
+//! and a later use faults the same bytes back in from the page cache. Data, relocated
+//! read-only data (RELRO: written by the loader, so it holds anonymous pages) and
+//! anonymous memory are left alone.
 
 /// How long a process waits idle before releasing its start-up code: a short run ends
 /// before that and would only pay for faulting the code back in.
@@ -41,22 +43,40 @@ pub fn wait_signal(
     set.wait()
 }
 
-/// Release the text pages of every executable file mapping of this process.
+/// Release the pages of every never-written, read-only file mapping of this process:
+/// its code (`r-xp`) and its read-only data (`r--p`: string tables, unwind tables) —
+/// only mappings with no anonymous (copied-on-write) page, so RELRO, which the loader
+/// wrote before making it read-only, is never touched.
 pub fn release_startup_code() {
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+    // smaps, not maps: each mapping's `Anonymous:` line tells whether it was written.
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
         return;
     };
-    for line in maps.lines() {
+    let mut current: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
+        if let Some(kb) = line.strip_prefix("Anonymous:") {
+            let written = kb.split_whitespace().next() != Some("0");
+            if let Some((start, end)) = current.take()
+                && !written
+            {
+                // SAFETY: the range is one whole read-only, private file mapping of
+                // this process (from /proc/self/smaps) holding no anonymous page: every
+                // resident page is the file's own bytes from the page cache, and being
+                // read-only it cannot be written (and so copied) meanwhile. Dropping
+                // the page-table entries only makes the next access fault the identical
+                // bytes back in; nothing is unmapped, no pointer is invalidated.
+                unsafe {
+                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+                }
+            }
+            continue;
+        }
         let mut f = line.split_whitespace();
         let (Some(range), Some(perms), Some(_off), Some(_dev), Some(inode)) =
             (f.next(), f.next(), f.next(), f.next(), f.next())
         else {
             continue;
         };
-        // File-backed (inode != 0), executable, not writable, private.
-        if perms != "r-xp" || inode == "0" {
-            continue;
-        }
         let Some((start, end)) = range.split_once('-') else {
             continue;
         };
@@ -64,19 +84,19 @@ pub fn release_startup_code() {
             usize::from_str_radix(start, 16),
             usize::from_str_radix(end, 16),
         ) else {
+            // A field line ("Rss: ...") rather than a mapping's header.
             continue;
         };
-        if end <= start {
-            continue;
-        }
-        // SAFETY: the range is one whole r-xp file mapping of this process taken from
-        // /proc/self/maps; such pages are never written (no text relocations in our
-        // PIE binary or in shared libraries), so dropping their page-table entries only
-        // makes the next access fault the identical file bytes back in. No memory is
-        // unmapped and no pointer into it is invalidated.
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
-        }
+        // A new mapping: file-backed (inode != 0), private, readable, never writable.
+        current = (matches!(perms, "r-xp" | "r--p") && inode != "0" && end > start)
+            .then_some((start, end));
+    }
+    // And the heap's free memory left by start-up (parsed policies, plans, buffers).
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap memory to the kernel; it is
+    // thread-safe and touches no memory in use.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -97,5 +117,12 @@ mod tests {
         };
         assert!(rss(&after) <= rss(&before), "{before}\n{after}");
         assert_eq!(format!("{:?}", vec![1, 2, 3]), "[1, 2, 3]");
+        // Read-only data (a string table) reads back the same from re-faulted pages,
+        // and relocated data (a static holding a pointer: RELRO) still points right.
+        static WORDS: [&str; 3] = ["landlock", "seccomp", "namespaces"];
+        assert_eq!(WORDS.concat(), "landlockseccompnamespaces");
+        let f: fn() -> u32 = || 42;
+        static F: std::sync::OnceLock<fn() -> u32> = std::sync::OnceLock::new();
+        assert_eq!(F.get_or_init(|| f)(), 42);
     }
 }
