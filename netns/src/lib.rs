@@ -181,7 +181,7 @@ fn setns(ns: &std::fs::File, what: &'static str) -> Result<(), NetError> {
 
 /// In the namespace init was created in (the router's): create the agent namespace
 /// (and come back), the nftables rules (over netlink; the host's `nft` as a fallback
-/// child), then — after `paths_done`, from when on nothing here resolves a path, so the
+/// child, started once `before_fallback` returns), then — after `paths_done`, from when on nothing here resolves a path, so the
 /// caller may pivot its root meanwhile — the veth pair with its agent end created
 /// directly inside the agent namespace (moving a device costs an RCU grace period: tens
 /// of milliseconds), the router address and the listeners.
@@ -191,6 +191,7 @@ fn setns(ns: &std::fs::File, what: &'static str) -> Result<(), NetError> {
 /// main thread in with [`Router::join_agent`].
 pub fn setup_router(
     nft: Option<&std::path::Path>,
+    before_fallback: impl FnOnce(),
     paths_done: impl FnOnce(),
 ) -> Result<Router, NetError> {
     // Paths first (the namespace files through a /proc directory fd that outlives a
@@ -212,6 +213,7 @@ pub fn setup_router(
     let nft = if direct {
         None
     } else {
+        before_fallback();
         nft.and_then(|bin| rules::load(bin).ok())
     };
     paths_done();

@@ -80,6 +80,15 @@ fn system_path(p: &str) -> bool {
 
 /// Executable paths whose first SHA-256 is remembered (see [`Context::who`]).
 pub const MAX_PINNED: usize = 16384;
+/// The bytes of those paths, at most.
+pub const MAX_PINNED_BYTES: usize = 1 << 20;
+
+/// First-seen SHA-256 of each executable path, and the bytes of those paths.
+#[derive(Default)]
+struct Pins {
+    map: HashMap<String, String>,
+    bytes: usize,
+}
 
 /// Everything the handlers share.
 pub struct Context {
@@ -90,7 +99,7 @@ pub struct Context {
     /// Decision log.
     pub log: Arc<Logger>,
     /// First-seen SHA-256 of each executable path.
-    pins: Mutex<HashMap<String, String>>,
+    pins: Mutex<Pins>,
     /// Names our DNS answered, by address (for transparent `protocol: tcp`).
     pub dns_names: Mutex<HashMap<IpAddr, String>>,
     /// Upstream connect timeout.
@@ -125,7 +134,7 @@ impl Context {
             policy,
             identify,
             log,
-            pins: Mutex::new(HashMap::new()),
+            pins: Mutex::new(Pins::default()),
             dns_names: Mutex::new(HashMap::new()),
             connect_timeout: Duration::from_secs(10),
             resolved: Mutex::new(HashMap::new()),
@@ -228,17 +237,28 @@ impl Context {
         let pinned = match &peer.sha256 {
             Ok(h) => {
                 let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
-                // Bounded: past MAX_PINNED executables a new one is refused (never
-                // forgotten: a forgotten pin would accept a changed binary).
-                if pins.len() >= MAX_PINNED && !pins.contains_key(&peer.exe) {
+                // Bounded in number and in bytes (paths are up to 4 KiB): past that a
+                // new executable is refused (never forgotten: a forgotten pin would
+                // accept a changed binary).
+                if !pins.map.contains_key(&peer.exe)
+                    && (pins.map.len() >= MAX_PINNED
+                        || pins.bytes + peer.exe.len() > MAX_PINNED_BYTES)
+                {
                     return (
                         peer,
                         Err(format!(
-                            "more than {MAX_PINNED} different executables have connected from this sandbox; a new one is refused"
+                            "more than {MAX_PINNED} different executables (or {} MiB of their paths) have connected from this sandbox; a new one is refused",
+                            MAX_PINNED_BYTES >> 20
                         )),
                     );
                 }
-                let first = pins.entry(peer.exe.clone()).or_insert_with(|| h.clone());
+                if !pins.map.contains_key(&peer.exe) {
+                    pins.bytes += peer.exe.len();
+                }
+                let first = pins
+                    .map
+                    .entry(peer.exe.clone())
+                    .or_insert_with(|| h.clone());
                 if first == h {
                     Ok(())
                 } else {
@@ -475,6 +495,41 @@ mod tests {
         assert!(new.unwrap_err().contains("different executables"));
         // The ones pinned before still pass.
         assert!(ctx.who(at(7), remote).await.1.is_ok());
+    }
+
+    /// Every connection is made by a 4000-byte path ending in the agent port.
+    struct LongPaths;
+    impl Identify for LongPaths {
+        fn identify(&self, agent: SocketAddr, _remote: SocketAddr) -> Option<Peer> {
+            let exe = format!("/{}{}", "d/".repeat(1995), agent.port());
+            Some(Peer {
+                pid: 2,
+                exe: exe.clone(),
+                chain: vec![exe],
+                sha256: Ok("h".into()),
+                shared_with: Vec::new(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn pinned_paths_are_bounded_in_bytes() {
+        let ctx = Context::new(
+            PolicyState::new(Policy::parse("version: 1\n").unwrap()),
+            Arc::new(LongPaths),
+            Arc::new(Logger::new(None, false)),
+            None,
+            Vec::new(),
+        );
+        let remote: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        let at = |port: u16| SocketAddr::from(([10, 200, 0, 2], port));
+        let fits = (MAX_PINNED_BYTES / 3995) as u16;
+        for port in 1000..1000 + fits {
+            assert!(ctx.who(at(port), remote).await.1.is_ok(), "{port}");
+        }
+        let (_, refused) = ctx.who(at(2000 + fits), remote).await;
+        assert!(refused.unwrap_err().contains("MiB of their paths"));
+        assert!(ctx.who(at(1001), remote).await.1.is_ok());
     }
 
     #[test]

@@ -368,6 +368,27 @@ fn a_binary_changed_after_first_use_is_denied() {
         "{}",
         n.log()
     );
+    // Changed in place — same inode, same size, its modification time put back — is a
+    // change too (the ctime cannot be put back). The last byte of a stripped ELF is in
+    // its section headers, which running it never reads.
+    let n = Net::new();
+    let script = format!(
+        "cp /usr/bin/curl /sandbox/tool; /sandbox/tool -sS -m 10 -o /dev/null -w 'first=%{{http_code}}\n' http://{host}/; \
+         cp -p /sandbox/tool /sandbox/ref; ino=$(stat -c %i:%s /sandbox/tool); \
+         size=$(stat -c %s /sandbox/tool); \
+         printf Z | dd of=/sandbox/tool bs=1 seek=$((size - 1)) conv=notrunc 2>/dev/null; \
+         touch -r /sandbox/ref /sandbox/tool; \
+         [ \"$ino\" = \"$(stat -c %i:%s /sandbox/tool)\" ] && ! cmp -s /sandbox/ref /sandbox/tool && \
+         [ \"$(stat -c %y /sandbox/ref)\" = \"$(stat -c %y /sandbox/tool)\" ] && echo same-inode-size-mtime; \
+         /sandbox/tool -sS -m 10 -o /dev/null -w 'second=%{{http_code}}\n' http://{host}/"
+    );
+    let out = n.run(Some(&p), &script);
+    assert_eq!(
+        stdout(&out),
+        "first=200\nsame-inode-size-mtime\nsecond=403\n",
+        "{}",
+        stderr(&out)
+    );
 }
 
 fn git_and_curl_through_the_proxy() {

@@ -24,6 +24,9 @@ use crate::spawn::{Confinement, EXIT_SETUP, ExecSpec, exec_confined};
 
 /// Messages on the sync socket, first byte.
 pub mod msg {
+    /// supervisor → init: init is in the sandbox's cgroup; its network may start (it
+    /// needs no id map).
+    pub const EARLY: u8 = b'S';
     /// supervisor → init: the id maps are written, go on.
     pub const GO: u8 = b'G';
     /// init → supervisor: the pty master fd rides along (SCM_RIGHTS).
@@ -91,10 +94,24 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, SetupErr
     //    while this thread waits for the id maps, then builds the root filesystem
     //    (slave /, build, pivot, masks, read-only remounts). The network needs no id
     //    map (only the capabilities a new user namespace starts with; it creates no
-    //    file), so it starts at once and overlaps the supervisor's newuidmap/newgidmap.
+    //    file), so it starts before them and overlaps the supervisor's
+    //    newuidmap/newgidmap — except the `nft` fallback child, which waits until our
+    //    host groups are dropped.
     //    pivot_root waits until the thread is done with host paths (the nft fallback
     //    binary). Then this thread joins the agent's namespace.
+    //    Nothing runs before the supervisor has put us in the sandbox's cgroup (EARLY):
+    //    what the network allocates is charged to the sandbox.
+    let mut b = [0u8; 1];
+    match nix::unistd::read(sync, &mut b) {
+        Ok(1) if b[0] == msg::EARLY => {}
+        _ => {
+            // SAFETY: the supervisor is gone; end quietly.
+            unsafe { libc::_exit(EXIT_SETUP) }
+        }
+    }
     let (paths_tx, paths_rx) = std::sync::mpsc::channel::<()>();
+    // The nft fallback child starts once our host groups are dropped (after GO).
+    let (groups_tx, groups_rx) = std::sync::mpsc::channel::<()>();
     let (fs_result, router) = std::thread::scope(|scope| {
         let net = match &cfg.net {
             NetworkMode::Isolated => {
@@ -102,9 +119,15 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, SetupErr
                 None
             }
             NetworkMode::Proxied { nft } => Some(scope.spawn(move || {
-                let mut r = openshell_netns::setup_router(nft.as_deref(), move || {
-                    let _ = paths_tx.send(());
-                })
+                let mut r = openshell_netns::setup_router(
+                    nft.as_deref(),
+                    move || {
+                        let _ = groups_rx.recv();
+                    },
+                    move || {
+                        let _ = paths_tx.send(());
+                    },
+                )
                 .map_err(|err| SetupError::net(&err))?;
                 r.enter_agent().map_err(|err| SetupError::net(&err))?;
                 Ok::<_, SetupError>(r)
@@ -126,6 +149,7 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, SetupErr
         {
             return (Err(e(Step::Groups, "setgroups")(err)), Ok(None));
         }
+        drop(groups_tx);
         // A failed thread drops its sender: recv returns at once.
         let fs = openshell_fs::apply_with(&cfg.mounts, || {
             let _ = paths_rx.recv();

@@ -27,8 +27,10 @@ const MAX_HASHED: u64 = 1 << 30;
 /// File versions whose SHA-256 is kept (the cache is emptied when it is full).
 const MAX_CACHED_HASHES: usize = 4096;
 
-/// dev, inode, mtime (s, ns), size: one version of a file.
-type FileVersion = (u64, u64, i64, i64, u64);
+/// dev, inode, mtime (s, ns), ctime (s, ns), size: one version of a file. The ctime is
+/// what a sandboxed program cannot set back (`utimensat` sets the mtime, and changes the
+/// ctime): rewriting an executable in place and restoring its mtime is a new version.
+type FileVersion = (u64, u64, i64, i64, i64, i64, u64);
 
 /// Identifies connections of one sandbox.
 pub struct SandboxProcs {
@@ -181,6 +183,8 @@ impl SandboxProcs {
                 st.st_ino,
                 st.st_mtime,
                 st.st_mtime_nsec,
+                st.st_ctime,
+                st.st_ctime_nsec,
                 st.st_size as u64,
             )
         };
@@ -241,7 +245,7 @@ impl SandboxProcs {
         let mut hashes = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
         // Bounded: a sandbox that keeps making new executables (or touching one) must
         // not grow the supervisor's memory; dropping the cache only costs re-hashing.
-        if hashes.len() >= MAX_CACHED_HASHES {
+        if hashes.len() >= MAX_CACHED_HASHES && !hashes.contains_key(&k) {
             hashes.clear();
         }
         hashes.insert(k, h.clone());

@@ -88,12 +88,12 @@ pub(crate) fn start_and_wait(
     }
     drop(theirs);
     let init_pid = Pid::from_raw(pid as i32);
-    if let Err(e) = idmap::apply(ids, init_pid.as_raw()) {
-        let _ = nix::sys::signal::kill(init_pid, Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(init_pid, None);
-        return Err(e.into());
-    }
-    // Into the sandbox's cgroup before init starts anything: all it forks follows.
+    // OPENSHELL_DEBUG_HOLD_INIT=1 leaves init waiting before its setup (its namespaces
+    // exist and can be entered with nsenter); the wait below then ends by the setup
+    // timeout or a signal, as it would for a setup that hangs.
+    let hold = std::env::var_os("OPENSHELL_DEBUG_HOLD_INIT").is_some();
+    // Into the sandbox's cgroup before init starts anything: all it forks or allocates
+    // follows. Then its network may start (EARLY) while the id maps are written.
     if let Some(cg) = cgroup
         && let Err(e) = cg.add(init_pid.as_raw())
     {
@@ -101,10 +101,15 @@ pub(crate) fn start_and_wait(
         let _ = nix::sys::wait::waitpid(init_pid, None);
         return Err(RunError::Invalid(e));
     }
-    // OPENSHELL_DEBUG_HOLD_INIT=1 leaves init waiting before its setup (its namespaces
-    // exist and can be entered with nsenter); the wait below then ends by the setup
-    // timeout or a signal, as it would for a setup that hangs.
-    if std::env::var_os("OPENSHELL_DEBUG_HOLD_INIT").is_none() {
+    if !hold {
+        nix::unistd::write(&ours, &[msg::EARLY]).map_err(sys("release init"))?;
+    }
+    if let Err(e) = idmap::apply(ids, init_pid.as_raw()) {
+        let _ = nix::sys::signal::kill(init_pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(init_pid, None);
+        return Err(e.into());
+    }
+    if !hold {
         nix::unistd::write(&ours, &[msg::GO]).map_err(sys("release init"))?;
     }
     let deadline = std::time::Instant::now() + timeout;
