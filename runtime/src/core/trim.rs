@@ -56,10 +56,19 @@ pub fn wait_signal(
 /// loading a library maps it as one read-only region first, then maps its data over
 /// it) and would not see swapped-out copies.
 pub fn release_startup_code() {
+    // SAFETY: sysconf has no preconditions.
+    let mut page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => return,
+    };
     // SAFETY: dl_iterate_phdr calls `release_object` once per loaded object with a
-    // valid `dl_phdr_info` (see there) and a null `data` it does not use.
+    // valid `dl_phdr_info` (see there) and `data` pointing to the page size, which
+    // outlives the call.
     unsafe {
-        libc::dl_iterate_phdr(Some(release_object), std::ptr::null_mut());
+        libc::dl_iterate_phdr(
+            Some(release_object),
+            (&raw mut page).cast::<libc::c_void>(),
+        );
     }
     // And the heap's free memory left by start-up (parsed policies, plans, buffers).
     #[cfg(target_env = "gnu")]
@@ -94,12 +103,17 @@ fn outside(start: usize, end: usize, hole: Option<(usize, usize)>) -> [(usize, u
 /// # Safety
 /// `info` must point to a valid `dl_phdr_info` whose program headers and dynamic
 /// section are those of a loaded object (as `dl_iterate_phdr` guarantees while the
-/// callback runs).
+/// callback runs); `data` to the page size.
 unsafe extern "C" fn release_object(
     info: *mut libc::dl_phdr_info,
     _size: libc::size_t,
-    _data: *mut libc::c_void,
+    data: *mut libc::c_void,
 ) -> libc::c_int {
+    // SAFETY: per this function's contract.
+    let page = unsafe { *data.cast::<usize>() };
+    if page == 0 || !page.is_power_of_two() {
+        return 0;
+    }
     // SAFETY: per this function's contract.
     let info = unsafe { &*info };
     if !info.dlpi_name.is_null() {
@@ -113,8 +127,11 @@ unsafe extern "C" fn release_object(
     if info.dlpi_phdr.is_null() || info.dlpi_phnum == 0 {
         return 0;
     }
-    // SAFETY: dlpi_phdr points to dlpi_phnum program headers of the object.
-    let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+    // SAFETY: dlpi_phdr points to dlpi_phnum program headers of the object. Copied:
+    // they lie in the object's first read-only segment, which is about to be dropped
+    // (reading them afterwards would fault it back in).
+    let phdrs: Vec<libc::Elf64_Phdr> =
+        unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }.to_vec();
     let base = info.dlpi_addr as usize;
     // Text relocations mean read-only segments were written: leave such an object be.
     for p in phdrs.iter().filter(|p| p.p_type == libc::PT_DYNAMIC) {
@@ -133,11 +150,6 @@ unsafe extern "C" fn release_object(
             d = unsafe { d.add(1) };
         }
     }
-    // SAFETY: sysconf has no preconditions.
-    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        n if n > 0 => n as usize,
-        _ => return 0,
-    };
     let relro = phdrs
         .iter()
         .find(|p| p.p_type == libc::PT_GNU_RELRO)
