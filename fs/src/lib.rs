@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod flatten;
+pub mod home;
 pub mod inroot;
 pub mod landlock;
 pub mod plan;

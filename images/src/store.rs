@@ -85,9 +85,9 @@ impl Store {
         if nix::unistd::geteuid().is_root() {
             return PathBuf::from("/var/lib/openshell/images");
         }
-        std::env::var_os("HOME")
-            .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from)
-            .join(".local/share/openshell/images")
+        // Never a shared directory such as /tmp/.local (another user could plant
+        // layers there): the account's home, else a private /tmp directory.
+        openshell_fs::home::per_user(".local/share/openshell/images", "openshell-images")
     }
 
     /// Open (creating) the store at `root`.

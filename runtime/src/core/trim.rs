@@ -65,10 +65,7 @@ pub fn release_startup_code() {
     // valid `dl_phdr_info` (see there) and `data` pointing to the page size, which
     // outlives the call.
     unsafe {
-        libc::dl_iterate_phdr(
-            Some(release_object),
-            (&raw mut page).cast::<libc::c_void>(),
-        );
+        libc::dl_iterate_phdr(Some(release_object), (&raw mut page).cast::<libc::c_void>());
     }
     // And the heap's free memory left by start-up (parsed policies, plans, buffers).
     #[cfg(target_env = "gnu")]

@@ -171,37 +171,8 @@ pub fn base_dir() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
         return PathBuf::from("/var/lib/openshell");
     }
-    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(home).join(".local/state/openshell");
-    }
-    // No HOME (a service, `env -i`): the account's home directory — never a shared
-    // directory like /tmp/.local, which another user could create first and read or
-    // change our sandboxes through.
-    let uid = nix::unistd::geteuid();
-    if let Ok(Some(user)) = nix::unistd::User::from_uid(uid) {
-        return user.dir.join(".local/state/openshell");
-    }
-    private_tmp_state(uid.as_raw())
-}
-
-/// The state directory of an account with neither HOME nor a home directory (an
-/// arbitrary uid in a container): `/tmp/openshell-state-UID`, used only while it is a
-/// directory of ours that nobody else can write; otherwise a path that cannot be
-/// created, after saying why (docs/sandboxes.md).
-fn private_tmp_state(uid: u32) -> PathBuf {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    let dir = PathBuf::from(format!("/tmp/openshell-state-{uid}"));
-    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
-    match std::fs::symlink_metadata(&dir) {
-        Ok(m) if m.is_dir() && m.uid() == uid && m.mode() & 0o022 == 0 => dir,
-        _ => {
-            eprintln!(
-                "openshell: neither HOME nor a home directory is known, and {} is not a private directory of yours: set HOME or OPENSHELL_STATE_DIR",
-                dir.display()
-            );
-            PathBuf::from("/proc/self/openshell-state-unavailable")
-        }
-    }
+    // Never a shared directory (docs/sandboxes.md, "Where the state lives").
+    openshell_fs::home::per_user(".local/state/openshell", "openshell-state")
 }
 
 /// Check a user-given sandbox name.
@@ -500,15 +471,6 @@ pub fn upload(local: &Path, workspace: &Path, rel: &Path, all: bool) -> Result<u
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_shared_tmp_state_dir_not_ours_is_refused() {
-        // A uid that is not ours: the directory made (or found) is not owned by it.
-        let fake = 4_000_000_000u32;
-        let got = super::private_tmp_state(fake);
-        let _ = std::fs::remove_dir(format!("/tmp/openshell-state-{fake}"));
-        assert_eq!(got, PathBuf::from("/proc/self/openshell-state-unavailable"));
-    }
 
     #[test]
     fn names() {
