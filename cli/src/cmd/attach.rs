@@ -23,11 +23,84 @@ pub enum Attached {
 }
 
 /// Detach keys: Ctrl-P then Ctrl-Q, as a terminal sends them plainly (0x10, 0x11), with
-/// the kitty keyboard protocol (`CSI 112;5u`) or with xterm's modifyOtherKeys
-/// (`CSI 27;5;112~`): the command inside may turn either on, and must not thereby
-/// take the way out from the user.
-const CTRL_P: &[&[u8]] = &[b"\x10", b"\x1b[112;5u", b"\x1b[27;5;112~"];
-const CTRL_Q: &[&[u8]] = &[b"\x11", b"\x1b[113;5u", b"\x1b[27;5;113~"];
+/// xterm's modifyOtherKeys (`CSI 27;5;112~`) or with the kitty keyboard protocol
+/// (`CSI 112;5u`, also with Caps Lock or Num Lock on — `CSI 112;69u` — and as press
+/// events `CSI 112;5:1u`): the command inside may turn either protocol on, and must not
+/// thereby take the way out from the user. Between the two, kitty's release events and
+/// presses of modifier keys alone are let by (`ignorable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    P,
+    Q,
+}
+
+const MODIFY_OTHER_KEYS: [(&[u8], Key); 2] =
+    [(b"\x1b[27;5;112~", Key::P), (b"\x1b[27;5;113~", Key::Q)];
+
+/// A kitty keyboard protocol key event at the start of `input` (`CSI code[:alt...]
+/// [;mods[:event][;text]] u`): its key code, modifier bits (mods - 1), event type (1
+/// press, 2 repeat, 3 release) and length. At most 48 bytes are looked at.
+fn csi_u(input: &[u8]) -> Option<(u32, u32, u32, usize)> {
+    let body = input.strip_prefix(b"\x1b[")?;
+    let end = body
+        .iter()
+        .take(48)
+        .position(|b| !(b.is_ascii_digit() || *b == b';' || *b == b':'))?;
+    if body[end] != b'u' {
+        return None;
+    }
+    let text = std::str::from_utf8(&body[..end]).ok()?;
+    let mut fields = text.split(';');
+    let code: u32 = fields.next()?.split(':').next()?.parse().ok()?;
+    let (mods, event) = match fields.next() {
+        None => (1, 1),
+        Some(f) => {
+            let mut m = f.split(':');
+            let mods: u32 = m.next()?.parse().ok()?;
+            let event: u32 = m.next().map_or(Some(1), |e| e.parse().ok())?;
+            (mods, event)
+        }
+    };
+    Some((code, mods.checked_sub(1)?, event, 2 + end + 1))
+}
+
+/// Ctrl, with Caps Lock and Num Lock allowed on (kitty reports them as modifiers).
+fn ctrl_only(bits: u32) -> bool {
+    const CTRL: u32 = 4;
+    const LOCKS: u32 = 64 | 128;
+    bits & CTRL != 0 && bits & !(CTRL | LOCKS) == 0
+}
+
+/// A detach key pressed at the start of `input`, and its length.
+fn key_at(input: &[u8]) -> Option<(Key, usize)> {
+    match input.first()? {
+        0x10 => return Some((Key::P, 1)),
+        0x11 => return Some((Key::Q, 1)),
+        _ => {}
+    }
+    if let Some((form, k)) = MODIFY_OTHER_KEYS.iter().find(|(f, _)| input.starts_with(f)) {
+        return Some((*k, form.len()));
+    }
+    let (code, bits, event, len) = csi_u(input)?;
+    let key = match code {
+        112 => Key::P,
+        113 => Key::Q,
+        _ => return None,
+    };
+    (ctrl_only(bits) && event != 3).then_some((key, len))
+}
+
+/// A kitty event that may come between Ctrl-P and Ctrl-Q without breaking them up: any
+/// release, or a press of a modifier key alone (left/right Shift … Meta, Caps Lock,
+/// Num Lock).
+fn ignorable(input: &[u8]) -> Option<usize> {
+    let (code, _, event, len) = csi_u(input)?;
+    let modifier = (57441..=57452).contains(&code) || code == 57358 || code == 57360;
+    (event == 3 || modifier).then_some(len)
+}
+
+/// The most held back after a Ctrl-P while waiting for what follows it.
+const HELD_MAX: usize = 4096;
 
 /// What the terminal is told when this client lets go of it, whatever the command
 /// left on (and the main screen when it was left on the alternate one): a visible cursor, no mouse reporting, no bracketed paste,
@@ -75,14 +148,11 @@ impl Drop for Raw {
 }
 
 /// Splits input at the detach keys: what to send, and whether they were pressed. A
-/// Ctrl-P at the end of a read is held back until the next key says what it was.
+/// Ctrl-P (and what may follow it unnoticed, `ignorable`) is held back until the next
+/// key says what it was.
 #[derive(Default)]
 struct DetachKeys {
-    held: Option<&'static [u8]>,
-}
-
-fn key_at(input: &[u8], forms: &[&'static [u8]]) -> Option<&'static [u8]> {
-    forms.iter().copied().find(|f| input.starts_with(f))
+    held: Vec<u8>,
 }
 
 impl DetachKeys {
@@ -91,15 +161,21 @@ impl DetachKeys {
         let mut i = 0;
         while i < input.len() {
             let rest = &input[i..];
-            if let Some(p) = self.held.take() {
-                if key_at(rest, CTRL_Q).is_some() {
+            if !self.held.is_empty() {
+                if let Some((Key::Q, _)) = key_at(rest) {
+                    self.held.clear();
                     return (out, true);
                 }
-                out.extend_from_slice(p);
+                if let Some(n) = ignorable(rest).filter(|_| self.held.len() < HELD_MAX) {
+                    self.held.extend_from_slice(&rest[..n]);
+                    i += n;
+                    continue;
+                }
+                out.append(&mut self.held);
             }
-            if let Some(p) = key_at(rest, CTRL_P) {
-                self.held = Some(p);
-                i += p.len();
+            if let Some((Key::P, n)) = key_at(rest) {
+                self.held.extend_from_slice(&rest[..n]);
+                i += n;
             } else {
                 out.push(rest[0]);
                 i += 1;
@@ -348,5 +424,55 @@ mod tests {
             k.feed(b"\x1b[A\x1b[113;5u"),
             (b"\x1b[A\x1b[113;5u".to_vec(), false)
         );
+    }
+
+    #[test]
+    fn kitty_lock_modifiers_and_event_types() {
+        // Caps Lock (64) and Num Lock (128) on: still Ctrl-P Ctrl-Q.
+        for (p, q) in [
+            (&b"\x1b[112;69u"[..], &b"\x1b[113;69u"[..]),
+            (b"\x1b[112;133u", b"\x1b[113;133u"),
+            (b"\x1b[112;197u", b"\x1b[113;5u"),
+            // Explicit press events, and alternate key codes.
+            (b"\x1b[112:80;5:1u", b"\x1b[113;5:1u"),
+        ] {
+            let mut k = DetachKeys::default();
+            let input = [p, q].concat();
+            assert_eq!(
+                k.feed(&input),
+                (vec![], true),
+                "{:?}",
+                String::from_utf8_lossy(&input)
+            );
+        }
+        // Releases and a modifier pressed alone in between (report-all-keys mode).
+        let mut k = DetachKeys::default();
+        assert_eq!(
+            k.feed(b"\x1b[112;5u\x1b[112;5:3u\x1b[57442;5u\x1b[113;5u"),
+            (vec![], true)
+        );
+        // Ctrl-Shift-P or Alt-Ctrl-P is not the detach key; a release of Ctrl-P alone
+        // neither.
+        for not in [&b"\x1b[112;6u"[..], b"\x1b[112;7u", b"\x1b[112;5:3u"] {
+            let mut k = DetachKeys::default();
+            let input = [not, b"\x1b[113;5u"].concat();
+            assert_eq!(k.feed(&input), (input.clone(), false));
+        }
+        // Held events go through in order when something else follows.
+        let mut k = DetachKeys::default();
+        assert_eq!(
+            k.feed(b"\x1b[112;5u\x1b[112;5:3ux"),
+            (b"\x1b[112;5u\x1b[112;5:3ux".to_vec(), false)
+        );
+        // Hostile or broken sequences neither panic nor detach.
+        for junk in [
+            &b"\x1b[;u"[..],
+            b"\x1b[112;0u",
+            b"\x1b[99999999999;5u",
+            b"\x1b[112;5:u",
+        ] {
+            let mut k = DetachKeys::default();
+            assert!(!k.feed(junk).1);
+        }
     }
 }
