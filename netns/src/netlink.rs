@@ -219,11 +219,17 @@ pub fn index_of(name: &str) -> Result<i32, Errno> {
 /// agent namespace and handed to the supervisor, it answers "which socket is this
 /// 4-tuple" in one round trip, however many sockets the namespace has.
 pub fn sock_diag_socket() -> Result<OwnedFd, Errno> {
+    bound_socket(SockProtocol::NetlinkSockDiag)
+}
+
+/// A netlink socket of `protocol` in the current network namespace, bound (the kernel
+/// picks its port id).
+pub fn bound_socket(protocol: SockProtocol) -> Result<OwnedFd, Errno> {
     let fd = socket(
         AddressFamily::Netlink,
         SockType::Raw,
         SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkSockDiag,
+        protocol,
     )?;
     bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
     Ok(fd)

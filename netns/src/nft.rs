@@ -6,10 +6,7 @@
 use std::os::fd::AsRawFd;
 
 use nix::errno::Errno;
-use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send,
-    socket,
-};
+use nix::sys::socket::{MsgFlags, SockProtocol, recv, send};
 
 use crate::netlink::attr;
 use crate::queue::{QUEUE_NUM, REFUSED_MARK};
@@ -405,13 +402,7 @@ pub fn load() -> Result<bool, Errno> {
 
 /// Send one batch on a socket of its own; Ok once every message is acked.
 fn send_batch(chains: &[Chain]) -> Result<(), Errno> {
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkNetFilter,
-    )?;
-    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
+    let fd = crate::netlink::bound_socket(SockProtocol::NetlinkNetFilter)?;
     let (msg, mut acked) = batch(chains);
     send(fd.as_raw_fd(), &msg, MsgFlags::empty())?;
     let mut buf = vec![0u8; 16384];

@@ -20,10 +20,7 @@ use std::net::SocketAddrV4;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send,
-    setsockopt, socket, sockopt,
-};
+use nix::sys::socket::{MsgFlags, SockProtocol, recv, send, setsockopt, sockopt};
 
 use crate::netlink::attr;
 
@@ -75,13 +72,7 @@ pub enum Verdict {
 /// sandbox runs: packets queued before the supervisor reads wait in the socket, none
 /// slips through to the listener for want of a reader.
 pub fn socket_for_queue() -> Result<OwnedFd, Errno> {
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkNetFilter,
-    )?;
-    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
+    let fd = crate::netlink::bound_socket(SockProtocol::NetlinkNetFilter)?;
     // Best effort: a burst of attempts should not overflow the default buffer, and an
     // overflow must not stop the reader (it only loses packets the kernel then lets
     // through after MAX_WAITING, to the listener).

@@ -38,16 +38,7 @@ const NOT_ALLOWED: &str =
 
 /// Log a refused connection attempt (`NET:BYPASS`).
 fn log_refusal(ctx: &Context, who: &Peer, host: &str, port: u16, reason: &str) {
-    ctx.log.net(&NetEvent {
-        kind: "NET:BYPASS",
-        allowed: false,
-        binary: &who.exe,
-        pid: who.pid,
-        host,
-        port,
-        policy: None,
-        reason: Some(reason),
-    });
+    ctx.log_denied("NET:BYPASS", who, host, port, reason);
 }
 
 /// Decide a connection attempt before its handshake (the router's packet queue,

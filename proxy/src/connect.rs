@@ -325,14 +325,5 @@ async fn tunnel(
 }
 
 fn deny(ctx: &Context, who: &crate::Peer, host: &str, port: u16, reason: &str) {
-    ctx.log.net(&NetEvent {
-        kind: "NET:OPEN",
-        allowed: false,
-        binary: &who.exe,
-        pid: who.pid,
-        host,
-        port,
-        policy: None,
-        reason: Some(reason),
-    });
+    ctx.log_denied("NET:OPEN", who, host, port, reason);
 }

@@ -205,6 +205,21 @@ impl Context {
         out
     }
 
+    /// Log a denied connection (`kind`: `NET:OPEN`, `NET:BYPASS`) of `who` to
+    /// `host:port`.
+    pub(crate) fn log_denied(&self, kind: &str, who: &Peer, host: &str, port: u16, reason: &str) {
+        self.log.net(&log::NetEvent {
+            kind,
+            allowed: false,
+            binary: &who.exe,
+            pid: who.pid,
+            host,
+            port,
+            policy: None,
+            reason: Some(reason),
+        });
+    }
+
     /// Who owns the connection, and whether its binary still is the one first seen at
     /// that path (SHA-256 pinning). Unknown owners get an empty chain (matching no
     /// policy). The lookup reads /proc and may hash a new executable: it runs on the
@@ -463,29 +478,34 @@ mod tests {
     use super::normalize_name;
     use super::*;
 
-    /// Every connection is made by `/bin/pN` for agent port N, all with one hash.
-    struct ByPort;
+    /// Every connection is made by the executable `path(agent port)`, all with one hash.
+    struct ByPort(fn(u16) -> String);
     impl Identify for ByPort {
         fn identify(&self, agent: SocketAddr, _remote: SocketAddr) -> Option<Peer> {
+            let exe = (self.0)(agent.port());
             Some(Peer {
                 pid: 2,
-                exe: format!("/bin/p{}", agent.port()),
-                chain: vec![format!("/bin/p{}", agent.port())],
+                exe: exe.clone(),
+                chain: vec![exe],
                 sha256: Ok("h".into()),
                 shared_with: Vec::new(),
             })
         }
     }
 
-    #[tokio::test]
-    async fn pins_are_bounded_and_never_forgotten() {
-        let ctx = Context::new(
+    fn context(paths: fn(u16) -> String) -> Arc<Context> {
+        Context::new(
             PolicyState::new(Policy::parse("version: 1\n").unwrap()),
-            Arc::new(ByPort),
+            Arc::new(ByPort(paths)),
             Arc::new(Logger::new(None, false)),
             None,
             Vec::new(),
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn pins_are_bounded_and_never_forgotten() {
+        let ctx = context(|port| format!("/bin/p{port}"));
         let remote: SocketAddr = "192.0.2.1:443".parse().unwrap();
         let at = |port: u16| SocketAddr::from(([10, 200, 0, 2], port));
         for port in 0..MAX_PINNED as u16 {
@@ -497,30 +517,10 @@ mod tests {
         assert!(ctx.who(at(7), remote).await.1.is_ok());
     }
 
-    /// Every connection is made by a 4000-byte path ending in the agent port.
-    struct LongPaths;
-    impl Identify for LongPaths {
-        fn identify(&self, agent: SocketAddr, _remote: SocketAddr) -> Option<Peer> {
-            let exe = format!("/{}{}", "d/".repeat(1995), agent.port());
-            Some(Peer {
-                pid: 2,
-                exe: exe.clone(),
-                chain: vec![exe],
-                sha256: Ok("h".into()),
-                shared_with: Vec::new(),
-            })
-        }
-    }
-
     #[tokio::test]
     async fn pinned_paths_are_bounded_in_bytes() {
-        let ctx = Context::new(
-            PolicyState::new(Policy::parse("version: 1\n").unwrap()),
-            Arc::new(LongPaths),
-            Arc::new(Logger::new(None, false)),
-            None,
-            Vec::new(),
-        );
+        // 3995-byte paths ending in the agent port.
+        let ctx = context(|port| format!("/{}{port}", "d/".repeat(1995)));
         let remote: SocketAddr = "192.0.2.1:443".parse().unwrap();
         let at = |port: u16| SocketAddr::from(([10, 200, 0, 2], port));
         let fits = (MAX_PINNED_BYTES / 3995) as u16;
