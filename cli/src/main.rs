@@ -103,6 +103,10 @@ enum Command {
         #[arg(long)]
         no_keep: bool,
     },
+    /// Internal: hold the user namespace rootless sandboxes are made in (started by
+    /// `run`; exits after ten idle minutes).
+    #[command(name = "__userns-holder", hide = true)]
+    UsernsHolder,
     /// Write the man pages (openshell.1 and one per command group) into DIR.
     #[command(hide = true)]
     Man {
@@ -149,6 +153,7 @@ fn prints_data(c: &Command) -> bool {
         | Command::Completions { .. }
         | Command::Connector { .. }
         | Command::Session { .. }
+        | Command::UsernsHolder
         | Command::Man { .. } => false,
     }
 }
@@ -244,6 +249,7 @@ fn main() {
                 | Command::Man { .. }
                 | Command::Connector { .. }
                 | Command::Session { .. }
+                | Command::UsernsHolder
         )
     {
         if std::env::var_os("OPENSHELL_VIA_SERVE").is_some() {
@@ -293,6 +299,7 @@ fn main() {
         Command::Forward(c) => cmd::forward::run(c, cli.output),
         Command::Connector { pid } => openshell_runtime::api::forward::connector_main(pid),
         Command::Completions { shell } => completions(shell),
+        Command::UsernsHolder => openshell_runtime::api::host::userns_holder_main(),
     };
     std::process::exit(code);
 }

@@ -76,5 +76,6 @@ pub mod host {
     pub use crate::core::confine::landlock_plan;
     pub use crate::core::idmap::{IdMode, facts, plan, run_mapped};
     pub use crate::core::seccomp::rules as seccomp_rules;
+    pub use crate::core::userns::holder_main as userns_holder_main;
     pub use crate::supervisor::features::{Level, probe};
 }

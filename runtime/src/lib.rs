@@ -30,6 +30,7 @@ mod core {
     pub mod spawn;
     pub mod threads;
     pub mod trim;
+    pub mod userns;
 }
 
 mod store {
@@ -62,7 +63,7 @@ pub mod api;
 
 // Inside the crate the modules are named from the root (`crate::record`, ...).
 pub(crate) use core::{
-    confine, idmap, init, limits, proctitle, relay, seccomp, setup, spawn, threads, trim,
+    confine, idmap, init, limits, proctitle, relay, seccomp, setup, spawn, threads, trim, userns,
 };
 pub(crate) use store::{record, scratch, state};
 pub(crate) use supervisor::{

@@ -51,6 +51,18 @@ pub struct IdPlan {
     pub writer: Writer,
     /// The layout.
     pub mode: IdMode,
+    /// Subordinate ids: the per-user namespace a sandbox's own can be made in, so that
+    /// its maps need no setuid helper (`userns.rs`): `0 → you, 1.. → your range`.
+    pub holder: Option<HolderLayout>,
+}
+
+/// The maps of the per-user holder namespace (holder id → host id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderLayout {
+    /// uid_map lines.
+    pub uid_map: Vec<Extent>,
+    /// gid_map lines.
+    pub gid_map: Vec<Extent>,
 }
 
 /// How a sandbox's ids map to the host's.
@@ -168,6 +180,7 @@ pub fn plan(facts: &IdFacts, uid: u32, gid: u32) -> IdPlan {
                 deny_setgroups: false,
             },
             mode: IdMode::Root,
+            holder: None,
         };
     }
     match (facts.helpers, facts.subuid, facts.subgid) {
@@ -176,6 +189,10 @@ pub fn plan(facts: &IdFacts, uid: u32, gid: u32) -> IdPlan {
             gid_map: keep_id(gid, facts.egid, sg),
             writer: Writer::Helper,
             mode: IdMode::Subids,
+            holder: Some(HolderLayout {
+                uid_map: holder_map(facts.euid, su),
+                gid_map: holder_map(facts.egid, sg),
+            }),
         },
         _ => IdPlan {
             uid_map: vec![Extent {
@@ -192,8 +209,59 @@ pub fn plan(facts: &IdFacts, uid: u32, gid: u32) -> IdPlan {
                 deny_setgroups: true,
             },
             mode: IdMode::Single,
+            holder: None,
         },
     }
+}
+
+/// The holder's layout: 0 is us, 1.. the whole subordinate range.
+fn holder_map(host: u32, (start, count): (u32, u32)) -> Vec<Extent> {
+    vec![
+        Extent {
+            inside: 0,
+            outside: host,
+            count: 1,
+        },
+        Extent {
+            inside: 1,
+            outside: start,
+            count,
+        },
+    ]
+}
+
+/// `map` (inside → host) re-expressed in the ids of a namespace mapped by `parent`
+/// (parent id → host): None when a host id of `map` is not in `parent`.
+pub fn within(map: &[Extent], parent: &[Extent]) -> Option<Vec<Extent>> {
+    map.iter()
+        .map(|e| {
+            let end = u64::from(e.outside) + u64::from(e.count);
+            let p = parent.iter().find(|p| {
+                p.outside <= e.outside && end <= u64::from(p.outside) + u64::from(p.count)
+            })?;
+            Some(Extent {
+                inside: e.inside,
+                outside: p.inside + (e.outside - p.outside),
+                count: e.count,
+            })
+        })
+        .collect()
+}
+
+/// Parse a /proc/PID/uid_map-style text (`inside outside count` per line).
+pub fn parse_map(text: &str) -> Option<Vec<Extent>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.split_whitespace().map(str::parse::<u32>);
+            let e = Extent {
+                inside: f.next()?.ok()?,
+                outside: f.next()?.ok()?,
+                count: f.next()?.ok()?,
+            };
+            f.next().is_none().then_some(e)
+        })
+        .collect()
 }
 
 /// `own` inside is us; the ids around it come from the subordinate range.
@@ -369,7 +437,8 @@ pub fn apply(plan: &IdPlan, pid: i32) -> Result<(), IdMapError> {
     }
 }
 
-fn render(map: &[Extent]) -> String {
+/// The text of a map file.
+pub fn render(map: &[Extent]) -> String {
     map.iter()
         .map(|e| format!("{} {} {}\n", e.inside, e.outside, e.count))
         .collect()
@@ -484,6 +553,46 @@ mod tests {
         assert_eq!(p.outside_uid(0), Some(100000));
         assert_eq!(p.outside_uid(65535), Some(165534));
         assert_eq!(p.writer, Writer::Helper);
+    }
+
+    #[test]
+    fn a_sandbox_map_within_the_holder_composes_to_the_same_host_ids() {
+        for own in [1000, 0, 1, 5000, 65534] {
+            let p = plan(&facts(1234, Some((100000, 65536)), true), own, own);
+            let h = p.holder.clone().unwrap();
+            let nested = within(&p.uid_map, &h.uid_map).unwrap();
+            // Composing nested (inside → holder) with the holder (holder → host) gives
+            // the plan's inside → host for every inside id.
+            for inside in [0, 1, own.saturating_sub(1), own, own + 1, 65534, 65535] {
+                let via = lookup(&nested, inside).and_then(|hid| lookup(&h.uid_map, hid));
+                assert_eq!(via, p.outside_uid(inside), "own {own}, inside {inside}");
+            }
+        }
+        // A host id the holder does not map: no nesting.
+        let h = holder_map(1234, (100000, 10));
+        let big = [Extent {
+            inside: 0,
+            outside: 100000,
+            count: 11,
+        }];
+        assert_eq!(within(&big, &h), None);
+        let wrap = [Extent {
+            inside: 0,
+            outside: u32::MAX,
+            count: 2,
+        }];
+        assert_eq!(within(&wrap, &h), None);
+    }
+
+    #[test]
+    fn map_files_parse_strictly() {
+        let m = parse_map("         0       1234          1\n         1     100000      65536\n")
+            .unwrap();
+        assert_eq!(m, holder_map(1234, (100000, 65536)));
+        assert_eq!(parse_map(&render(&m)), Some(m));
+        for bad in ["0 1", "0 1 2 3", "a 1 2", "0 -1 2", "0 1 99999999999"] {
+            assert_eq!(parse_map(bad), None, "{bad}");
+        }
     }
 
     #[test]

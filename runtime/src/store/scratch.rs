@@ -103,6 +103,12 @@ fn sweep(root: &Path) {
     }
 }
 
+/// The user's private runtime directory (the scratch root: tmpfs, ours, 0700), for
+/// things that live as long as processes do (the user-namespace holder's socket).
+pub fn runtime_dir() -> Option<PathBuf> {
+    root(0o700)
+}
+
 /// The first usable scratch root, created if missing.
 fn root(mode: u32) -> Option<PathBuf> {
     let uid = nix::unistd::geteuid().as_raw();

@@ -61,19 +61,51 @@ pub(crate) fn start_and_wait(
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWCGROUP;
-    crate::threads::check("supervisor: clone of init").map_err(RunError::Threads)?;
-    // SAFETY: a fork-style clone (no new stack): this process is single-threaded (no
-    // thread has been started yet; checked above), so the child gets a consistent copy
-    // of memory.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (flags | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
+    // Rootless with subordinate ids: inside the user's holder namespace when there is
+    // one (its maps need no setuid helper); otherwise, or if that fails, as before.
+    let nest = match ids.holder {
+        Some(_) => crate::scratch::runtime_dir()
+            .ok_or(crate::userns::NestError::NotApplicable)
+            .and_then(|dir| crate::userns::nest(ids, &dir)),
+        None => Err(crate::userns::NestError::NotApplicable),
+    };
+    let nested = match nest {
+        Ok(n) => match crate::userns::clone_nested(n, flags) {
+            Ok(Some(pid)) => Some(pid.as_raw() as libc::c_long),
+            Ok(None) => {
+                drop(ours);
+                drop(sfd);
+                init::run(cfg, theirs);
+            }
+            Err(e) => {
+                tracing::debug!("{e}; the id maps are written by newuidmap/newgidmap");
+                None
+            }
+        },
+        Err(crate::userns::NestError::NotApplicable) => None,
+        Err(e) => {
+            tracing::debug!("{e}; the id maps are written by newuidmap/newgidmap");
+            None
+        }
+    };
+    let pid = match nested {
+        Some(pid) => pid,
+        None => {
+            crate::threads::check("supervisor: clone of init").map_err(RunError::Threads)?;
+            // SAFETY: a fork-style clone (no new stack): this process is single-threaded
+            // (no thread has been started yet; checked above), so the child gets a
+            // consistent copy of memory.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    (flags | libc::SIGCHLD) as libc::c_ulong,
+                    0usize,
+                    0usize,
+                    0usize,
+                    0usize,
+                )
+            }
+        }
     };
     if pid < 0 {
         return Err(RunError::Sys {
@@ -104,7 +136,9 @@ pub(crate) fn start_and_wait(
     if !hold {
         nix::unistd::write(&ours, &[msg::EARLY]).map_err(sys("release init"))?;
     }
-    if let Err(e) = idmap::apply(ids, init_pid.as_raw()) {
+    if nested.is_none()
+        && let Err(e) = idmap::apply(ids, init_pid.as_raw())
+    {
         let _ = nix::sys::signal::kill(init_pid, Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(init_pid, None);
         return Err(e.into());
