@@ -43,12 +43,14 @@ pub fn save_env(dir: &Path, env: &[String]) -> Result<(), String> {
         .mode(0o600)
         .open(&path)
         .map_err(|e| format!("write {}: {e}", path.display()))?;
+    // One write, not two per variable.
+    let mut all = Vec::with_capacity(env.iter().map(|kv| kv.len() + 1).sum());
     for kv in env {
-        f.write_all(kv.as_bytes())
-            .and_then(|()| f.write_all(b"\0"))
-            .map_err(|e| format!("write {}: {e}", path.display()))?;
+        all.extend_from_slice(kv.as_bytes());
+        all.push(0);
     }
-    Ok(())
+    f.write_all(&all)
+        .map_err(|e| format!("write {}: {e}", path.display()))
 }
 
 fn load_env(dir: &Path) -> Result<Vec<String>, String> {

@@ -624,7 +624,9 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             record.reason = Some(e.to_string());
         }
     }
-    if state::identity(&dir.path) == ident {
+    // A sandbox that is not kept is removed right below: its last record would be
+    // written only to be deleted.
+    if cleanup.keep.get() && state::identity(&dir.path) == ident {
         let _ = record.save_as(&dir.path, durable);
     }
     drop(cleanup);
