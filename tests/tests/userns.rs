@@ -99,8 +99,20 @@ fn squeeze(text: &str) -> String {
 
 /// (inside view, host view) of a sandbox's uid and gid maps: the inside view is relative
 /// to the namespace it was made in; the host view (read from here) is in host ids.
+/// The run is started with SIGTERM, SIGINT and SIGHUP ignored (as some service managers
+/// and CI runners leave them): a holder it starts must still end on SIGTERM.
 fn maps(sb: &Sandbox, rt: &RuntimeDir, holder: bool, marker: &str) -> (String, String) {
-    let mut c = sb.cmd();
+    let inner = sb.cmd();
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg("trap '' TERM INT HUP; exec \"$0\" \"$@\"")
+        .arg(inner.get_program());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
     c.env("XDG_RUNTIME_DIR", &rt.0)
         .env("OPENSHELL_USERNS_HOLDER", if holder { "1" } else { "0" })
         .args(["run", "--network", "none", "--", "sh", "-c"])
@@ -187,6 +199,20 @@ fn runs_nest_in_one_checked_holder_with_the_same_host_ids() {
     assert_eq!(mode, 0o600, "holder socket mode");
     let first = holder_pid(&sock).expect("no holder answering");
     assert_eq!(comm(first), "openshell: user");
+    // Nobody's child (double-forked): never a zombie of a long-lived supervisor.
+    let status = std::fs::read_to_string(format!("/proc/{first}/status")).unwrap();
+    let ppid: i32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        !comm(ppid).starts_with("openshell"),
+        "its parent is {}",
+        comm(ppid)
+    );
 
     // One holder serves the next runs.
     for _ in 0..3 {

@@ -6,7 +6,8 @@
 //!
 //! - The holder (`openshell: userns`, one per user and id layout) is a process in its
 //!   own user namespace, mapped once by the helpers as `0 → you, 1.. → your subordinate
-//!   range`. It listens on `userns.KEY.sock` in the user's private runtime directory and
+//!   range`. It listens on `userns.KEY.sock` in the user's private runtime directory (the
+//!   key covers the layout and the limits a namespace records from its creator) and
 //!   hands an fd of its namespace (SCM_RIGHTS) to each connecting process of the same
 //!   user; anyone else gets nothing. It exits after ten idle minutes (or on SIGTERM).
 //! - A supervisor checks what answers (the peer is its own uid, its maps are the layout
@@ -15,7 +16,8 @@
 //!   (init stays the supervisor's child) and writes init's maps — the same host ids as
 //!   the helpers would write ([`crate::idmap::within`]), one level deeper.
 //! - Whatever fails here, the caller falls back to the helpers: a holder is a speed-up,
-//!   never a requirement.
+//!   never a requirement — except [`NestError::Lost`] (the short-lived child died
+//!   between cloning init and saying so), which stops the run.
 //!
 //! Nothing in a sandbox can use the holder: its socket is outside every sandbox's view,
 //! and the fd would be useless there anyway (joining a user namespace needs
@@ -39,7 +41,20 @@ use crate::idmap::{self, HolderLayout, IdPlan, Writer};
 /// How long a holder waits for a connection before it exits.
 const IDLE: Duration = Duration::from_secs(600);
 /// How long a supervisor waits for a holder's answer.
-const ANSWER: Duration = Duration::from_secs(2);
+const ANSWER: Duration = Duration::from_secs(1);
+/// How long starting a holder may take (the helpers' execs included).
+const STARTING: Duration = Duration::from_secs(5);
+/// After a failed start, how long runs use the helpers without trying again.
+const BACKOFF: Duration = Duration::from_secs(600);
+/// The limits a user namespace records from its creator (the kernel applies them to
+/// everything below it too): part of a holder's key, so that a sandbox nested in a
+/// holder is limited exactly as one made beside it.
+const RECORDED_LIMITS: [nix::sys::resource::Resource; 4] = [
+    nix::sys::resource::Resource::RLIMIT_NPROC,
+    nix::sys::resource::Resource::RLIMIT_MSGQUEUE,
+    nix::sys::resource::Resource::RLIMIT_SIGPENDING,
+    nix::sys::resource::Resource::RLIMIT_MEMLOCK,
+];
 
 /// Why a sandbox could not be nested in a holder (the caller uses the helpers).
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +68,11 @@ pub enum NestError {
     /// Starting a holder failed.
     #[error("start a user-namespace holder: {0}")]
     Start(String),
-    /// The nested clone failed at `step`.
+    /// The short-lived child died without saying whether init exists: the run must
+    /// stop (a second init could share the first one's sync socket).
+    #[error("nested clone: its helper died before reporting")]
+    Lost,
+    /// The nested clone failed at `step` (nothing of it is left).
     #[error("nested clone: {step}: {source}")]
     Clone {
         step: &'static str,
@@ -89,6 +108,13 @@ pub fn nest(plan: &IdPlan, dir: &Path) -> Result<Nest, NestError> {
         return Err(NestError::NotApplicable);
     };
     let path = dir.join(format!("userns.{:016x}.sock", key(layout)));
+    let failed = path.with_extension("failed");
+    if fs::metadata(&failed)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|a| a < BACKOFF))
+    {
+        return Err(NestError::NotApplicable);
+    }
     let userns = match attach(&path, layout) {
         Ok(fd) => fd,
         Err(first) => {
@@ -106,8 +132,12 @@ pub fn nest(plan: &IdPlan, dir: &Path) -> Result<Nest, NestError> {
                 Ok(fd) => fd,
                 Err(_) => {
                     tracing::debug!("{first}; starting one");
-                    start(&path, plan, layout)?;
-                    attach(&path, layout)?
+                    let started = start(&path, plan, layout).and_then(|()| attach(&path, layout));
+                    if started.is_err() {
+                        // Not again for a while: each run would pay for the attempt.
+                        let _ = fs::write(&failed, b"");
+                    }
+                    started?
                 }
             }
         }
@@ -119,13 +149,21 @@ pub fn nest(plan: &IdPlan, dir: &Path) -> Result<Nest, NestError> {
     })
 }
 
-/// A stable name for a layout (FNV-1a of its maps): a holder of another layout (the
-/// subordinate ranges changed) is left to time out.
+/// A stable name for a layout and the limits a namespace records (FNV-1a): a holder of
+/// another layout (the subordinate ranges changed) or other limits is left to time out.
 fn key(layout: &HolderLayout) -> u64 {
+    let limits: Vec<String> = RECORDED_LIMITS
+        .iter()
+        .map(|r| {
+            nix::sys::resource::getrlimit(*r)
+                .map_or_else(|_| "?".into(), |(soft, _)| soft.to_string())
+        })
+        .collect();
     let text = format!(
-        "{}/{}",
+        "{}/{}/{}",
         idmap::render(&layout.uid_map),
-        idmap::render(&layout.gid_map)
+        idmap::render(&layout.gid_map),
+        limits.join(",")
     );
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -138,7 +176,7 @@ fn attach(path: &Path, layout: &HolderLayout) -> Result<OwnedFd, NestError> {
         path: path.to_path_buf(),
         what,
     };
-    let s = UnixStream::connect(path).map_err(|e| err(format!("connect: {e}")))?;
+    let s = connect(path).map_err(|e| err(format!("connect: {e}")))?;
     s.set_read_timeout(Some(ANSWER))
         .map_err(|e| err(format!("timeout: {e}")))?;
     let cred = nix::sys::socket::getsockopt(&s, sockopt::PeerCredentials)
@@ -181,8 +219,26 @@ fn attach(path: &Path, layout: &HolderLayout) -> Result<OwnedFd, NestError> {
     Ok(fd)
 }
 
+/// Connect without blocking: a holder whose backlog is full (stopped, or swamped) is
+/// not waited for.
+fn connect(path: &Path) -> Result<UnixStream, nix::errno::Errno> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, socket};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    nix::sys::socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    let s = UnixStream::from(fd);
+    s.set_nonblocking(false)
+        .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    Ok(s)
+}
+
 /// Start a holder listening on `path`: bind, run `openshell __userns-holder` with the
-/// listener as fd 3 and a sync socket as fd 4, map it with the helpers when it has made
+/// listener as fd 3 and a sync socket as fd 4 (double-forked: it is nobody's child, so
+/// never a zombie of a long-lived supervisor), map it with the helpers when it has made
 /// its namespace, and wait until it serves. Called under the layout's lock.
 fn start(path: &Path, plan: &IdPlan, layout: &HolderLayout) -> Result<(), NestError> {
     let e = |what: &str, x: &dyn std::fmt::Display| NestError::Start(format!("{what}: {x}"));
@@ -211,10 +267,18 @@ fn start(path: &Path, plan: &IdPlan, layout: &HolderLayout) -> Result<(), NestEr
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe functions (setsid, fcntl, dup2, close) on fds it owns.
+    // async-signal-safe functions (fork-style clone, _exit, setsid, fcntl, dup2, close)
+    // on fds it owns; the child is a copy of a process that was single-threaded.
     unsafe {
         cmd.pre_exec(move || {
             let fail = || Err(std::io::Error::last_os_error());
+            // The first child leaves at once; the second goes on to exec the holder
+            // (std's exec-status pipe stays with it, so spawn still reports exec errors).
+            match libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0) {
+                0 => {}
+                n if n > 0 => libc::_exit(0),
+                _ => return fail(),
+            }
             if libc::setsid() < 0 {
                 return fail();
             }
@@ -231,24 +295,23 @@ fn start(path: &Path, plan: &IdPlan, layout: &HolderLayout) -> Result<(), NestEr
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|x| e("spawn", &x))?;
+    let mut first = cmd.spawn().map_err(|x| e("spawn", &x))?;
+    let _ = first.wait();
     drop(theirs);
     drop(listener);
-    let pid = child.id() as i32;
+    ours.set_read_timeout(Some(STARTING))
+        .map_err(|x| e("timeout", &x))?;
+    // It says 'u' and its pid once it has made its namespace.
+    let mut hello = [0u8; 5];
+    ours.read_exact(&mut hello).map_err(|x| e("holder", &x))?;
+    let pid = i32::from_ne_bytes([hello[1], hello[2], hello[3], hello[4]]);
+    if hello[0] != b'u' || pid <= 0 {
+        return Err(e("holder", &"unexpected greeting"));
+    }
     let kill = || {
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
     };
-    let step = |ours: &mut UnixStream, want: u8| -> Result<(), String> {
-        let mut b = [0u8; 1];
-        ours.read_exact(&mut b).map_err(|x| x.to_string())?;
-        (b[0] == want)
-            .then_some(())
-            .ok_or_else(|| format!("unexpected {:?}", b[0] as char))
-    };
-    ours.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|x| e("timeout", &x))?;
-    let mapped = step(&mut ours, b'u').and_then(|()| {
+    let mapped = (|| {
         let holder = IdPlan {
             uid_map: layout.uid_map.clone(),
             gid_map: layout.gid_map.clone(),
@@ -258,22 +321,23 @@ fn start(path: &Path, plan: &IdPlan, layout: &HolderLayout) -> Result<(), NestEr
         };
         idmap::apply(&holder, pid).map_err(|x| x.to_string())?;
         ours.write_all(b"m").map_err(|x| x.to_string())?;
-        step(&mut ours, b'r')
-    });
+        let mut b = [0u8; 1];
+        ours.read_exact(&mut b).map_err(|x| x.to_string())?;
+        (b[0] == b'r')
+            .then_some(())
+            .ok_or_else(|| "not serving".to_string())
+    })();
     if let Err(x) = mapped {
         kill();
         return Err(e("set up", &x));
     }
-    // It outlives this process: never waited for here (a zombie at worst, until we exit).
-    drop(child);
     Ok(())
 }
 
 /// `openshell __userns-holder`: the holder itself (see the module header). fd 3 is the
 /// listening socket, fd 4 the sync socket to its starter.
 pub fn holder_main() -> i32 {
-    // SAFETY: closes fds this process never uses (whatever the caller leaked past 4).
-    unsafe { libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) };
+    close_from(5);
     let is_socket = |fd: i32| {
         // SAFETY: a plain C struct of integers, for which all zeroes is valid.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -295,15 +359,17 @@ pub fn holder_main() -> i32 {
     }
     let mut sync = UnixStream::from(sync);
     crate::proctitle::set("openshell: userns");
-    // The starter had signals blocked (a supervisor relays them): a holder takes the
-    // defaults, so that SIGTERM ends it.
+    // The starter had signals blocked (a supervisor relays them), and ignored ones stay
+    // ignored across exec: a holder takes the defaults, so that SIGTERM ends it.
     let _ = nix::sys::signal::sigprocmask(
         nix::sys::signal::SigmaskHow::SIG_SETMASK,
         Some(&nix::sys::signal::SigSet::empty()),
         None,
     );
-    // SAFETY: installing SIG_IGN needs no handler code.
+    // SAFETY: installing SIG_DFL / SIG_IGN needs no handler code.
     unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
@@ -311,9 +377,11 @@ pub fn holder_main() -> i32 {
     if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
         return 1;
     }
-    let _ = sync.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = sync.set_read_timeout(Some(STARTING));
+    let mut hello = vec![b'u'];
+    hello.extend_from_slice(&(std::process::id() as i32).to_ne_bytes());
     let mut b = [0u8; 1];
-    if sync.write_all(b"u").is_err() || sync.read_exact(&mut b).is_err() || b[0] != b'm' {
+    if sync.write_all(&hello).is_err() || sync.read_exact(&mut b).is_err() || b[0] != b'm' {
         return 1;
     }
     let Ok(ns) = fs::File::open("/proc/self/ns/user") else {
@@ -329,6 +397,26 @@ pub fn holder_main() -> i32 {
     drop(sync);
     serve(&listener, &ns);
     0
+}
+
+/// Close every fd from `low` up (what the caller leaked): close_range(2), else one by
+/// one from /proc/self/fd.
+fn close_from(low: i32) {
+    // SAFETY: closes fds this process does not use; nothing here owns them.
+    if unsafe { libc::syscall(libc::SYS_close_range, low as u32, u32::MAX, 0u32) } == 0 {
+        return;
+    }
+    let fds: Vec<i32> = fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= low)
+        .collect();
+    for fd in fds {
+        // SAFETY: as above (the directory's own fd is closed too, harmlessly).
+        unsafe { libc::close(fd) };
+    }
 }
 
 /// Hand `ns` to each peer that is our user, until [`IDLE`] passes unasked. (Which user
@@ -392,20 +480,23 @@ pub fn clone_nested(nest: Nest, flags: libc::c_int) -> Result<Option<Pid>, NestE
     }
     if helper == 0 {
         drop(r);
-        // Reports (pid, errno, step) and leaves; never returns to the caller's code.
-        let report = |pid: i32, step: u8, errno: i32| -> ! {
-            let mut m = [0u8; 9];
-            m[..4].copy_from_slice(&pid.to_ne_bytes());
-            m[4..8].copy_from_slice(&errno.to_ne_bytes());
-            m[8] = step;
+        // The helper's reports, in order: `c` (about to clone) then `p`+pid, or `j`/`e`
+        // +errno (setns/clone failed); then `k` (maps written) or `u`/`g`+errno.
+        let say = |tag: u8, n: i32| {
+            let mut m = [tag, 0, 0, 0, 0];
+            m[1..].copy_from_slice(&n.to_ne_bytes());
             let _ = nix::unistd::write(&w, &m);
+        };
+        let leave = || -> ! {
             // SAFETY: leave the helper without running the caller's destructors.
             unsafe { libc::_exit(0) }
         };
         // SAFETY: setns with an fd we own, in a single-threaded process.
         if unsafe { libc::setns(nest.userns.as_raw_fd(), libc::CLONE_NEWUSER) } != 0 {
-            report(0, 1, nix::errno::Errno::last_raw());
+            say(b'j', nix::errno::Errno::last_raw());
+            leave();
         }
+        say(b'c', 0);
         // SAFETY: as above; CLONE_PARENT makes the new process the caller's child.
         let pid = unsafe {
             libc::syscall(
@@ -424,39 +515,65 @@ pub fn clone_nested(nest: Nest, flags: libc::c_int) -> Result<Option<Pid>, NestE
             return Ok(None);
         }
         if pid < 0 {
-            report(0, 2, nix::errno::Errno::last_raw());
+            say(b'e', nix::errno::Errno::last_raw());
+            leave();
         }
         let pid = pid as i32;
-        for (step, file, text) in [(3, "uid_map", &nest.uid_map), (4, "gid_map", &nest.gid_map)] {
+        say(b'p', pid);
+        for (tag, file, text) in [
+            (b'u', "uid_map", &nest.uid_map),
+            (b'g', "gid_map", &nest.gid_map),
+        ] {
             if let Err(e) = fs::write(format!("/proc/{pid}/{file}"), text) {
                 let _ =
                     nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                report(pid, step, e.raw_os_error().unwrap_or(libc::EIO));
+                say(tag, e.raw_os_error().unwrap_or(libc::EIO));
+                leave();
             }
         }
-        report(pid, 0, 0);
+        say(b'k', 0);
+        leave();
     }
     drop(w);
-    let mut m = [0u8; 9];
-    let got = nix::unistd::read(&r, &mut m);
+    // Everything the helper said, until it left (init holds no end of the pipe).
+    let mut said = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        match nix::unistd::read(&r, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => said.extend_from_slice(&buf[..n]),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
     let _ = nix::sys::wait::waitpid(Pid::from_raw(helper as i32), None);
-    if got != Ok(9) {
-        return Err(clone_err("helper")(nix::errno::Errno::EPIPE));
-    }
-    let pid = i32::from_ne_bytes([m[0], m[1], m[2], m[3]]);
-    let errno = i32::from_ne_bytes([m[4], m[5], m[6], m[7]]);
-    let step = match m[8] {
-        0 => return Ok(Some(Pid::from_raw(pid))),
-        1 => "join the holder's namespace",
-        2 => "clone",
-        3 => "write uid_map",
-        _ => "write gid_map",
-    };
-    if pid > 0 {
-        let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
-    }
-    Err(NestError::Clone {
+    let msgs: Vec<(u8, i32)> = said
+        .chunks_exact(5)
+        .map(|m| (m[0], i32::from_ne_bytes([m[1], m[2], m[3], m[4]])))
+        .collect();
+    let fail = |step, errno| NestError::Clone {
         step,
         source: nix::errno::Errno::from_raw(errno),
-    })
+    };
+    match msgs.as_slice() {
+        [] => Err(fail("helper", libc::EPIPE)),
+        [(b'j', e)] => Err(fail("join the holder's namespace", *e)),
+        [(b'c', _), (b'e', e)] => Err(fail("clone", *e)),
+        [(b'c', _), (b'p', pid), rest @ ..] => {
+            let pid = Pid::from_raw(*pid);
+            if let [(b'k', _)] = rest {
+                return Ok(Some(pid));
+            }
+            // Its maps were not written (or the helper died): it never ran a thing.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+            Err(match rest {
+                [(b'u', e)] => fail("write uid_map", *e),
+                [(b'g', e)] => fail("write gid_map", *e),
+                _ => fail("helper", libc::EPIPE),
+            })
+        }
+        // It may have cloned without saying so: an init may exist that nobody knows of.
+        _ => Err(NestError::Lost),
+    }
 }

@@ -77,6 +77,10 @@ pub(crate) fn start_and_wait(
                 drop(sfd);
                 init::run(cfg, theirs);
             }
+            // Never a second init beside one that may exist.
+            Err(e @ crate::userns::NestError::Lost) => {
+                return Err(RunError::Invalid(format!("{e}; try again")));
+            }
             Err(e) => {
                 tracing::debug!("{e}; the id maps are written by newuidmap/newgidmap");
                 None
