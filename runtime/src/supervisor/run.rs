@@ -386,17 +386,10 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     };
     // Only a kept sandbox's files must survive a crash of the host (fsync).
     let durable = opts.keep;
-    record
-        .save_as(&dir.path, durable)
-        .map_err(RunError::Invalid)?;
     // The policy it starts with, for `policy get` while it is stopped; `policy set`
-    // replaces it.
-    record::write_whole(
-        &dir.path.join(record::POLICY),
-        policy.to_yaml().as_bytes(),
-        durable,
-    )
-    .map_err(RunError::Invalid)?;
+    // replaces it. Written (with the record and exec.env) while init sets up: nothing
+    // needs them before the sandbox is Ready.
+    let policy_yaml = policy.to_yaml();
     let workspace = dir.workspace();
     for up in &opts.uploads {
         let (local, rel) = state::parse_upload(up)?;
@@ -527,7 +520,6 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         .filter(|(k, _)| k != "TERM")
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    crate::exec::save_env(&dir.path, &exec_env).map_err(RunError::Invalid)?;
     let net = if opts.network {
         NetworkMode::Proxied {
             nft: ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
@@ -546,8 +538,28 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         std::fs::create_dir_all(&logs)
             .map_err(|e| RunError::Invalid(format!("--log-dir {}: {e}", logs.display())))?;
     }
-    // Set up: from here on the sandbox is whole and a delete may take it.
-    drop(cleanup.lock.take());
+    // The sandbox's files, written once init is on its way (its setup and this run on
+    // two CPUs); the name's lock is held until they are: a delete never sees a sandbox
+    // without its record. From then on the sandbox is whole and a delete may take it.
+    let mut lock = cleanup.lock.take();
+    let first_record = record.clone();
+    let mut write_files = || -> Result<(), RunError> {
+        let Some(held) = lock.take() else {
+            return Ok(());
+        };
+        first_record
+            .save_as(&dir.path, durable)
+            .map_err(RunError::Invalid)?;
+        record::write_whole(
+            &dir.path.join(record::POLICY),
+            policy_yaml.as_bytes(),
+            durable,
+        )
+        .map_err(RunError::Invalid)?;
+        crate::exec::save_env(&dir.path, &exec_env).map_err(RunError::Invalid)?;
+        drop(held);
+        Ok(())
+    };
     if !opts.forwards.is_empty() && !opts.network {
         return Err(RunError::Invalid(
             "--forward needs the sandbox's network (--network proxy): with --network none nothing serves the host side"
@@ -597,6 +609,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         &ids,
         cgroup.as_ref(),
         net_setup,
+        &mut write_files,
         &mut |init, notes| {
             setup_notes = notes.to_vec();
             ready(&mut record.clone(), init, notes)

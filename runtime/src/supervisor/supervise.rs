@@ -37,6 +37,7 @@ pub(crate) fn start_and_wait(
     ids: &idmap::IdPlan,
     cgroup: Option<&crate::limits::Cgroup>,
     net: Option<NetSetup>,
+    started: &mut dyn FnMut() -> Result<(), RunError>,
     on_ready: &mut dyn FnMut(i32, &[String]),
 ) -> Result<i32, RunError> {
     // A bad OPENSHELL_SETUP_TIMEOUT is refused before anything exists.
@@ -149,6 +150,12 @@ pub(crate) fn start_and_wait(
     }
     if !hold {
         nix::unistd::write(&ours, &[msg::GO]).map_err(sys("release init"))?;
+    }
+    // The caller's files, while init sets up.
+    if let Err(e) = started() {
+        let _ = nix::sys::signal::kill(init_pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(init_pid, None);
+        return Err(e);
     }
     let deadline = std::time::Instant::now() + timeout;
     let mut master = None;
