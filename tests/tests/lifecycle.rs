@@ -88,6 +88,13 @@ fn a_setup_that_hangs_ends_by_its_timeout() {
             stderr(&o)
         );
     }
+    // A setup that fails leaves nothing: no directory and no lock file (its clean-up
+    // got the run's own lock instead of waiting for it on a second descriptor).
+    assert_eq!(sb.leftovers(), Vec::<std::ffi::OsString>::new());
+    let locks: Vec<_> = std::fs::read_dir(sb.state.path().join("sandboxes/.locks"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(locks.is_empty(), "lock files left: {locks:?}");
 }
 
 /// SIGTERM, SIGINT and SIGHUP to openshell while setup hangs end it at once (they are

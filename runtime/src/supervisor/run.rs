@@ -1,10 +1,11 @@
 //! `openshell run`: the calling process becomes the sandbox's supervisor.
 //!
-//! Everything that can fail is built before clone (state dir, uploads, policy-derived
-//! plans, seccomp program, id maps); then init is cloned while this process is still
-//! single-threaded (`supervise`), the id maps are written, and the supervisor waits for
-//! the command, relaying the terminal and forwarding signals. The sandbox's state is
-//! removed at the end unless `keep` is set.
+//! Everything that can fail is built before clone (state dir and record, uploads,
+//! policy-derived plans, seccomp program, id maps); then init is cloned while this
+//! process is still single-threaded (`supervise`), the id maps are written, and while
+//! init sets up, `policy.yaml` and `exec.env` are written (then the name's lock is let
+//! go); the supervisor waits for the command, relaying the terminal and forwarding
+//! signals. The sandbox's state is removed at the end unless `keep` is set.
 
 use std::ffi::CString;
 use std::path::PathBuf;
@@ -386,9 +387,14 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     };
     // Only a kept sandbox's files must survive a crash of the host (fsync).
     let durable = opts.keep;
+    // The record (`provisioning`) before anything slow (uploads): list, get, delete and
+    // `--selector` see the sandbox from here on.
+    record
+        .save_as(&dir.path, durable)
+        .map_err(RunError::Invalid)?;
     // The policy it starts with, for `policy get` while it is stopped; `policy set`
-    // replaces it. Written (with the record and exec.env) while init sets up: nothing
-    // needs them before the sandbox is Ready.
+    // replaces it. Written (with exec.env) while init sets up: nothing needs them before
+    // the sandbox is Ready.
     let policy_yaml = policy.to_yaml();
     let workspace = dir.workspace();
     for up in &opts.uploads {
@@ -542,22 +548,20 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     // two CPUs); the name's lock is held until they are: a delete never sees a sandbox
     // without its record. From then on the sandbox is whole and a delete may take it.
     let mut lock = cleanup.lock.take();
-    let first_record = record.clone();
     let mut write_files = || -> Result<(), RunError> {
-        let Some(held) = lock.take() else {
+        if lock.is_none() {
             return Ok(());
-        };
-        first_record
-            .save_as(&dir.path, durable)
-            .map_err(RunError::Invalid)?;
+        }
         record::write_whole(
             &dir.path.join(record::POLICY),
             policy_yaml.as_bytes(),
             durable,
         )
+        .and_then(|()| crate::exec::save_env(&dir.path, &exec_env))
         .map_err(RunError::Invalid)?;
-        crate::exec::save_env(&dir.path, &exec_env).map_err(RunError::Invalid)?;
-        drop(held);
+        // Written: the sandbox is whole, a delete may take it. (On an error the lock
+        // stays held until init is gone and the clean-up has run.)
+        drop(lock.take());
         Ok(())
     };
     if !opts.forwards.is_empty() && !opts.network {
@@ -624,6 +628,10 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             ))
         }
     });
+    // Setup failed before its files were written: the lock is still ours, and the
+    // clean-up (which takes it to remove the directory) must get this one, not wait
+    // for it on a second descriptor.
+    cleanup.lock = lock.take();
     record.supervisor = None;
     record.last_active = record::now();
     record.enforced.notes = setup_notes;
