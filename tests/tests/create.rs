@@ -25,6 +25,21 @@ fn create_detached_attached_and_no_keep() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "bg\n");
     assert_eq!(phase(&sb, "bg"), "Ready");
+    // Its init keeps no descriptor of the state directory (the name's lock, held by the
+    // supervisor while init set up, was closed in init).
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(sb.state.path().join("sandboxes/bg/sandbox.json")).unwrap(),
+    )
+    .unwrap();
+    let init = rec["init_pid"].as_i64().expect("init_pid in the record");
+    let held: Vec<String> = std::fs::read_dir(format!("/proc/{init}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.display().to_string())
+        .filter(|p| p.starts_with(&sb.state.path().join("sandboxes").display().to_string()))
+        .collect();
+    assert!(held.is_empty(), "init holds {held:?}");
     // A command given with --detach runs in the background; its output is in the
     // sandbox's log (followed until it ends).
     let o = sb.cli(&[

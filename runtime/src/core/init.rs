@@ -62,12 +62,21 @@ pub struct InitConfig {
     pub keepalive: bool,
     /// Its confinement.
     pub confinement: Confinement,
+    /// Descriptors of the supervisor's that init must not keep (the sandbox name's lock
+    /// file, still held while init sets up): closed first thing.
+    pub close: Vec<std::os::fd::RawFd>,
 }
 
 /// Run init to completion. Never returns.
 pub fn run(cfg: &InitConfig, sync: OwnedFd) -> ! {
     // A fork of the CLI: its argv (maybe `-e SECRET=...`) would be /proc/1/cmdline.
     crate::proctitle::set(&format!("openshell: init {}", cfg.hostname));
+    for fd in &cfg.close {
+        // SAFETY: the supervisor's own descriptors, copied into this fork; nothing here
+        // uses them, and the Rust values that own them in the supervisor are never
+        // dropped in init (it leaves with _exit). The supervisor's copy keeps the lock.
+        unsafe { libc::close(*fd) };
+    }
     let code = match setup_and_supervise(cfg, &sync) {
         Ok(code) => code,
         Err(e) => {

@@ -77,6 +77,12 @@ pub fn identity(path: &Path) -> Option<(u64, u64, u128)> {
 pub struct NameLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
 
 impl NameLock {
+    /// The lock file's descriptor (for a forked child to close its copy).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.0.as_raw_fd()
+    }
+
     /// Wait for the lock on `name`.
     pub fn acquire(base: &Path, name: &str) -> Result<Self, StateError> {
         loop {

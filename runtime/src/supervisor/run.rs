@@ -547,6 +547,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     // The sandbox's files, written once init is on its way (its setup and this run on
     // two CPUs); the name's lock is held until they are: a delete never sees a sandbox
     // without its record. From then on the sandbox is whole and a delete may take it.
+    let lock_fd = cleanup.lock.as_ref().map(state::NameLock::raw_fd);
     let mut lock = cleanup.lock.take();
     let mut write_files = || -> Result<(), RunError> {
         if lock.is_none() {
@@ -594,6 +595,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             cwd: PathBuf::from(&workdir),
         },
         confinement,
+        close: lock_fd.into_iter().collect(),
     };
     let ready = |r: &mut Record, init: i32, notes: &[String]| {
         if opts.keep {
