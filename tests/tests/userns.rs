@@ -20,14 +20,14 @@ use openshell_tests::{Sandbox, eventually, need_sandbox, openshell_bin, stderr, 
 struct RuntimeDir(PathBuf);
 
 impl RuntimeDir {
-    fn new(tag: &str) -> Self {
+    fn new(tag: &str, mode: u32) -> Self {
         let p = PathBuf::from(format!(
             "/dev/shm/openshell-test-{tag}-{}",
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir(&p).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
         Self(p)
     }
 
@@ -177,7 +177,7 @@ fn runs_nest_in_one_checked_holder_with_the_same_host_ids() {
         );
     }
     let sb = Sandbox::new();
-    let rt = RuntimeDir::new("userns");
+    let rt = RuntimeDir::new("userns", 0o700);
     let (inside_off, host_off) = maps(&sb, &rt, false, "31.101");
     if host_off.split('/').next().unwrap().split(';').count() < 2 {
         openshell_tests::skip("no subordinate ids for this user (/etc/subuid, newuidmap)");
@@ -312,13 +312,9 @@ fn another_user_gets_nothing_from_a_holder() {
             "no user with subordinate ids in /etc/subuid to play the holder's owner",
         );
     };
-    let work = PathBuf::from(format!(
-        "/dev/shm/openshell-test-other-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir(&work).unwrap();
-    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Removed when dropped (the holder it starts is killed with `rtd` below).
+    let workdir = RuntimeDir::new("other", 0o755);
+    let work = workdir.0.clone();
     let bin = work.join("openshell");
     std::fs::copy(openshell_bin(), &bin).unwrap();
     let rt = work.join("rt");
@@ -347,7 +343,6 @@ fn another_user_gets_nothing_from_a_holder() {
     assert!(o.status.success(), "{}", stderr(&o));
     let rtd = RuntimeDir(rt.clone());
     let Some(sock) = rtd.socket() else {
-        let _ = std::fs::remove_dir_all(&work);
         openshell_tests::skip(
             "that user's run started no holder (no newuidmap, or its subordinate ids are unusable)",
         );
@@ -372,7 +367,6 @@ fn another_user_gets_nothing_from_a_holder() {
         stderr(&o)
     );
     drop(rtd);
-    let _ = std::fs::remove_dir_all(&work);
 }
 
 openshell_tests::suite!(

@@ -89,10 +89,11 @@ pub struct Nest {
     gid_map: String,
 }
 
-/// Get (or start) the holder for `plan`'s layout, its socket in `dir` (the private
-/// runtime directory). `OPENSHELL_USERNS_HOLDER=0` switches holders off. The caller
-/// must be single-threaded (starting a holder forks).
-pub fn nest(plan: &IdPlan, dir: &Path) -> Result<Nest, NestError> {
+/// Get (or start) the holder for `plan`'s layout, its socket in the private runtime
+/// directory `dir` gives (asked only when the layout has a holder).
+/// `OPENSHELL_USERNS_HOLDER=0` switches holders off. The caller must be
+/// single-threaded (starting a holder forks).
+pub fn nest(plan: &IdPlan, dir: impl FnOnce() -> Option<PathBuf>) -> Result<Nest, NestError> {
     let layout = match (&plan.holder, plan.writer) {
         (Some(l), Writer::Helper)
             if std::env::var_os("OPENSHELL_USERNS_HOLDER").is_none_or(|v| v != "0") =>
@@ -107,6 +108,7 @@ pub fn nest(plan: &IdPlan, dir: &Path) -> Result<Nest, NestError> {
     ) else {
         return Err(NestError::NotApplicable);
     };
+    let dir = dir().ok_or(NestError::NotApplicable)?;
     let path = dir.join(format!("userns.{:016x}.sock", key(layout)));
     let failed = path.with_extension("failed");
     if fs::metadata(&failed)

@@ -64,30 +64,16 @@ pub(crate) fn start_and_wait(
         | libc::CLONE_NEWCGROUP;
     // Rootless with subordinate ids: inside the user's holder namespace when there is
     // one (its maps need no setuid helper); otherwise, or if that fails, as before.
-    let nest = match ids.holder {
-        Some(_) => crate::scratch::runtime_dir()
-            .ok_or(crate::userns::NestError::NotApplicable)
-            .and_then(|dir| crate::userns::nest(ids, &dir)),
-        None => Err(crate::userns::NestError::NotApplicable),
-    };
-    let nested = match nest {
-        Ok(n) => match crate::userns::clone_nested(n, flags) {
-            Ok(Some(pid)) => Some(pid.as_raw() as libc::c_long),
-            Ok(None) => {
-                drop(ours);
-                drop(sfd);
-                init::run(cfg, theirs);
-            }
-            // Never a second init beside one that may exist.
-            Err(e @ crate::userns::NestError::Lost) => {
-                return Err(RunError::Invalid(format!("{e}; try again")));
-            }
-            Err(e) => {
-                tracing::debug!("{e}; the id maps are written by newuidmap/newgidmap");
-                None
-            }
-        },
+    // In the new init, `Some(0)`: it goes on below like a child of the plain clone.
+    let nested = match crate::userns::nest(ids, crate::scratch::runtime_dir)
+        .and_then(|n| crate::userns::clone_nested(n, flags))
+    {
+        Ok(pid) => Some(pid.map_or(0, |p| libc::c_long::from(p.as_raw()))),
         Err(crate::userns::NestError::NotApplicable) => None,
+        // Never a second init beside one that may exist.
+        Err(e @ crate::userns::NestError::Lost) => {
+            return Err(RunError::Invalid(format!("{e}; try again")));
+        }
         Err(e) => {
             tracing::debug!("{e}; the id maps are written by newuidmap/newgidmap");
             None
