@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::http::{self, HeadError, deny_body, respond};
-use crate::l7::{Body, Grant};
+use crate::l7::{Body, Grant, Via};
 use crate::log::NetEvent;
 use crate::prefixed::Prefixed;
 use crate::{Context, DialError, dial, normalize_name, relay};
@@ -225,14 +225,28 @@ async fn serve(
         Ok(g) => g,
         Err(reason) => return refused(&reason),
     };
-    let upstream = match dial(&ctx, grant.endpoint, &host, port).await {
-        Ok(s) => s,
-        Err(DialError::Refused(reason)) => return refused(&reason),
-        Err(DialError::Unreachable(detail)) => {
-            let body =
-                serde_json::json!({"error": "upstream_unreachable", "detail": detail}).to_string();
-            return answer(StatusCode::BAD_GATEWAY, body, None);
-        }
+    // A plain `http://` request may reuse an upstream connection that an earlier
+    // request, allowed by the same entry of the same policy, left open (`pool`).
+    let key = (!connect && crate::l7::reusable(&req)).then(|| crate::pool::Key {
+        host: host.clone(),
+        port,
+        entry: grant.name.to_string(),
+        version: active.version,
+    });
+    let kept = key
+        .as_ref()
+        .and_then(|k| ctx.pool.take(k, ctx.policy.current().version));
+    let upstream = match kept {
+        Some(s) => Via::Kept(s),
+        None => match dial(&ctx, grant.endpoint, &host, port).await {
+            Ok(s) => Via::Dialled(s),
+            Err(DialError::Refused(reason)) => return refused(&reason),
+            Err(DialError::Unreachable(detail)) => {
+                let body = serde_json::json!({"error": "upstream_unreachable", "detail": detail})
+                    .to_string();
+                return answer(StatusCode::BAD_GATEWAY, body, None);
+            }
+        },
     };
     ctx.log.net(&NetEvent {
         kind: "NET:OPEN",
@@ -254,9 +268,10 @@ async fn serve(
         who,
         version: active.version,
     };
-    if !connect {
-        return crate::l7::forward(ctx, g, req, upstream, relays, inspected).await;
-    }
+    let upstream = match upstream {
+        Via::Dialled(s) if connect => s,
+        via => return crate::l7::forward(ctx, g, req, via, relays, inspected, key).await,
+    };
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(up) = upgrade.await else { return };

@@ -36,6 +36,8 @@ use tokio::sync::{Mutex, watch};
 use crate::Context;
 use crate::Peer;
 use crate::normalize_name;
+use crate::pool;
+use hyper::client::conn::http1::SendRequest;
 
 /// A response body: the upstream's, or the proxy's own JSON.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -43,7 +45,7 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 /// The proxy's connection to the real upstream.
 enum Upstream {
     /// One request at a time.
-    H1(Mutex<hyper::client::conn::http1::SendRequest<Incoming>>),
+    H1(Mutex<SendRequest<Incoming>>),
     /// Multiplexed.
     H2(hyper::client::conn::http2::SendRequest<Incoming>),
 }
@@ -152,6 +154,7 @@ pub async fn inspect<S>(
                 client_h2,
                 tls: true,
                 rules: true,
+                reused: false,
             };
             Ok::<_, hyper::Error>(handle(ctx, grant, who, t, sender, relays, req).await)
         }
@@ -221,6 +224,8 @@ struct Target {
     tls: bool,
     /// Apply the endpoint's rules (and log each request).
     rules: bool,
+    /// The upstream connection was kept from an earlier request (`pool`).
+    reused: bool,
 }
 
 impl Target {
@@ -488,9 +493,25 @@ async fn handle(
                 .then(|| hyper::upgrade::on(&mut req));
             let req = for_upstream(req, false, &t);
             let mut s = s.lock().await;
-            let mut resp = match s.send_request(req).await {
+            let mut resp = match s.try_send_request(req).await {
                 Ok(r) => r,
-                Err(e) => return unreachable(e.to_string()),
+                // A kept connection the upstream closed before the request went out:
+                // the request goes on a new one (it was never sent, so no retry of
+                // something the upstream saw).
+                Err(mut e) if t.reused && e.message().is_some() => {
+                    let Some(req) = e.take_message() else {
+                        return unreachable(e.error().to_string());
+                    };
+                    match redial(&ctx, &grant, &t).await {
+                        Ok(fresh) => *s = fresh,
+                        Err(detail) => return unreachable(detail),
+                    }
+                    match s.send_request(req).await {
+                        Ok(r) => r,
+                        Err(e) => return unreachable(e.to_string()),
+                    }
+                }
+                Err(e) => return unreachable(e.into_error().to_string()),
             };
             drop(s);
             crate::secrets::redact_response(resp.headers_mut(), &used, &vault);
@@ -527,16 +548,52 @@ async fn drain(mut body: Incoming) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), read).await;
 }
 
-/// Forward one absolute-form `http://` request of the explicit proxy over `upstream`
-/// (already dialled and allowed): the same request path as an inspected tunnel's,
-/// without TLS; `rules` applies the endpoint's rules (a `protocol: rest` endpoint).
+/// How a forwarded request reaches its upstream.
+pub enum Via {
+    /// A connection dialled for it.
+    Dialled(TcpStream),
+    /// A connection kept from an earlier request with the same [`pool::Key`].
+    Kept(SendRequest<Incoming>),
+}
+
+/// Whether the upstream connection may serve another request after `req`: the proxy
+/// frames the request itself (no chunked body from the client) and no protocol switch
+/// takes the connection over.
+pub fn reusable(req: &Request<Incoming>) -> bool {
+    !req.headers().contains_key(header::TRANSFER_ENCODING)
+        && !req.headers().contains_key(header::UPGRADE)
+        && !req.headers().get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .map_or(true, |v| v.to_ascii_lowercase().contains("upgrade"))
+        })
+}
+
+/// A new HTTP/1.1 connection to the grant's upstream (a kept one was closed).
+async fn redial(ctx: &Context, grant: &Grant, t: &Target) -> Result<SendRequest<Incoming>, String> {
+    let tcp = match crate::dial(ctx, &grant.endpoint, &t.host, t.port).await {
+        Ok(s) => s,
+        Err(crate::DialError::Refused(r) | crate::DialError::Unreachable(r)) => return Err(r),
+    };
+    let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("HTTP/1.1 to {}: {e}", t.host))?;
+    tokio::spawn(conn.with_upgrades());
+    Ok(s)
+}
+
+/// Forward one absolute-form `http://` request of the explicit proxy (already
+/// allowed) over `via`: the same request path as an inspected tunnel's, without TLS;
+/// `rules` applies the endpoint's rules (a `protocol: rest` endpoint). When `key` is
+/// given (a [`reusable`] request) the upstream connection is kept for the next request
+/// once this one's response has been read to its end.
 pub async fn forward(
     ctx: Arc<Context>,
     grant: Grant,
     req: Request<Incoming>,
-    upstream: TcpStream,
+    via: Via,
     relays: watch::Receiver<u64>,
     rules: bool,
+    key: Option<pool::Key>,
 ) -> Response<Body> {
     let t = Target {
         host: grant.host.clone(),
@@ -544,14 +601,38 @@ pub async fn forward(
         client_h2: false,
         tls: false,
         rules,
+        reused: matches!(via, Via::Kept(_)),
     };
-    let sender: Sender = match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
-        Ok((s, conn)) => {
-            tokio::spawn(conn.with_upgrades());
-            Ok(Arc::new(Upstream::H1(Mutex::new(s))))
-        }
-        Err(e) => Err(format!("HTTP/1.1 to {}: {e}", t.host)),
+    let sender = match via {
+        Via::Kept(s) => Ok(s),
+        Via::Dialled(tcp) => match hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await {
+            Ok((s, conn)) => {
+                tokio::spawn(conn.with_upgrades());
+                Ok(s)
+            }
+            Err(e) => Err(format!("HTTP/1.1 to {}: {e}", t.host)),
+        },
     };
+    let sender: Sender = sender.map(|s| Arc::new(Upstream::H1(Mutex::new(s))));
+    let kept = sender.as_ref().ok().cloned();
     let who = Arc::new(grant.who.clone());
-    handle(ctx, Arc::new(grant), who, t, sender, relays, req).await
+    let resp = handle(ctx.clone(), Arc::new(grant), who, t, sender, relays, req).await;
+    // `handle` is done with its copy: the connection waits (in the background) for
+    // the response to be read to its end, then goes back to the pool.
+    if let (Some(key), Some(up)) = (key, kept)
+        && let Ok(up) = Arc::try_unwrap(up)
+        && let Upstream::H1(s) = up
+    {
+        let mut s = s.into_inner();
+        tokio::spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(KEEP_WAIT, s.ready()).await {
+                let current = ctx.policy.current().version;
+                ctx.pool.put(key, s, current);
+            }
+        });
+    }
+    resp
 }
+
+/// How long a response may take to be read before its connection is no longer kept.
+const KEEP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);

@@ -18,6 +18,7 @@ pub mod http;
 pub mod inference;
 pub mod l7;
 pub mod log;
+pub mod pool;
 pub mod prefixed;
 pub mod refuse;
 pub mod secrets;
@@ -119,6 +120,8 @@ pub struct Context {
     pub credentials: secrets::Vault,
     /// The inference.local route (`inference`).
     pub inference: inference::Router,
+    /// Idle upstream connections of forwarded `http://` requests (`pool`).
+    pub pool: Arc<pool::Pool>,
 }
 
 impl Context {
@@ -144,6 +147,7 @@ impl Context {
             upstream_tls_h2: std::sync::OnceLock::new(),
             credentials: secrets::Vault::default(),
             inference: inference::Router::default(),
+            pool: Arc::default(),
         })
     }
 

@@ -167,7 +167,7 @@ http {
         root $U/www;
         add_header X-Testenv-Upstream \$server_addr always;
         location / {
-            return 200 "method=\$request_method\nrequest_line=\$request\nuri=\$request_uri\npath=\$uri\nquery=\$args\nhost=\$http_host\nscheme=\$scheme\nsni=\$ssl_server_name\nprotocol=\$server_protocol\nserver_addr=\$server_addr\nserver_port=\$server_port\nclient_addr=\$remote_addr\n";
+            return 200 "method=\$request_method\nrequest_line=\$request\nuri=\$request_uri\npath=\$uri\nquery=\$args\nhost=\$http_host\nscheme=\$scheme\nsni=\$ssl_server_name\nprotocol=\$server_protocol\nserver_addr=\$server_addr\nserver_port=\$server_port\nclient_addr=\$remote_addr\nclient_port=\$remote_port\nconnection=\$connection\nconnection_requests=\$connection_requests\n";
         }
         location = /big { default_type application/octet-stream; }
         location = /close { return 444; }
