@@ -655,6 +655,47 @@ EOF"
     );
 }
 
+/// The owner lookup reads descriptors that held no socket last time after the others:
+/// a socket that now sits in such a descriptor (a closed file's number, reused) is
+/// still found.
+fn a_socket_in_a_reused_descriptor_is_still_identified() {
+    need_upstream!();
+    let n = Net::new();
+    let host = up("OS_UPSTREAM_HOST");
+    let script = format!(
+        "python3 - <<'EOF'
+import socket
+def get():
+    s = socket.create_connection(('10.200.0.1', 3128))
+    s.sendall(b'GET http://{host}/ HTTP/1.1\\r\\nHost: {host}\\r\\nConnection: close\\r\\n\\r\\n')
+    line = s.recv(100).split(b'\\r\\n')[0].decode()
+    s.close()
+    return line
+files = [open('/etc/hostname') for _ in range(20)]
+print('first', get(), flush=True)
+low = files[0].fileno()
+for f in files:
+    f.close()
+s = socket.socket()
+print('reused', s.fileno() == low, flush=True)
+s.close()
+print('second', get(), flush=True)
+EOF"
+    );
+    let out = n.run(
+        Some(&policy(&ep(&host, 80), &bin("/usr/bin/python3*"))),
+        &script,
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("first HTTP/1.1 200"),
+        "{text}{}",
+        stderr(&out)
+    );
+    assert!(text.contains("reused True"), "{text}");
+    assert!(text.contains("second HTTP/1.1 200"), "{text}{}", n.log());
+}
+
 openshell_tests::suite!(
     no_policy_denies_everything_with_a_clear_answer,
     host_port_and_binary_decide,
@@ -671,4 +712,5 @@ openshell_tests::suite!(
     an_allowed_hosts_address_is_not_an_allowed_destination,
     slow_clients_do_not_stall_the_proxy,
     a_socket_shared_with_an_allowed_program_is_not_laundered,
+    a_socket_in_a_reused_descriptor_is_still_identified,
 );

@@ -10,13 +10,11 @@
 //! sees. Runs in the supervisor, on the host; reads /proc only.
 
 use std::collections::HashMap;
-use std::ffi::CStr;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use nix::dir::Dir;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use openshell_proxy::{Identify, Peer};
@@ -42,7 +40,14 @@ pub struct SandboxProcs {
     /// The process that held the last identified socket: looked at first.
     last: AtomicU32,
     hashes: Mutex<HashMap<FileVersion, String>>,
+    /// Per process, the descriptors (sorted) that held no socket at the last look.
+    quiet: Mutex<HashMap<u32, Vec<u32>>>,
 }
+
+/// Processes whose quiet descriptors are remembered (the map is emptied when full).
+const MAX_QUIET_PIDS: usize = 1024;
+/// Quiet descriptors remembered per process.
+const MAX_QUIET_FDS: usize = 256;
 
 const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 
@@ -55,6 +60,7 @@ impl SandboxProcs {
             procfs: OnceLock::new(),
             last: AtomicU32::new(0),
             hashes: Mutex::new(HashMap::new()),
+            quiet: Mutex::new(HashMap::new()),
         }
     }
 
@@ -124,25 +130,27 @@ impl SandboxProcs {
     /// The sandbox's processes (pids in its namespace), init (1) left out: init holds
     /// no socket of the sandbox's programs and runs none of them.
     fn pids(procfs: &OwnedFd) -> Vec<u32> {
-        let Ok(mut dir) = Dir::openat(
-            procfs,
-            ".",
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ) else {
-            return Vec::new();
-        };
-        dir.iter()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().ok()?.parse::<u32>().ok())
-            .filter(|p| *p > 1)
-            .collect()
+        let mut out = Vec::new();
+        each_entry(procfs, ".", |name| {
+            if let Some(p) = std::str::from_utf8(name)
+                .ok()
+                .and_then(|n| n.parse::<u32>().ok())
+                .filter(|p| *p > 1)
+            {
+                out.push(p);
+            }
+        });
+        out
     }
 
     /// Whether `pid` holds the socket `needle` (`socket:[inode]`). The fd table is read
-    /// through one directory fd: each readlinkat walks one path component.
-    fn holds(procfs: &OwnedFd, pid: u32, needle: &[u8]) -> bool {
-        let Ok(mut dir) = Dir::openat(
+    /// through one directory fd: each readlinkat walks one path component. Descriptors
+    /// that held no socket at the last look (a program's files, pipes, event fds:
+    /// mostly there for its whole life) are looked at last, so the lookup of a new
+    /// connection usually reads a few links, not the whole table; the order changes
+    /// only how soon the answer is found, never the answer.
+    fn holds(&self, procfs: &OwnedFd, pid: u32, needle: &[u8]) -> bool {
+        let Ok(fd) = nix::fcntl::openat(
             procfs,
             format!("{pid}/fd").as_str(),
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -150,19 +158,66 @@ impl SandboxProcs {
         ) else {
             return false;
         };
-        let dfd = dir.as_raw_fd();
-        dir.iter().flatten().any(|e| {
-            let name: &CStr = e.file_name();
-            if name.to_bytes().first() == Some(&b'.') {
-                return false;
+        let Ok(mut dir) = rustix::fs::Dir::new(fd) else {
+            return false;
+        };
+        let mut fds: Vec<u32> = Vec::new();
+        while let Some(Ok(e)) = dir.read() {
+            if let Some(fd) = std::str::from_utf8(e.file_name().to_bytes())
+                .ok()
+                .and_then(|n| n.parse().ok())
+            {
+                fds.push(fd);
             }
+        }
+        // The entries are read; the descriptor is used for the links only.
+        let Ok(dfd) = dir.fd() else {
+            return false;
+        };
+        let quiet: Vec<u32> = self
+            .quiet
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&pid)
+            .cloned()
+            .unwrap_or_default();
+        // Stable: the likely ones first, each group in table order.
+        fds.sort_by_key(|fd| quiet.binary_search(fd).is_ok());
+        let (mut now_quiet, mut now_socket) = (Vec::new(), Vec::new());
+        let mut found = false;
+        for fd in fds {
             let mut buf = [0u8; 64];
-            // SAFETY: `dfd` stays open while `dir` lives; `name` is NUL-terminated;
-            // readlinkat writes at most `buf.len()` bytes into `buf`.
-            let n =
-                unsafe { libc::readlinkat(dfd, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-            n > 0 && &buf[..n as usize] == needle
-        })
+            let Ok(n) = rustix::fs::readlinkat_raw(dfd, fd.to_string().as_str(), &mut buf[..])
+            else {
+                continue;
+            };
+            let target = &buf[..n.min(buf.len())];
+            if target == needle {
+                found = true;
+                break;
+            }
+            if target.starts_with(b"socket:") {
+                now_socket.push(fd);
+            } else {
+                now_quiet.push(fd);
+            }
+        }
+        let mut all = self.quiet.lock().unwrap_or_else(|p| p.into_inner());
+        if all.len() >= MAX_QUIET_PIDS && !all.contains_key(&pid) {
+            all.clear();
+        }
+        let entry = all.entry(pid).or_default();
+        // What was read this time replaces what was known of those descriptors; the
+        // ones not read keep their last state.
+        entry.retain(|fd| !now_socket.contains(fd));
+        for fd in now_quiet {
+            if let Err(i) = entry.binary_search(&fd) {
+                if entry.len() < MAX_QUIET_FDS {
+                    entry.insert(i, fd);
+                }
+            }
+        }
+        found
     }
 
     fn parent(procfs: &OwnedFd, pid: u32) -> Option<u32> {
@@ -253,6 +308,9 @@ impl SandboxProcs {
     }
 }
 
+/// A small /proc file (`stat`, `cmdline`): one read of up to 8 KiB, which procfs fills
+/// in one call (no size probe, no second read for the end). A longer `cmdline` is cut
+/// there, which keeps its first arguments, all that is read of it.
 fn read_at(procfs: &OwnedFd, path: &str) -> Option<String> {
     let fd = nix::fcntl::openat(
         procfs,
@@ -261,7 +319,32 @@ fn read_at(procfs: &OwnedFd, path: &str) -> Option<String> {
         Mode::empty(),
     )
     .ok()?;
-    std::io::read_to_string(std::fs::File::from(fd)).ok()
+    let mut buf = [0u8; 8192];
+    let n = nix::unistd::read(&fd, &mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Calls `f` with each entry name of the directory `path` under `at` (`.` and `..`
+/// left out). getdents64 through rustix on a descriptor of our own: no `fdopendir`
+/// checks or rewinding around it.
+fn each_entry(at: &OwnedFd, path: &str, mut f: impl FnMut(&[u8])) {
+    let Ok(fd) = nix::fcntl::openat(
+        at,
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    let Ok(mut dir) = rustix::fs::Dir::new(fd) else {
+        return;
+    };
+    while let Some(Ok(e)) = dir.read() {
+        let name = e.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            f(name);
+        }
+    }
 }
 
 impl SandboxProcs {
@@ -353,6 +436,13 @@ impl Identify for SandboxProcs {
         let procfs = self.procfs()?;
         let needle = format!("socket:[{inode}]");
         let mut pids = Self::pids(procfs);
+        {
+            // What is remembered of processes that are gone goes once it adds up.
+            let mut quiet = self.quiet.lock().unwrap_or_else(|p| p.into_inner());
+            if quiet.len() > pids.len() + 32 {
+                quiet.retain(|p, _| pids.contains(p));
+            }
+        }
         // The last holder first: a client opening many connections is found at once.
         let last = self.last.load(Ordering::Relaxed);
         if let Some(i) = pids.iter().position(|p| *p == last) {
@@ -360,7 +450,7 @@ impl Identify for SandboxProcs {
         }
         let i = pids
             .iter()
-            .position(|p| Self::holds(procfs, *p, needle.as_bytes()))?;
+            .position(|p| self.holds(procfs, *p, needle.as_bytes()))?;
         let pid = pids.swap_remove(i);
         self.last.store(pid, Ordering::Relaxed);
         let mut chain = vec![exe(procfs, pid)?];
@@ -371,7 +461,7 @@ impl Identify for SandboxProcs {
             .iter()
             .filter_map(|p| {
                 let e = exe(procfs, *p).unwrap_or_else(|| "?".into());
-                (e != chain[0] && Self::holds(procfs, *p, needle.as_bytes())).then_some(e)
+                (e != chain[0] && self.holds(procfs, *p, needle.as_bytes())).then_some(e)
             })
             .collect();
         shared_with.sort();
