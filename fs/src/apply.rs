@@ -4,7 +4,7 @@
 //! logging. Every failure names the step and the path. It must not decide anything:
 //! what to mount is the plan's job.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -82,14 +82,18 @@ pub fn apply_with(plan: &MountPlan, before_pivot: impl FnOnce()) -> Result<Appli
         None::<&str>,
     )
     .map_err(FsError::MakeSlave)?;
+    let mut root = Root::new(&plan.root);
     for op in &plan.before_pivot {
-        run(op, &plan.root)?;
+        run(op, &mut root)?;
     }
+    drop(root);
     before_pivot();
     pivot(&plan.root)?;
+    let mut root = Root::new(Path::new("/"));
     for op in &plan.after_pivot {
-        run(op, Path::new("/"))?;
+        run(op, &mut root)?;
     }
+    drop(root);
     let mut applied = Applied::default();
     if ROOT_COPIED.load(Ordering::Relaxed) {
         applied.notes.push(
@@ -119,11 +123,46 @@ fn in_root(path: &Path) -> impl FnOnce(inroot::InRootError) -> FsError {
     }
 }
 
-/// The root's descriptor: every path below it is resolved inside it (the root may be
-/// an image's, whose symlinks point anywhere). Reopened per step: a step may have
-/// mounted over what an older descriptor saw.
-fn root_fd(root: &Path) -> Result<OwnedFd, FsError> {
-    inroot::open_root(root).map_err(in_root(root))
+/// The root's descriptor, kept from step to step: every path below it is resolved
+/// inside it (the root may be an image's, whose symlinks point anywhere). Mounts below
+/// the root are seen through it (a path walk crosses mount points); a mount on the root
+/// itself is not (the descriptor still names what is under it), so a step that mounts
+/// there makes it reopen.
+struct Root<'a> {
+    path: &'a Path,
+    fd: Option<OwnedFd>,
+}
+
+impl<'a> Root<'a> {
+    fn new(path: &'a Path) -> Self {
+        Self { path, fd: None }
+    }
+
+    fn fd(&mut self) -> Result<BorrowedFd<'_>, FsError> {
+        let fd: &OwnedFd = match &mut self.fd {
+            Some(fd) => fd,
+            slot @ None => slot.insert(inroot::open_root(self.path).map_err(in_root(self.path))?),
+        };
+        Ok(fd.as_fd())
+    }
+
+    /// After `op`: forget the descriptor if `op` mounted on the root itself.
+    fn after(&mut self, op: &MountOp) {
+        let on_root = match op {
+            MountOp::Mkdir { .. } | MountOp::Touch { .. } | MountOp::Symlink { .. } => false,
+            MountOp::Overlay { .. } => true,
+            MountOp::Tmpfs { path, .. }
+            | MountOp::Bind { path, .. }
+            | MountOp::Proc { path }
+            | MountOp::Devpts { path }
+            | MountOp::MaskFile { path }
+            | MountOp::MaskDir { path }
+            | MountOp::ReadOnly { path } => inroot::rel(path) == Path::new("."),
+        };
+        if on_root {
+            self.fd = None;
+        }
+    }
 }
 
 /// One of the sandbox's own mount points ([`crate::plan::OWN_MOUNT_POINTS`]): never
@@ -135,12 +174,12 @@ fn exact(path: &Path) -> bool {
 }
 
 /// The existing directory `path` inside the root, as an `O_PATH` descriptor.
-fn dir_in(root: &Path, path: &Path) -> Result<OwnedFd, FsError> {
-    let r = root_fd(root)?;
+fn dir_in(root: &mut Root, path: &Path) -> Result<OwnedFd, FsError> {
+    let r = root.fd()?;
     if exact(path) {
-        inroot::dir_exact(r.as_fd(), path)
+        inroot::dir_exact(r, path)
     } else {
-        inroot::dir(r.as_fd(), path)
+        inroot::dir(r, path)
     }
     .map_err(in_root(path))
 }
@@ -160,29 +199,33 @@ fn mount_on(
     mount(src, &inroot::fd_path(target), fstype, flags, data).map_err(mount_err(&what, shown))
 }
 
-fn run(op: &MountOp, root: &Path) -> Result<(), FsError> {
+fn run(op: &MountOp, root: &mut Root) -> Result<(), FsError> {
+    let done = step(op, root);
+    root.after(op);
+    done
+}
+
+fn step(op: &MountOp, root: &mut Root) -> Result<(), FsError> {
     match op {
         MountOp::Mkdir { path, mode } => {
-            let r = root_fd(root)?;
+            let r = root.fd()?;
             // An existing directory (an image's /proc, /tmp, ...) is only a mount point
             // or keeps the image's mode: touching it would copy it up for nothing.
             if exact(path) {
-                inroot::mkdir_exact(r.as_fd(), path, *mode)
+                inroot::mkdir_exact(r, path, *mode)
             } else {
-                inroot::mkdir_all(r.as_fd(), path, *mode)
+                inroot::mkdir_all(r, path, *mode)
             }
             .map(drop)
             .map_err(in_root(path))
         }
         MountOp::Touch { path } => {
-            let r = root_fd(root)?;
-            inroot::touch(r.as_fd(), path)
-                .map(drop)
-                .map_err(in_root(path))
+            let r = root.fd()?;
+            inroot::touch(r, path).map(drop).map_err(in_root(path))
         }
         MountOp::Symlink { target, path } => {
-            let r = root_fd(root)?;
-            inroot::symlink(r.as_fd(), target, path).map_err(in_root(path))
+            let r = root.fd()?;
+            inroot::symlink(r, target, path).map_err(in_root(path))
         }
         MountOp::Tmpfs {
             path,
@@ -211,17 +254,12 @@ fn run(op: &MountOp, root: &Path) -> Result<(), FsError> {
             readonly,
             device,
         } => {
-            let r = root_fd(root)?;
+            let r = root.fd()?;
             let found = if exact(path) {
-                inroot::dir_exact(r.as_fd(), path).map_err(in_root(path))?;
-                inroot::open_with(
-                    r.as_fd(),
-                    path,
-                    OFlag::O_PATH,
-                    ResolveFlag::RESOLVE_NO_SYMLINKS,
-                )
+                inroot::dir_exact(r, path).map_err(in_root(path))?;
+                inroot::open_with(r, path, OFlag::O_PATH, ResolveFlag::RESOLVE_NO_SYMLINKS)
             } else {
-                inroot::open_in(r.as_fd(), path, OFlag::O_PATH)
+                inroot::open_in(r, path, OFlag::O_PATH)
             };
             let at = match found {
                 Ok(fd) => fd,
@@ -246,8 +284,11 @@ fn run(op: &MountOp, root: &Path) -> Result<(), FsError> {
                 attrs |= MOUNT_ATTR_RDONLY;
             }
             // The descriptor taken after the mount is the new mount's root.
-            let r = root_fd(root)?;
-            let mounted = inroot::open_in(r.as_fd(), path, OFlag::O_PATH)
+            if inroot::rel(path) == Path::new(".") {
+                root.fd = None;
+            }
+            let r = root.fd()?;
+            let mounted = inroot::open_in(r, path, OFlag::O_PATH)
                 .map_err(mount_err(&src.display().to_string(), path))?;
             set_attrs(&mounted, path, attrs, true)
         }
@@ -278,8 +319,8 @@ fn run(op: &MountOp, root: &Path) -> Result<(), FsError> {
             )
         }
         MountOp::MaskFile { path } => {
-            let r = root_fd(root)?;
-            let Ok(at) = inroot::open_in(r.as_fd(), path, OFlag::O_PATH) else {
+            let r = root.fd()?;
+            let Ok(at) = inroot::open_in(r, path, OFlag::O_PATH) else {
                 return Ok(());
             };
             mount_on(
@@ -292,8 +333,8 @@ fn run(op: &MountOp, root: &Path) -> Result<(), FsError> {
             )
         }
         MountOp::MaskDir { path } => {
-            let r = root_fd(root)?;
-            let Ok(at) = inroot::dir(r.as_fd(), path) else {
+            let r = root.fd()?;
+            let Ok(at) = inroot::dir(r, path) else {
                 return Ok(());
             };
             let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
@@ -313,13 +354,13 @@ fn run(op: &MountOp, root: &Path) -> Result<(), FsError> {
             path,
         } => {
             // Only ever the root itself, a directory of ours.
-            let at = root.join(path.strip_prefix("/").unwrap_or(path));
+            let at = root.path.join(path.strip_prefix("/").unwrap_or(path));
             std::fs::create_dir_all(&at).map_err(create_err(&at))?;
             overlay(lowers, upper, work, &at)
         }
         MountOp::ReadOnly { path } => {
-            let r = root_fd(root)?;
-            let Ok(at) = inroot::open_in(r.as_fd(), path, OFlag::O_PATH) else {
+            let r = root.fd()?;
+            let Ok(at) = inroot::open_in(r, path, OFlag::O_PATH) else {
                 return Ok(());
             };
             let whole = inroot::rel(path) == Path::new(".");
@@ -335,9 +376,8 @@ fn run(op: &MountOp, root: &Path) -> Result<(), FsError> {
                 )
                 .map_err(mount_err("bind", path))?;
             }
-            let r = root_fd(root)?;
-            let at =
-                inroot::open_in(r.as_fd(), path, OFlag::O_PATH).map_err(mount_err("bind", path))?;
+            let r = root.fd()?;
+            let at = inroot::open_in(r, path, OFlag::O_PATH).map_err(mount_err("bind", path))?;
             // `/` alone: the mounts on top of it (/sandbox, /tmp, ...) keep their mode.
             set_attrs(&at, path, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, !whole)
         }

@@ -457,10 +457,15 @@ impl Identify for SandboxProcs {
         // A socket held by several processes (one created it, another inherited it)
         // is attributed to a program only when they all run that same program: the
         // fd tables of processes running the holder's program need no look.
+        // Each process's executable is read once per lookup (an ancestor is usually
+        // one of the processes looked at here).
+        let mut exes: HashMap<u32, Option<String>> = HashMap::new();
         let mut shared_with: Vec<String> = pids
             .iter()
             .filter_map(|p| {
-                let e = exe(procfs, *p).unwrap_or_else(|| "?".into());
+                let e = exe(procfs, *p);
+                exes.insert(*p, e.clone());
+                let e = e.unwrap_or_else(|| "?".into());
                 (e != chain[0] && self.holds(procfs, *p, needle.as_bytes())).then_some(e)
             })
             .collect();
@@ -471,7 +476,11 @@ impl Identify for SandboxProcs {
             if pp <= 1 {
                 break;
             }
-            if let Some(e) = exe(procfs, pp) {
+            let e = match exes.remove(&pp) {
+                Some(known) => known,
+                None => exe(procfs, pp),
+            };
+            if let Some(e) = e {
                 // An ancestor running a script (`node /usr/bin/codex`, shebang
                 // launchers) counts as that script too: a policy may name the launcher.
                 let script = self.script(procfs, pp, &e);
