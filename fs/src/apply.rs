@@ -50,6 +50,12 @@ pub enum FsError {
         #[source]
         source: Errno,
     },
+    /// A mount destination that the image's symlinks lead to the root itself.
+    #[error(
+        "{} leads to the sandbox's root through a symlink of the image: a mount there would cover the whole root (its /proc, /dev, /tmp and /sandbox); mount somewhere else or fix the image",
+        path.display()
+    )]
+    OntoRoot { path: PathBuf },
 }
 
 /// What applying a plan had to do differently from the plan (for `-v` and `sandbox
@@ -176,12 +182,30 @@ fn exact(path: &Path) -> bool {
 /// The existing directory `path` inside the root, as an `O_PATH` descriptor.
 fn dir_in(root: &mut Root, path: &Path) -> Result<OwnedFd, FsError> {
     let r = root.fd()?;
-    if exact(path) {
+    let at = if exact(path) {
         inroot::dir_exact(r, path)
     } else {
         inroot::dir(r, path)
     }
-    .map_err(in_root(path))
+    .map_err(in_root(path))?;
+    not_root(&at, r, path)?;
+    Ok(at)
+}
+
+/// `at`, reached from `path` (which may go through the image's symlinks), must not be
+/// the root itself unless `path` names it: a mount there would cover the whole root.
+fn not_root(at: &OwnedFd, root: BorrowedFd<'_>, path: &Path) -> Result<(), FsError> {
+    if inroot::rel(path) == Path::new(".") {
+        return Ok(());
+    }
+    let same = match (nix::sys::stat::fstat(at), nix::sys::stat::fstat(root)) {
+        (Ok(a), Ok(r)) => a.st_dev == r.st_dev && a.st_ino == r.st_ino,
+        _ => false,
+    };
+    if same {
+        return Err(FsError::OntoRoot { path: path.into() });
+    }
+    Ok(())
 }
 
 fn mount_on(
@@ -268,6 +292,7 @@ fn step(op: &MountOp, root: &mut Root) -> Result<(), FsError> {
                 Err(Errno::ENOENT) => return Ok(()),
                 Err(e) => return Err(mount_err(&src.display().to_string(), path)(e)),
             };
+            not_root(&at, r, path)?;
             mount_on(
                 Some(src),
                 &at,
@@ -337,6 +362,7 @@ fn step(op: &MountOp, root: &mut Root) -> Result<(), FsError> {
             let Ok(at) = inroot::dir(r, path) else {
                 return Ok(());
             };
+            not_root(&at, r, path)?;
             let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
             mount_on(
                 Some(Path::new("tmpfs")),
@@ -364,6 +390,7 @@ fn step(op: &MountOp, root: &mut Root) -> Result<(), FsError> {
                 return Ok(());
             };
             let whole = inroot::rel(path) == Path::new(".");
+            not_root(&at, r, path)?;
             if !whole {
                 // Bind onto itself so the read-only flag applies to this subtree only.
                 let p = inroot::fd_path(&at);

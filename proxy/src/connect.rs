@@ -226,11 +226,14 @@ async fn serve(
         Err(reason) => return refused(&reason),
     };
     // A plain `http://` request may reuse an upstream connection that an earlier
-    // request, allowed by the same entry of the same policy, left open (`pool`).
+    // request of the same program, allowed by the same endpoint of the same entry of
+    // the same policy, left open (`pool`).
     let key = (!connect && crate::l7::reusable(&req)).then(|| crate::pool::Key {
         host: host.clone(),
         port,
-        entry: grant.name.to_string(),
+        entry: grant.key.to_string(),
+        endpoint: std::ptr::from_ref(grant.endpoint) as usize,
+        binary: who.exe.clone(),
         version: active.version,
     });
     let kept = key

@@ -556,16 +556,30 @@ pub enum Via {
     Kept(SendRequest<Incoming>),
 }
 
-/// Whether the upstream connection may serve another request after `req`: the proxy
-/// frames the request itself (no chunked body from the client) and no protocol switch
-/// takes the connection over.
-pub fn reusable(req: &Request<Incoming>) -> bool {
-    !req.headers().contains_key(header::TRANSFER_ENCODING)
-        && !req.headers().contains_key(header::UPGRADE)
-        && !req.headers().get_all(header::CONNECTION).iter().any(|v| {
+/// Whether the upstream connection may serve another request after `req`: a request
+/// without a body (nothing a server could read differently from hyper and leave behind
+/// as the start of another request), without `Expect`, with no protocol switch taking
+/// the connection over, and naming no credential placeholder (a request that gets a
+/// secret swapped in always has a connection of its own).
+pub fn reusable<B>(req: &Request<B>) -> bool {
+    let h = req.headers();
+    let no_body = !h.contains_key(header::TRANSFER_ENCODING)
+        && h.get_all(header::CONTENT_LENGTH)
+            .iter()
+            .all(|v| v.as_bytes() == b"0");
+    let placeholder = |b: &[u8]| {
+        b.windows(crate::secrets::PREFIX.len())
+            .any(|w| w.eq_ignore_ascii_case(crate::secrets::PREFIX.as_bytes()))
+    };
+    no_body
+        && !h.contains_key(header::EXPECT)
+        && !h.contains_key(header::UPGRADE)
+        && !h.get_all(header::CONNECTION).iter().any(|v| {
             v.to_str()
                 .map_or(true, |v| v.to_ascii_lowercase().contains("upgrade"))
         })
+        && !placeholder(req.uri().to_string().as_bytes())
+        && !h.values().any(|v| placeholder(v.as_bytes()))
 }
 
 /// A new HTTP/1.1 connection to the grant's upstream (a kept one was closed).

@@ -4,18 +4,19 @@
 //! A forwarded request used to dial the upstream, send, and close: every request cost
 //! two TCP connections (the client's and the proxy's). Like squid (and unlike
 //! tinyproxy) the proxy now keeps the upstream side open when the upstream allows it
-//! and hands it to the next request for the same host and port **allowed by the same
-//! policy entry of the same policy version** — the key names everything the dial
-//! depended on (the endpoint's address rules among it), so a reused connection is one
-//! the current request could have dialled itself. A policy change makes every idle
+//! and hands it to the next request for the same host and port **from the same
+//! executable, allowed by the same endpoint of the same policy entry of the same policy
+//! version** — the key names everything the dial depended on (the endpoint's address
+//! rules among it), so a reused connection is one the current request could have
+//! dialled itself, and no program's exchange can leave anything for another's. A policy change makes every idle
 //! connection unusable at once (their version no longer matches) and they are dropped
 //! at the next put or take.
 //!
 //! Bounds: [`IDLE`] per connection, [`PER_KEY`] idle connections per key,
-//! [`TOTAL`] in all. Only requests whose framing the proxy fully controls are put
-//! back (no `Transfer-Encoding` from the client, no upgrade; hyper itself refuses to
-//! reuse a connection whose response was not cleanly delimited or was not read to
-//! its end), so no byte of one request's exchange can be read as part of the next's.
+//! [`TOTAL`] in all. Only requests without a body, `Expect`, upgrade or credential
+//! placeholder are sent on kept connections or put back (`l7::reusable`); hyper itself
+//! refuses to reuse a connection whose response was not cleanly delimited or not read
+//! to its end, or that received bytes while idle.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,15 +35,22 @@ pub const PER_KEY: usize = 16;
 /// Idle connections kept in all.
 pub const TOTAL: usize = 128;
 
-/// Everything a dial depended on.
+/// Everything a dial depended on, and who it was for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
     /// Normalised host name (or address) of the request.
     pub host: String,
     /// Port.
     pub port: u16,
-    /// The policy entry that allowed it.
+    /// The key in `network_policies` of the entry that allowed it (unique; display
+    /// names need not be).
     pub entry: String,
+    /// The endpoint of that entry that matched, by its address in the policy of
+    /// `version` (immutable while that version lives: two endpoints of one entry
+    /// may differ in their address rules).
+    pub endpoint: usize,
+    /// The executable that sent it: programs of the sandbox share no connection.
+    pub binary: String,
     /// The policy version that allowed it.
     pub version: u64,
 }
@@ -172,6 +180,8 @@ mod tests {
             host: "h".into(),
             port: 80,
             entry: "e".into(),
+            endpoint: 1,
+            binary: "/usr/bin/curl".into(),
             version,
         }
     }
@@ -188,11 +198,43 @@ mod tests {
         other = key(1);
         other.port = 81;
         assert!(pool.take(&other, 1).is_none(), "another port");
+        other = key(1);
+        other.endpoint = 2;
+        assert!(pool.take(&other, 1).is_none(), "another endpoint");
+        other = key(1);
+        other.binary = "/usr/bin/python3".into();
+        assert!(pool.take(&other, 1).is_none(), "another program");
         assert!(pool.take(&key(1), 1).is_some());
         assert!(pool.take(&key(1), 1).is_none(), "taken once");
         // Not kept for a policy that is no longer the active one.
         pool.put(key(1), connection(None).await, 2);
         assert!(pool.is_empty());
+    }
+
+    #[test]
+    fn only_bodiless_plain_requests_share_connections() {
+        let req = |headers: &[(&str, &str)], uri: &str| {
+            let mut b = hyper::Request::builder().uri(uri);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap()
+        };
+        let reusable = |h: &[(&str, &str)], uri: &str| crate::l7::reusable(&req(h, uri));
+        assert!(reusable(&[], "http://h/a"));
+        assert!(reusable(&[("content-length", "0")], "http://h/a"));
+        for h in [
+            ("content-length", "3"),
+            ("transfer-encoding", "chunked"),
+            ("expect", "100-continue"),
+            ("upgrade", "websocket"),
+            ("connection", "keep-alive, Upgrade"),
+            ("authorization", "Bearer openshell:resolve:env:TOKEN"),
+            ("x-key", "OPENSHELL:RESOLVE:ENV:KEY"),
+        ] {
+            assert!(!reusable(&[h], "http://h/a"), "{h:?}");
+        }
+        assert!(!reusable(&[], "http://h/a?k=openshell:resolve:env:KEY"));
     }
 
     #[tokio::test(flavor = "current_thread")]

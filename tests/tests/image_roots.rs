@@ -473,6 +473,52 @@ fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// A user's mount whose destination the image links to the root itself (`/work -> /`,
+/// `work -> .`, a chain) is refused with a clear error: mounted there it would cover
+/// the whole root, the sandbox's /proc, /dev, /tmp and /sandbox with it.
+fn a_mount_destination_linked_to_the_root_is_refused() {
+    need_sandbox!();
+    let sb = sb();
+    let dir = archive::scratch("ontoroot");
+    let host = dir.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mount = format!("{}:/work", host.display());
+    let variants: Vec<(&str, archive::Layer)> = vec![
+        ("absolute", vec![("work".into(), Node::Link("/".into()))]),
+        ("dot", vec![("work".into(), Node::Link(".".into()))]),
+        (
+            "chain",
+            vec![
+                ("a".into(), Node::Link("..".into())),
+                ("work".into(), Node::Link("a".into())),
+            ],
+        ),
+    ];
+    for (name, layer) in variants {
+        let img = image_with(dir.path(), name, layer, json!({}));
+        let out = run_image(&sb, &img, &["--mount", &mount], &["ls", "/proc/self"]);
+        assert_eq!(out.status.code(), Some(125), "{name}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("leads to the sandbox's root"),
+            "{name}: {}",
+            stderr(&out)
+        );
+    }
+    // A real directory there is mounted as usual.
+    let img = image_with(
+        dir.path(),
+        "plain",
+        vec![("work".into(), Node::Dir(0o755))],
+        json!({}),
+    );
+    std::fs::write(host.join("seen"), "").unwrap();
+    let out = run_image(&sb, &img, &["--mount", &mount], &["ls", "/work"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("seen"), "{}", stdout(&out));
+}
+
 openshell_tests::suite!(
     image_user_ids_the_kernel_treats_specially_never_run,
     policy_ids_the_kernel_treats_specially_are_refused_before_anything_runs,
@@ -480,4 +526,5 @@ openshell_tests::suite!(
     setup_never_creates_opens_or_mounts_outside_the_root,
     non_regular_files_and_loops_are_refused_without_blocking,
     the_store_and_state_are_private_so_setuid_files_of_images_are_out_of_reach,
+    a_mount_destination_linked_to_the_root_is_refused,
 );

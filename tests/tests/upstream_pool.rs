@@ -1,7 +1,8 @@
 //! The explicit proxy keeps upstream connections of plain `http://` requests for the
 //! next request to the same place (docs/network.md, "Upstream connections"), and only
-//! where that is safe: the same host, port, policy entry and policy version; not after
-//! a chunked request body, an unfinished response or a policy change. The testenv
+//! where that is safe: the same host, port, program, policy entry, endpoint and policy
+//! version; never for a request with a body, after an unfinished response or across a
+//! policy change. The testenv
 //! nginx tells each answer's connection (its client port and request count on it).
 
 use std::process::Stdio;
@@ -55,14 +56,16 @@ fn forwarded_requests_share_an_upstream_connection() {
     assert_eq!(opens, 3, "one log line per request: {}", n.log());
 }
 
-/// A request allowed by another policy entry (another binary) gets a connection of its
-/// own; so do requests after a chunked body and after a response left unread.
+/// A request allowed by another policy entry (another binary; both entries with the
+/// same display name) gets a connection of its own; requests with a body never use or
+/// leave a kept connection; a response left unread leaves none.
 fn another_entry_or_an_unsafe_exchange_gets_a_new_connection() {
     need_upstream!();
     let n = Net::new();
     let host = up("OS_UPSTREAM_HOST");
+    // Both entries carry the same display name: the pool tells them apart by key.
     let p = format!(
-        "version: 1\nnetwork_policies:\n  by_curl:\n    name: by_curl\n    endpoints:\n{}    binaries:\n{}  by_python:\n    name: by_python\n    endpoints:\n{}    binaries:\n{}",
+        "version: 1\nnetwork_policies:\n  by_curl:\n    name: web\n    endpoints:\n{}    binaries:\n{}  by_python:\n    name: web\n    endpoints:\n{}    binaries:\n{}",
         ep(&host, 80),
         bin("/usr/bin/curl"),
         ep(&host, 80),
@@ -74,6 +77,9 @@ fn another_entry_or_an_unsafe_exchange_gets_a_new_connection() {
     let chunked = format!(
         "printf abc | curl -sS -m 10 -H 'Transfer-Encoding: chunked' --data-binary @- http://{host}/ | grep -E '^(client_port|connection_requests)='"
     );
+    let with_body = format!(
+        "curl -sS -m 10 --data-binary abc http://{host}/ | grep -E '^(client_port|connection_requests)='"
+    );
     let unread = format!("curl -sS -m 10 http://{host}/big 2>/dev/null | head -c 1000 >/dev/null");
     let script = [
         fields(&host), // 0: new (A)
@@ -81,14 +87,16 @@ fn another_entry_or_an_unsafe_exchange_gets_a_new_connection() {
         fields(&host), // 2: A again
         chunked,       // 3: a body the client framed: a new connection (C), not kept
         fields(&host), // 4: A again (not C)
+        with_body,     // 5: any body: a new connection (D), not kept
+        fields(&host), // 6: A again (not D)
         unread,        // takes A, cut short: not kept
         "sleep 0.5".to_string(),
-        fields(&host), // 5: neither A nor C
+        fields(&host), // 7: neither A, C nor D
     ]
     .join("; ");
     let out = n.run(Some(&p), &script);
     let a = answers(&stdout(&out));
-    assert_eq!(a.len(), 6, "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(a.len(), 8, "{}{}", stdout(&out), stderr(&out));
     let (conn_a, conn_c) = (a[0].0.clone(), a[3].0.clone());
     assert_eq!(a[0].1, 1, "{a:?}");
     assert_eq!(a[1].1, 1, "another policy entry shares nothing: {a:?}");
@@ -104,8 +112,22 @@ fn another_entry_or_an_unsafe_exchange_gets_a_new_connection() {
         (&conn_a, 3),
         "the chunked request's connection is not kept: {a:?}"
     );
-    assert_eq!(a[5].1, 1, "after an unread response: {a:?}");
-    assert!(a[5].0 != conn_a && a[5].0 != conn_c, "{a:?}");
+    assert_eq!(
+        a[5].1, 1,
+        "a request with a body takes no kept connection: {a:?}"
+    );
+    let conn_d = a[5].0.clone();
+    assert_ne!(conn_d, conn_a, "{a:?}");
+    assert_eq!(
+        (&a[6].0, a[6].1),
+        (&conn_a, 4),
+        "the connection of a request with a body is not kept: {a:?}"
+    );
+    assert_eq!(a[7].1, 1, "after an unread response: {a:?}");
+    assert!(
+        a[7].0 != conn_a && a[7].0 != conn_c && a[7].0 != conn_d,
+        "{a:?}"
+    );
 }
 
 /// A policy change (hot reload) leaves no connection of the old policy in use.

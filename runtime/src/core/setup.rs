@@ -98,6 +98,7 @@ impl SetupError {
             FsError::Mount { path, source, .. }
             | FsError::ReadOnly { path, source }
             | FsError::PivotRoot { path, source } => (Some(*source as i32), Some(path.clone())),
+            FsError::OntoRoot { path } => (None, Some(path.clone())),
         };
         Self {
             errno,

@@ -44,6 +44,20 @@ pub struct SandboxProcs {
     quiet: Mutex<HashMap<u32, Vec<u32>>>,
 }
 
+/// Why no SHA-256 came back.
+enum Unhashed {
+    /// Not known yet, and the caller asked not to hash now.
+    Later,
+    /// The executable cannot be (or is not) hashed: the connection is refused.
+    Refused(String),
+}
+
+impl From<String> for Unhashed {
+    fn from(e: String) -> Self {
+        Self::Refused(e)
+    }
+}
+
 /// Processes whose quiet descriptors are remembered (the map is emptied when full).
 const MAX_QUIET_PIDS: usize = 1024;
 /// Quiet descriptors remembered per process.
@@ -209,7 +223,11 @@ impl SandboxProcs {
         let entry = all.entry(pid).or_default();
         // What was read this time replaces what was known of those descriptors; the
         // ones not read keep their last state.
-        entry.retain(|fd| !now_socket.contains(fd));
+        for fd in &now_socket {
+            if let Ok(i) = entry.binary_search(fd) {
+                entry.remove(i);
+            }
+        }
         for fd in now_quiet {
             if let Err(i) = entry.binary_search(&fd) {
                 if entry.len() < MAX_QUIET_FDS {
@@ -226,7 +244,7 @@ impl SandboxProcs {
         after.split_whitespace().nth(1)?.parse().ok()
     }
 
-    fn sha256(&self, procfs: &OwnedFd, pid: u32) -> Result<String, String> {
+    fn sha256(&self, procfs: &OwnedFd, pid: u32, hash: bool) -> Result<String, Unhashed> {
         let exe = format!("{pid}/exe");
         let unreadable =
             || format!("could not read the executable of pid {pid} to check its sha256");
@@ -256,6 +274,9 @@ impl SandboxProcs {
         if let Some(h) = cached(&key(&st)) {
             return Ok(h);
         }
+        if !hash {
+            return Err(Unhashed::Later);
+        }
         // New: hash what is opened, filed under that file's own version.
         let fd = nix::fcntl::openat(
             procfs,
@@ -275,7 +296,7 @@ impl SandboxProcs {
             )
         };
         if st.st_size as u64 > MAX_HASHED {
-            return Err(too_big());
+            return Err(too_big().into());
         }
         let k = key(&st);
         let mut f = std::io::Read::take(std::fs::File::from(fd), MAX_HASHED + 1);
@@ -289,7 +310,7 @@ impl SandboxProcs {
             }
             total += n as u64;
             if total > MAX_HASHED {
-                return Err(too_big());
+                return Err(too_big().into());
             }
             sha2::Digest::update(&mut hasher, &buf[..n]);
         }
@@ -309,8 +330,8 @@ impl SandboxProcs {
 }
 
 /// A small /proc file (`stat`, `cmdline`): one read of up to 8 KiB, which procfs fills
-/// in one call (no size probe, no second read for the end). A longer `cmdline` is cut
-/// there, which keeps its first arguments, all that is read of it.
+/// in one call (no size probe, no second read for the end). A file that fills it is
+/// taken as unreadable (a `cmdline` that long names no script we would trust).
 fn read_at(procfs: &OwnedFd, path: &str) -> Option<String> {
     let fd = nix::fcntl::openat(
         procfs,
@@ -321,6 +342,9 @@ fn read_at(procfs: &OwnedFd, path: &str) -> Option<String> {
     .ok()?;
     let mut buf = [0u8; 8192];
     let n = nix::unistd::read(&fd, &mut buf).ok()?;
+    if n == buf.len() {
+        return None;
+    }
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
@@ -432,6 +456,18 @@ impl Identify for SandboxProcs {
     }
 
     fn identify(&self, agent: SocketAddr, remote: SocketAddr) -> Option<Peer> {
+        self.lookup(agent, remote, true)
+    }
+
+    fn identify_known(&self, agent: SocketAddr, remote: SocketAddr) -> Option<Peer> {
+        self.lookup(agent, remote, false)
+    }
+}
+
+impl SandboxProcs {
+    /// The owner of the connection; with `hash` false, `None` as soon as its
+    /// executable would have to be hashed (a version not seen before).
+    fn lookup(&self, agent: SocketAddr, remote: SocketAddr, hash: bool) -> Option<Peer> {
         let inode = self.inode_of(agent, remote)?;
         let procfs = self.procfs()?;
         let needle = format!("socket:[{inode}]");
@@ -440,7 +476,8 @@ impl Identify for SandboxProcs {
             // What is remembered of processes that are gone goes once it adds up.
             let mut quiet = self.quiet.lock().unwrap_or_else(|p| p.into_inner());
             if quiet.len() > pids.len() + 32 {
-                quiet.retain(|p, _| pids.contains(p));
+                let alive: std::collections::HashSet<u32> = pids.iter().copied().collect();
+                quiet.retain(|p, _| alive.contains(p));
             }
         }
         // The last holder first: a client opening many connections is found at once.
@@ -492,7 +529,11 @@ impl Identify for SandboxProcs {
         Some(Peer {
             pid,
             exe: chain[0].clone(),
-            sha256: self.sha256(procfs, pid),
+            sha256: match self.sha256(procfs, pid, hash) {
+                Err(Unhashed::Later) => return None,
+                Err(Unhashed::Refused(e)) => Err(e),
+                Ok(h) => Ok(h),
+            },
             chain,
             shared_with,
         })
