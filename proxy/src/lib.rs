@@ -63,13 +63,6 @@ pub trait Identify: Send + Sync {
     /// destination of a redirected connection).
     fn identify(&self, agent: SocketAddr, remote: SocketAddr) -> Option<Peer>;
 
-    /// [`Identify::identify`] when it can answer from what it already knows of the
-    /// executable (no file to hash): cheap enough to run on the proxy's own threads.
-    /// `None` sends the lookup to [`Identify::identify`] on the blocking pool.
-    fn identify_known(&self, _agent: SocketAddr, _remote: SocketAddr) -> Option<Peer> {
-        None
-    }
-
     /// What `path` resolves to inside the sandbox (symlinks followed there), if it
     /// exists.
     fn resolve(&self, _path: &str) -> Option<String> {
@@ -236,19 +229,11 @@ impl Context {
     /// policy). The lookup reads /proc and may hash a new executable: it runs on the
     /// blocking pool, never on the threads serving other connections.
     pub async fn who(&self, agent: SocketAddr, remote: SocketAddr) -> (Peer, Result<(), String>) {
-        // Most connections come from executables already hashed: looked up here,
-        // without a hand-off to the blocking pool and back. A sandbox that makes this
-        // lookup slow (thousands of processes or descriptors) slows its own proxy only.
-        let found = match self.identify.identify_known(agent, remote) {
-            Some(peer) => Some(peer),
-            None => {
-                let identify = self.identify.clone();
-                tokio::task::spawn_blocking(move || identify.identify(agent, remote))
-                    .await
-                    .ok()
-                    .flatten()
-            }
-        };
+        let identify = self.identify.clone();
+        let found = tokio::task::spawn_blocking(move || identify.identify(agent, remote))
+            .await
+            .ok()
+            .flatten();
         let Some(peer) = found else {
             return (
                 Peer {

@@ -44,20 +44,6 @@ pub struct SandboxProcs {
     quiet: Mutex<HashMap<u32, Vec<u32>>>,
 }
 
-/// Why no SHA-256 came back.
-enum Unhashed {
-    /// Not known yet, and the caller asked not to hash now.
-    Later,
-    /// The executable cannot be (or is not) hashed: the connection is refused.
-    Refused(String),
-}
-
-impl From<String> for Unhashed {
-    fn from(e: String) -> Self {
-        Self::Refused(e)
-    }
-}
-
 /// Processes whose quiet descriptors are remembered (the map is emptied when full).
 const MAX_QUIET_PIDS: usize = 1024;
 /// Quiet descriptors remembered per process.
@@ -244,7 +230,7 @@ impl SandboxProcs {
         after.split_whitespace().nth(1)?.parse().ok()
     }
 
-    fn sha256(&self, procfs: &OwnedFd, pid: u32, hash: bool) -> Result<String, Unhashed> {
+    fn sha256(&self, procfs: &OwnedFd, pid: u32) -> Result<String, String> {
         let exe = format!("{pid}/exe");
         let unreadable =
             || format!("could not read the executable of pid {pid} to check its sha256");
@@ -274,9 +260,6 @@ impl SandboxProcs {
         if let Some(h) = cached(&key(&st)) {
             return Ok(h);
         }
-        if !hash {
-            return Err(Unhashed::Later);
-        }
         // New: hash what is opened, filed under that file's own version.
         let fd = nix::fcntl::openat(
             procfs,
@@ -296,7 +279,7 @@ impl SandboxProcs {
             )
         };
         if st.st_size as u64 > MAX_HASHED {
-            return Err(too_big().into());
+            return Err(too_big());
         }
         let k = key(&st);
         let mut f = std::io::Read::take(std::fs::File::from(fd), MAX_HASHED + 1);
@@ -310,7 +293,7 @@ impl SandboxProcs {
             }
             total += n as u64;
             if total > MAX_HASHED {
-                return Err(too_big().into());
+                return Err(too_big());
             }
             sha2::Digest::update(&mut hasher, &buf[..n]);
         }
@@ -456,18 +439,6 @@ impl Identify for SandboxProcs {
     }
 
     fn identify(&self, agent: SocketAddr, remote: SocketAddr) -> Option<Peer> {
-        self.lookup(agent, remote, true)
-    }
-
-    fn identify_known(&self, agent: SocketAddr, remote: SocketAddr) -> Option<Peer> {
-        self.lookup(agent, remote, false)
-    }
-}
-
-impl SandboxProcs {
-    /// The owner of the connection; with `hash` false, `None` as soon as its
-    /// executable would have to be hashed (a version not seen before).
-    fn lookup(&self, agent: SocketAddr, remote: SocketAddr, hash: bool) -> Option<Peer> {
         let inode = self.inode_of(agent, remote)?;
         let procfs = self.procfs()?;
         let needle = format!("socket:[{inode}]");
@@ -529,11 +500,7 @@ impl SandboxProcs {
         Some(Peer {
             pid,
             exe: chain[0].clone(),
-            sha256: match self.sha256(procfs, pid, hash) {
-                Err(Unhashed::Later) => return None,
-                Err(Unhashed::Refused(e)) => Err(e),
-                Ok(h) => Ok(h),
-            },
+            sha256: self.sha256(procfs, pid),
             chain,
             shared_with,
         })
