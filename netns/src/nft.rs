@@ -509,6 +509,11 @@ mod tests {
                                     0
                                 } else {
                                     eprintln!("{text}");
+                                    if !text.contains("queue num 0") {
+                                        eprintln!(
+                                            "nft shows no queue rule: without iptables' x_tables extension libraries (libxt_NFQUEUE.so; Debian: apt install iptables) it cannot print the NFQUEUE target the kernel holds"
+                                        );
+                                    }
                                     2
                                 }
                             }
@@ -532,7 +537,16 @@ mod tests {
                     eprintln!("skipped: cannot create a network namespace here");
                     return;
                 }
-                assert_eq!(code, 0, "the kernel refused the nf_tables batch");
+                let why = match code {
+                    1 => "the kernel refused the nf_tables batch",
+                    2 => {
+                        "`nft list ruleset` does not show the rules (run with --nocapture; without iptables installed nft cannot print the NFQUEUE target)"
+                    }
+                    3 => "the packet queue's socket could not bind",
+                    4 => "the batch loaded without the packet queue",
+                    _ => "the child failed",
+                };
+                assert_eq!(code, 0, "{why}");
             }
         }
     }
