@@ -463,6 +463,15 @@ async fn handle(
             );
         }
     };
+    // A forwarded `http://` request that got a secret swapped in (placeholders may
+    // come percent-encoded or inside Basic credentials, which `reusable` does not
+    // decode) ends its upstream connection: it is never kept for a later request.
+    if !used.is_empty() && !t.tls {
+        parts.headers.insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
     let mut req = Request::from_parts(parts, body);
     let unreachable = |detail: String| {
         json(
@@ -563,7 +572,17 @@ pub enum Via {
 /// secret swapped in always has a connection of its own).
 pub fn reusable<B>(req: &Request<B>) -> bool {
     let h = req.headers();
-    let no_body = !h.contains_key(header::TRANSFER_ENCODING)
+    // Also no header a lenient server might take for framing (`Content_Length`).
+    let framing = h.keys().any(|k| {
+        let n = k.as_str();
+        n.contains('_')
+            && matches!(
+                n.replace('_', "-").as_str(),
+                "content-length" | "transfer-encoding"
+            )
+    });
+    let no_body = !framing
+        && !h.contains_key(header::TRANSFER_ENCODING)
         && h.get_all(header::CONTENT_LENGTH)
             .iter()
             .all(|v| v.as_bytes() == b"0");

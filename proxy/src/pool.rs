@@ -231,6 +231,8 @@ mod tests {
             ("connection", "keep-alive, Upgrade"),
             ("authorization", "Bearer openshell:resolve:env:TOKEN"),
             ("x-key", "OPENSHELL:RESOLVE:ENV:KEY"),
+            ("content_length", "5"),
+            ("transfer_encoding", "chunked"),
         ] {
             assert!(!reusable(&[h], "http://h/a"), "{h:?}");
         }

@@ -8,6 +8,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use openshell_tests::agents::{ProviderEnv, ok};
 use openshell_tests::{need_upstream, policy_file, stderr, stdout, up};
 
 mod netcommon;
@@ -184,8 +185,43 @@ for i in $(seq 1 100); do [ -e /sandbox/reloaded ] && break; sleep 0.1; done
     assert_ne!(a[2].0, a[0].0, "{a:?}");
 }
 
+/// A plain `http://` request that gets a credential swapped in — here from a
+/// placeholder inside Basic credentials, which the reuse rule does not decode — ends
+/// its upstream connection: the next request of the same program gets a new one.
+fn a_request_with_a_secret_swapped_in_leaves_no_connection() {
+    need_upstream!();
+    let e = ProviderEnv::new();
+    let host = up("OS_UPSTREAM_HOST");
+    ok(&e.cli(&[
+        "provider",
+        "create",
+        "--name",
+        "ant",
+        "--type",
+        "anthropic",
+        "--credential",
+        "ANTHROPIC_API_KEY=sk-ant-pool-789",
+        "--config",
+        &format!("base_url=http://{host}"),
+    ]));
+    let basic = "$(printf 'user:%s' \"$ANTHROPIC_API_KEY\" | base64 -w0)";
+    let script = format!(
+        "curl -sS -H \"Authorization: Basic {basic}\" http://{host}/a | grep -E '^(client_port|connection_requests)='; {f}; {f}",
+        f = fields(&host)
+    );
+    let out = e.run(&["--provider", "ant"], &["sh", "-c", &script]);
+    let a = answers(&stdout(&out));
+    assert_eq!(a.len(), 3, "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(a[0].1, 1, "{a:?}");
+    assert_eq!(a[1].1, 1, "the secret's connection was kept: {a:?}");
+    assert_ne!(a[1].0, a[0].0, "{a:?}");
+    // Requests without a secret still share theirs.
+    assert_eq!((&a[2].0, a[2].1), (&a[1].0, 2), "{a:?}");
+}
+
 openshell_tests::suite!(
     forwarded_requests_share_an_upstream_connection,
     another_entry_or_an_unsafe_exchange_gets_a_new_connection,
     a_policy_change_drops_kept_connections,
+    a_request_with_a_secret_swapped_in_leaves_no_connection,
 );
