@@ -5,15 +5,14 @@
 //! hot reload through the control socket; logs; a socket shared with an allowed program.
 //! Connections that ignore the proxy (refusal, transparent TCP) are in `bypass.rs`.
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use openshell_tests::{Sandbox, need_sandbox, need_upstream, policy_file, stderr, stdout, up};
 
 mod netcommon;
 
-use netcommon::{CURL, Net, bin, ep, policy};
+use netcommon::{CURL, Net, bin, control, ep, policy};
 
 fn no_policy_denies_everything_with_a_clear_answer() {
     need_upstream!();
@@ -419,17 +418,6 @@ fn git_and_curl_through_the_proxy() {
         "{}",
         n.log()
     );
-}
-
-fn control(sock: &PathBuf, method: &str, body: Option<&str>) -> Output {
-    let mut c = Command::new("curl");
-    c.args(["-sS", "--unix-socket"])
-        .arg(sock)
-        .args(["-X", method]);
-    if let Some(b) = body {
-        c.args(["--data-binary", b]);
-    }
-    c.arg("http://openshell/v1/policy").output().unwrap()
 }
 
 fn hot_reload_changes_decisions_closes_old_tunnels_and_keeps_a_good_policy() {

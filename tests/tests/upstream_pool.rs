@@ -13,7 +13,7 @@ use openshell_tests::{need_upstream, policy_file, stderr, stdout, up};
 
 mod netcommon;
 
-use netcommon::{Net, bin, ep, policy};
+use netcommon::{Net, bin, control, ep, policy};
 
 /// `(client_port, connection_requests)` of each answer in `text`, in order.
 fn answers(text: &str) -> Vec<(String, u32)> {
@@ -163,13 +163,7 @@ for i in $(seq 1 100); do [ -e /sandbox/reloaded ] && break; sleep 0.1; done
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--unix-socket"])
-        .arg(dir.join("control.sock"))
-        .args(["-X", "PUT", "--data-binary", &v2])
-        .arg("http://openshell/v1/policy")
-        .output()
-        .unwrap();
+    let out = control(&dir.join("control.sock"), "PUT", Some(&v2));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     assert_eq!(v["version"], 2, "{}", stdout(&out));
     std::fs::write(ws.join("reloaded"), "").unwrap();

@@ -96,3 +96,15 @@ pub fn ep(host: &str, port: u16) -> String {
 pub fn bin(path: &str) -> String {
     format!("      - {{ path: \"{path}\" }}\n")
 }
+
+/// A request to a running sandbox's control socket (`/v1/policy`).
+pub fn control(sock: &std::path::Path, method: &str, body: Option<&str>) -> Output {
+    let mut c = std::process::Command::new("curl");
+    c.args(["-sS", "--unix-socket"])
+        .arg(sock)
+        .args(["-X", method]);
+    if let Some(b) = body {
+        c.args(["--data-binary", b]);
+    }
+    c.arg("http://openshell/v1/policy").output().unwrap()
+}
