@@ -15,9 +15,18 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "openshell", version, propagate_version = true)]
 pub struct Cli {
+    #[command(flatten)]
+    globals: Globals,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The options every command takes.
+#[derive(Debug, clap::Args)]
+struct Globals {
     /// Output format for commands that print data.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = output::Format::Table)]
-    pub output: output::Format,
+    output: output::Format,
     /// Run this command on an `openshell serve` (unix:///path/to/api.sock) instead of
     /// here: its sandboxes, its environment, no terminal.
     #[arg(
@@ -26,13 +35,48 @@ pub struct Cli {
         env = "OPENSHELL_HOST",
         value_name = "unix:///PATH"
     )]
-    pub host: Option<String>,
+    host: Option<String>,
     /// Say more: -v shows the fallbacks setup takes (overlayfs copied, nftables by the
     /// host's nft, ...) and, for `run`, every network decision; -vv adds debug detail.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    verbose: u8,
+}
+
+/// `openshell run ...` parsed without building the other commands' arguments: clap
+/// builds every subcommand's definition before parsing, which was a measurable part of
+/// `run`'s start-up (bench/RESULTS.md). Same globals, same `RunArgs`; anything it does
+/// not accept as is (help, version, an error) goes to the full parser, which has the
+/// complete usage to show.
+#[derive(Debug, Parser)]
+#[command(name = "openshell")]
+struct RunOnly {
+    #[command(flatten)]
+    globals: Globals,
     #[command(subcommand)]
-    command: Command,
+    command: RunCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunCommand {
+    Run(Box<cmd::run::RunArgs>),
+}
+
+impl Cli {
+    fn parse_args() -> Self {
+        let mut args = std::env::args_os();
+        if args.nth(1).is_some_and(|a| a == "run")
+            && let Ok(RunOnly {
+                globals,
+                command: RunCommand::Run(run),
+            }) = RunOnly::try_parse()
+        {
+            return Self {
+                globals,
+                command: Command::Run(run),
+            };
+        }
+        Self::parse()
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -238,9 +282,9 @@ fn main() {
     clap_complete::CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command)
         .completer("openshell")
         .complete();
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     // An empty OPENSHELL_HOST is no host.
-    let host = cli.host.as_deref().filter(|h| !h.is_empty());
+    let host = cli.globals.host.as_deref().filter(|h| !h.is_empty());
     if let Some(host) = host
         && !matches!(
             cli.command,
@@ -266,37 +310,37 @@ fn main() {
         };
         std::process::exit(code);
     }
-    if cli.output != output::Format::Table && !prints_data(&cli.command) {
+    if cli.globals.output != output::Format::Table && !prints_data(&cli.command) {
         eprintln!(
             "openshell: -o {}: this command prints no data to format (only the commands that list or show things take -o)",
-            cli.output.name()
+            cli.globals.output.name()
         );
         std::process::exit(2);
     }
-    init_tracing(cli.verbose);
+    init_tracing(cli.globals.verbose);
     if quiet_on_closed_pipe(&cli.command) {
         openshell_runtime::api::default_sigpipe();
     }
     let code = match cli.command {
         Command::Run(mut args) => {
-            args.verbose = cli.verbose > 0;
+            args.verbose = cli.globals.verbose > 0;
             cmd::run::run(*args)
         }
-        Command::Policy(c) => cmd::policy::run(c, cli.output),
-        Command::Provider(c) => cmd::provider::run(c, cli.output),
-        Command::Inference(c) => cmd::inference::run(c, cli.output),
-        Command::Image(c) => cmd::image::run(c, cli.output),
-        Command::Sandbox(c) => cmd::sandbox::run(c, cli.output),
-        Command::Doctor => cmd::doctor::run(cli.output),
-        Command::Status => cmd::status::run(cli.output),
-        Command::System(c) => cmd::system::run(c, cli.output),
-        Command::Logs(args) => cmd::logs::run(args, cli.output),
+        Command::Policy(c) => cmd::policy::run(c, cli.globals.output),
+        Command::Provider(c) => cmd::provider::run(c, cli.globals.output),
+        Command::Inference(c) => cmd::inference::run(c, cli.globals.output),
+        Command::Image(c) => cmd::image::run(c, cli.globals.output),
+        Command::Sandbox(c) => cmd::sandbox::run(c, cli.globals.output),
+        Command::Doctor => cmd::doctor::run(cli.globals.output),
+        Command::Status => cmd::status::run(cli.globals.output),
+        Command::System(c) => cmd::system::run(c, cli.globals.output),
+        Command::Logs(args) => cmd::logs::run(args, cli.globals.output),
         Command::Term(args) => cmd::term::run(args),
         Command::SshProxy { name } => cmd::ssh::proxy(&name),
         Command::Session { name, no_keep } => cmd::session::keeper_main(&name, no_keep),
         Command::Man { dir } => man_pages(&dir),
         Command::Serve(args) => cmd::serve::run(args),
-        Command::Forward(c) => cmd::forward::run(c, cli.output),
+        Command::Forward(c) => cmd::forward::run(c, cli.globals.output),
         Command::Connector { pid } => openshell_runtime::api::forward::connector_main(pid),
         Command::Completions { shell } => completions(shell),
         Command::UsernsHolder => openshell_runtime::api::host::userns_holder_main(),
