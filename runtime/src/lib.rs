@@ -31,6 +31,7 @@ mod core {
     pub mod threads;
     pub mod trim;
     pub mod userns;
+    pub mod vfork;
 }
 
 mod store {
@@ -64,6 +65,7 @@ pub mod api;
 // Inside the crate the modules are named from the root (`crate::record`, ...).
 pub(crate) use core::{
     confine, idmap, init, limits, proctitle, relay, seccomp, setup, spawn, threads, trim, userns,
+    vfork,
 };
 pub(crate) use store::{record, scratch, state};
 pub(crate) use supervisor::{

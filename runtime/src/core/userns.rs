@@ -46,6 +46,9 @@ const ANSWER: Duration = Duration::from_secs(1);
 const STARTING: Duration = Duration::from_secs(5);
 /// After a failed start, how long runs use the helpers without trying again.
 const BACKOFF: Duration = Duration::from_secs(600);
+/// Init's stack: it runs on (its copy of) the nested clone helper's stack, as deep as
+/// the main thread's usual 8 MiB. Reserved, not committed: pages are allocated as used.
+const INIT_STACK: usize = 8 << 20;
 /// The limits a user namespace records from its creator (the kernel applies them to
 /// everything below it too): part of a holder's key, so that a sandbox nested in a
 /// holder is limited exactly as one made beside it.
@@ -464,42 +467,62 @@ fn serve(listener: &OwnedFd, ns: &fs::File) {
     }
 }
 
-/// Clone a child into new namespaces `flags` (CLONE_NEWUSER among them) made inside the
-/// holder's user namespace, and write its maps. Returns `Ok(None)` in the child and its
-/// pid in the caller, whose child it is. Fork-style: the caller must be single-threaded.
-pub fn clone_nested(nest: Nest, flags: libc::c_int) -> Result<Option<Pid>, NestError> {
+/// Clone init into new namespaces `flags` (CLONE_NEWUSER among them) made inside the
+/// holder's user namespace, and write its maps; `init` is what the new process runs.
+/// Returns init's pid to the caller, whose child it is. The caller must be
+/// single-threaded (checked).
+///
+/// The short-lived helper that joins the holder's namespace shares the caller's memory
+/// ([`crate::vfork`]): it allocates nothing and leaves with `_exit`. Init, a fork-style
+/// clone of it, has its own copy of that memory, on the helper's stack (`INIT_STACK`).
+pub fn clone_nested<G: FnOnce() -> std::convert::Infallible>(
+    nest: Nest,
+    flags: libc::c_int,
+    init: G,
+) -> Result<Pid, NestError> {
     let clone_err = |step| move |source| NestError::Clone { step, source };
     crate::threads::check("nested clone").map_err(|_| NestError::Clone {
         step: "thread check",
         source: nix::errno::Errno::EBUSY,
     })?;
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(clone_err("pipe"))?;
-    // SAFETY: a fork-style clone (no new stack) of a single-threaded process (checked).
-    let helper =
-        unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0) };
-    if helper < 0 {
-        return Err(clone_err("fork")(nix::errno::Errno::last()));
-    }
-    if helper == 0 {
-        drop(r);
-        // The helper's reports, in order: `c` (about to clone) then `p`+pid, or `j`/`e`
-        // +errno (setns/clone failed); then `k` (maps written) or `u`/`g`+errno.
+    let stack = crate::vfork::Stack::new(INIT_STACK).map_err(|e| {
+        clone_err("map a stack")(nix::errno::Errno::from_raw(
+            e.raw_os_error().unwrap_or(libc::ENOMEM),
+        ))
+    })?;
+    let (wfd, nsfd) = (w.as_raw_fd(), nest.userns.as_raw_fd());
+    let maps = [
+        (b'u', b"uid_map\0".as_slice(), nest.uid_map.as_bytes()),
+        (b'g', b"gid_map\0".as_slice(), nest.gid_map.as_bytes()),
+    ];
+    // The helper's reports, in order: `c` (about to clone) then `p`+pid, or `j`/`e`
+    // +errno (setns/clone failed); then `k` (maps written) or `u`/`g`+errno.
+    let helper = move || -> std::convert::Infallible {
         let say = |tag: u8, n: i32| {
             let mut m = [tag, 0, 0, 0, 0];
             m[1..].copy_from_slice(&n.to_ne_bytes());
-            let _ = nix::unistd::write(&w, &m);
+            // SAFETY: a write from a stack buffer to our pipe.
+            unsafe { libc::write(wfd, m.as_ptr().cast(), m.len()) };
         };
-        let leave = || -> ! {
-            // SAFETY: leave the helper without running the caller's destructors.
-            unsafe { libc::_exit(0) }
+        let errno = || {
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO)
         };
-        // SAFETY: setns with an fd we own, in a single-threaded process.
-        if unsafe { libc::setns(nest.userns.as_raw_fd(), libc::CLONE_NEWUSER) } != 0 {
-            say(b'j', nix::errno::Errno::last_raw());
+        // SAFETY: leave the helper without running any destructor (the memory is the
+        // caller's).
+        let leave = || -> ! { unsafe { libc::_exit(0) } };
+        // SAFETY: setns with the holder's fd; this child has its own thread group and
+        // fs (CLONE_VM only), which is what joining a user namespace requires.
+        if unsafe { libc::setns(nsfd, libc::CLONE_NEWUSER) } != 0 {
+            say(b'j', errno());
             leave();
         }
         say(b'c', 0);
-        // SAFETY: as above; CLONE_PARENT makes the new process the caller's child.
+        // SAFETY: a fork-style clone: the new process gets its own copy of this memory
+        // (the caller is single-threaded and suspended); CLONE_PARENT makes it the
+        // caller's child.
         let pid = unsafe {
             libc::syscall(
                 libc::SYS_clone,
@@ -511,31 +534,52 @@ pub fn clone_nested(nest: Nest, flags: libc::c_int) -> Result<Option<Pid>, NestE
             )
         };
         if pid == 0 {
-            // Nothing of the holder stays open in the new process.
-            drop(w);
-            drop(nest);
-            return Ok(None);
+            // Init, on its own copy: nothing of the holder stays open in it.
+            // SAFETY: closing this process's copies of two descriptors.
+            unsafe {
+                libc::close(wfd);
+                libc::close(nsfd);
+            }
+            match init() {}
         }
         if pid < 0 {
-            say(b'e', nix::errno::Errno::last_raw());
+            say(b'e', errno());
             leave();
         }
         let pid = pid as i32;
         say(b'p', pid);
-        for (tag, file, text) in [
-            (b'u', "uid_map", &nest.uid_map),
-            (b'g', "gid_map", &nest.gid_map),
-        ] {
-            if let Err(e) = fs::write(format!("/proc/{pid}/{file}"), text) {
-                let _ =
-                    nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                say(tag, e.raw_os_error().unwrap_or(libc::EIO));
+        for (tag, file, text) in maps {
+            let mut path = [0u8; 40];
+            let n = proc_path(&mut path, pid, file);
+            // SAFETY: `path` is NUL-terminated (proc_path); `text` is the caller's
+            // string, only read.
+            let ok = unsafe {
+                let fd = libc::open(path[..n].as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
+                let ok = fd >= 0
+                    && libc::write(fd, text.as_ptr().cast(), text.len()) == text.len() as isize;
+                let e = errno();
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+                if ok { Ok(()) } else { Err(e) }
+            };
+            if let Err(e) = ok {
+                // SAFETY: init has not been released; it never ran a thing.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                say(tag, e);
                 leave();
             }
         }
         say(b'k', 0);
         leave();
-    }
+    };
+    // SAFETY: single-threaded (checked above); the helper allocates nothing, writes
+    // only its stack, and leaves with _exit; `nest` and `w` outlive it.
+    let helper = unsafe { crate::vfork::spawn(&stack, helper) }.map_err(|e| {
+        clone_err("clone the helper")(nix::errno::Errno::from_raw(
+            e.raw_os_error().unwrap_or(libc::EIO),
+        ))
+    })?;
     drop(w);
     // Everything the helper said, until it left (init holds no end of the pipe).
     let mut said = Vec::new();
@@ -548,7 +592,8 @@ pub fn clone_nested(nest: Nest, flags: libc::c_int) -> Result<Option<Pid>, NestE
             Err(_) => break,
         }
     }
-    let _ = nix::sys::wait::waitpid(Pid::from_raw(helper as i32), None);
+    let _ = nix::sys::wait::waitpid(Pid::from_raw(helper), None);
+    drop(stack);
     let msgs: Vec<(u8, i32)> = said
         .chunks_exact(5)
         .map(|m| (m[0], i32::from_ne_bytes([m[1], m[2], m[3], m[4]])))
@@ -564,7 +609,7 @@ pub fn clone_nested(nest: Nest, flags: libc::c_int) -> Result<Option<Pid>, NestE
         [(b'c', _), (b'p', pid), rest @ ..] => {
             let pid = Pid::from_raw(*pid);
             if let [(b'k', _)] = rest {
-                return Ok(Some(pid));
+                return Ok(pid);
             }
             // Its maps were not written (or the helper died): it never ran a thing.
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
@@ -577,5 +622,39 @@ pub fn clone_nested(nest: Nest, flags: libc::c_int) -> Result<Option<Pid>, NestE
         }
         // It may have cloned without saying so: an init may exist that nobody knows of.
         _ => Err(NestError::Lost),
+    }
+}
+
+/// `/proc/PID/FILE` into `buf` without allocating (the nested clone helper runs on its
+/// caller's heap); `file` ends with its NUL. Returns the length, NUL included.
+fn proc_path(buf: &mut [u8; 40], pid: i32, file: &[u8]) -> usize {
+    let mut digits = [0u8; 10];
+    let mut n = pid.unsigned_abs();
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut len = 0;
+    for part in [b"/proc/".as_slice(), &digits[i..], b"/", file] {
+        buf[len..len + part.len()].copy_from_slice(part);
+        len += part.len();
+    }
+    len
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn proc_paths_are_built_without_allocating() {
+        let mut buf = [0u8; 40];
+        let n = super::proc_path(&mut buf, 4_194_304, b"uid_map\0");
+        assert_eq!(&buf[..n], b"/proc/4194304/uid_map\0");
+        let n = super::proc_path(&mut buf, 1, b"gid_map\0");
+        assert_eq!(&buf[..n], b"/proc/1/gid_map\0");
     }
 }

@@ -62,13 +62,24 @@ pub(crate) fn start_and_wait(
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWCGROUP;
+    // What the new init runs: its copies of the supervisor's ends closed.
+    let (ours_fd, sfd_fd, theirs_fd) = (ours.as_raw_fd(), sfd.as_raw_fd(), theirs.as_raw_fd());
+    let init_main = move || -> std::convert::Infallible {
+        // SAFETY: in the new init (its own copy of memory and descriptors): the
+        // supervisor's ends are closed, `theirs` is owned by init from here on (the
+        // supervisor's frame, where its other copy lives, never returns in this process).
+        unsafe {
+            libc::close(ours_fd);
+            libc::close(sfd_fd);
+            init::run(cfg, OwnedFd::from_raw_fd(theirs_fd))
+        }
+    };
     // Rootless with subordinate ids: inside the user's holder namespace when there is
     // one (its maps need no setuid helper); otherwise, or if that fails, as before.
-    // In the new init, `Some(0)`: it goes on below like a child of the plain clone.
     let nested = match crate::userns::nest(ids, crate::scratch::runtime_dir)
-        .and_then(|n| crate::userns::clone_nested(n, flags))
+        .and_then(|n| crate::userns::clone_nested(n, flags, init_main))
     {
-        Ok(pid) => Some(pid.map_or(0, |p| libc::c_long::from(p.as_raw()))),
+        Ok(pid) => Some(libc::c_long::from(pid.as_raw())),
         Err(crate::userns::NestError::NotApplicable) => None,
         // Never a second init beside one that may exist.
         Err(e @ crate::userns::NestError::Lost) => {
@@ -105,9 +116,7 @@ pub(crate) fn start_and_wait(
         });
     }
     if pid == 0 {
-        drop(ours);
-        drop(sfd);
-        init::run(cfg, theirs);
+        init_main();
     }
     drop(theirs);
     let init_pid = Pid::from_raw(pid as i32);
