@@ -15,7 +15,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork};
+use nix::unistd::Pid;
 use openshell_fs::MountPlan;
 use openshell_netns::NetworkMode;
 
@@ -65,6 +65,14 @@ pub struct InitConfig {
     /// Descriptors of the supervisor's that init must not keep (the sandbox name's lock
     /// file, still held while init sets up): closed first thing.
     pub close: Vec<std::os::fd::RawFd>,
+}
+
+/// The stack the command's child runs on until its exec (reserved, not committed).
+const COMMAND_STACK: usize = 1 << 20;
+
+/// The errno of an I/O error (EIO when it has none).
+fn errno_of(err: &std::io::Error) -> Errno {
+    Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Run init to completion. Never returns.
@@ -245,14 +253,46 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, SetupErr
         let _ = nix::unistd::write(sync, &[msg::READY]);
         return Ok(keep_alive(&set));
     }
-    crate::threads::check("init: fork of the command")
+    crate::threads::check("init: start of the command")
         .map_err(|m| SetupError::new(Step::Start, m))?;
+    // The command starts in a child that shares init's memory until its exec
+    // (core/vfork.rs): init's address space is a copy of the supervisor's, and copying
+    // it again for a process that replaces it at once was a measurable part of a start.
+    let stack = crate::vfork::Stack::new(COMMAND_STACK)
+        .map_err(|err| e(Step::Start, "map a stack")(errno_of(&err)))?;
+    let (exec, confinement) = (&cfg.exec, &cfg.confinement);
+    // No handler of init's may run in the child (on init's memory) before it resets
+    // them: everything is blocked around the start, as posix_spawn does.
+    let mut mask = SigSet::empty();
+    sigprocmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut mask),
+    )
+    .map_err(e(Step::Signals, "sigprocmask"))?;
+    let dumpable = crate::vfork::dumpable();
     // SAFETY: init is single-threaded (its network thread has been joined; checked
-    // above), so fork is sound.
-    let main = match unsafe { fork() }.map_err(e(Step::Start, "fork"))? {
-        ForkResult::Child => exec_confined(&cfg.exec, &cfg.confinement, slave),
-        ForkResult::Parent { child } => child,
+    // above) and suspended until the child execs or exits, so the allocator's state the
+    // child uses is consistent; the child only reads `cfg`, changes nothing of init's
+    // but its own task state (session, signals, credentials, Landlock, seccomp: all per
+    // task, or per process without CLONE_THREAD/SIGHAND/FILES/FS) and the dumpable flag
+    // (put back below), and leaves by exec or `die` (_exit); what it allocates stays
+    // allocated in init (a few hundred bytes, once).
+    let main = unsafe {
+        crate::vfork::spawn(&stack, move || -> std::convert::Infallible {
+            exec_confined(exec, confinement, slave)
+        })
     };
+    // The child's id change made the memory it shared with init non-dumpable (the flag
+    // is the address space's): init's own setting back, or the rootless supervisor could
+    // no longer open /proc/<init>/root and ns/ (owner lookups, `sandbox exec`). The child
+    // was never ptrace-able in between: no other process of the sandbox exists yet, and
+    // the user namespace of its memory is the host's.
+    crate::vfork::set_dumpable(dumpable);
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&mask), None);
+    let main = main.map_err(|err| e(Step::Start, "start the command")(errno_of(&err)))?;
+    drop(stack);
+    let main = Pid::from_raw(main);
     if let Some(fd) = slave {
         let _ = nix::unistd::close(fd);
     }

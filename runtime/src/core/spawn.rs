@@ -122,7 +122,10 @@ fn confine(
     // Supplementary groups: only ours. Where setgroups is denied (single-id rootless
     // maps) there are none we could drop.
     if conf.setgroups {
-        nix::unistd::setgroups(&[Gid::from_raw(conf.gid)]).map_err(setup("setgroups"))?;
+        let groups = [conf.gid];
+        // SAFETY: the raw system call with a one-element array that outlives it.
+        Errno::result(unsafe { libc::syscall(libc::SYS_setgroups, 1usize, groups.as_ptr()) })
+            .map_err(setup("setgroups"))?;
     }
     // The parent-death signal the caller set (`sandbox exec` dies with its CLI) is
     // cleared by the kernel when the ids change below: note it, set it again after.
@@ -138,9 +141,17 @@ fn confine(
         )
     };
     let parent = nix::unistd::getppid();
-    let (gid, uid) = (Gid::from_raw(conf.gid), Uid::from_raw(conf.uid));
-    nix::unistd::setresgid(gid, gid, gid).map_err(setup("setresgid"))?;
-    nix::unistd::setresuid(uid, uid, uid).map_err(setup("setresuid"))?;
+    // The raw system calls, not libc's wrappers: glibc's broadcast the change to every
+    // thread it knows of, and in a child that shares init's memory (init.rs spawns the
+    // command with CLONE_VM) its thread list is init's. Credentials are per task: the
+    // calls change exactly this process, which has one thread.
+    let (gid, uid) = (conf.gid, conf.uid);
+    // SAFETY: plain integer arguments.
+    Errno::result(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })
+        .map_err(setup("setresgid"))?;
+    // SAFETY: as above.
+    Errno::result(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) })
+        .map_err(setup("setresuid"))?;
     verify_ids(conf)?;
     if pdeath != 0 {
         // SAFETY: prctl with integer arguments only.

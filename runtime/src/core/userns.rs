@@ -491,7 +491,16 @@ pub fn clone_nested<G: FnOnce() -> std::convert::Infallible>(
             e.raw_os_error().unwrap_or(libc::ENOMEM),
         ))
     })?;
-    let (wfd, nsfd) = (w.as_raw_fd(), nest.userns.as_raw_fd());
+    let (rfd, wfd, nsfd) = (r.as_raw_fd(), w.as_raw_fd(), nest.userns.as_raw_fd());
+    // No signal handler may run in the helper (it would run on the supervisor's memory):
+    // all are blocked around it, as posix_spawn does; init gets the caller's mask back.
+    let mut mask = nix::sys::signal::SigSet::empty();
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::all()),
+        Some(&mut mask),
+    )
+    .map_err(clone_err("block signals"))?;
     let maps = [
         (b'u', b"uid_map\0".as_slice(), nest.uid_map.as_bytes()),
         (b'g', b"gid_map\0".as_slice(), nest.gid_map.as_bytes()),
@@ -534,12 +543,19 @@ pub fn clone_nested<G: FnOnce() -> std::convert::Infallible>(
             )
         };
         if pid == 0 {
-            // Init, on its own copy: nothing of the holder stays open in it.
-            // SAFETY: closing this process's copies of two descriptors.
+            // Init, on its own copy: nothing of the holder's or the pipe's stays open in
+            // it, and its signal mask is the caller's.
+            // SAFETY: closing this process's copies of three descriptors.
             unsafe {
+                libc::close(rfd);
                 libc::close(wfd);
                 libc::close(nsfd);
             }
+            let _ = nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&mask),
+                None,
+            );
             match init() {}
         }
         if pid < 0 {
@@ -573,9 +589,16 @@ pub fn clone_nested<G: FnOnce() -> std::convert::Infallible>(
         say(b'k', 0);
         leave();
     };
+    let dumpable = crate::vfork::dumpable();
     // SAFETY: single-threaded (checked above); the helper allocates nothing, writes
     // only its stack, and leaves with _exit; `nest` and `w` outlive it.
-    let helper = unsafe { crate::vfork::spawn(&stack, helper) }.map_err(|e| {
+    let helper = unsafe { crate::vfork::spawn(&stack, helper) };
+    // (Joining a namespace our uid owns leaves the flag as it was on today's kernels;
+    // put back whatever a credential change in the helper did to the shared memory.)
+    crate::vfork::set_dumpable(dumpable);
+    let _ =
+        nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&mask), None);
+    let helper = helper.map_err(|e| {
         clone_err("clone the helper")(nix::errno::Errno::from_raw(
             e.raw_os_error().unwrap_or(libc::EIO),
         ))

@@ -1,15 +1,21 @@
 //! Run a short function in a child that shares this process's memory while this
-//! process waits: `clone(CLONE_VM | CLONE_VFORK)` on a stack of its own, what glibc's
-//! `posix_spawn` does. A fork-style child costs a copy of the page tables, copy-on-write
-//! faults in both processes afterwards and, when it exits, the tear-down of the copied
-//! address space — about half a millisecond of a start for the supervisor's
-//! short-lived helper (bench/RESULTS.md); this child costs none of that.
+//! process waits: `clone(CLONE_VM | CLONE_VFORK)` on a stack of its own, the clone
+//! glibc's `posix_spawn` makes (callers block every signal around it, as posix_spawn
+//! does, so no handler runs in the child on the caller's memory). A fork-style child
+//! costs a copy of the page tables, copy-on-write faults in both processes afterwards
+//! and, when it exits or execs, the tear-down of the copied address space — about a
+//! millisecond of a start for each of the two places this is used (bench/RESULTS.md);
+//! this child costs none of that.
 //!
 //! The price is discipline in the child, stated on [`spawn`]: it runs on the caller's
 //! heap and globals, so it must never free, move or unlock anything the caller owns and
-//! must leave with `_exit` (never by returning: the closure returns `Infallible`, so no
-//! destructor of the caller's values runs in it). A fork-style clone made *from* the
-//! child gets a private copy of that memory and may do as any forked child does.
+//! must leave with `_exit` or exec (never by returning: the closure returns
+//! `Infallible`, so no destructor of the caller's values runs in it). A fork-style clone
+//! made *from* the child gets a private copy of that memory and may do as any forked
+//! child does — except that the kernel does not carry restartable sequences (rseq)
+//! over a CLONE_VM clone, so in such a grandchild glibc's `sched_getcpu` may be stale
+//! (init uses no such thing; exec'd programs register afresh). Users: the rootless nested clone helper (core/userns.rs) and init's
+//! start of the command (core/init.rs).
 
 use std::convert::Infallible;
 use std::ffi::c_void;
@@ -17,8 +23,9 @@ use std::io;
 use std::mem::ManuallyDrop;
 use std::ptr::{self, NonNull};
 
-/// Below the stack: a page that faults, so an overflow is a crash and not a write into
-/// whatever is mapped beneath.
+/// Below the stack: an inaccessible area, so an overflow is a crash (a plain SIGSEGV:
+/// std's "stack overflow" message knows only the main thread's guard) and not a write
+/// into whatever is mapped beneath.
 const GUARD: usize = 64 << 10;
 
 /// An anonymous mapping used as a child's stack (reserved, not committed: only the
@@ -91,9 +98,16 @@ impl Drop for Stack {
 /// - The caller is single-threaded: only the calling thread is suspended while `f`
 ///   runs, and another thread could hold a lock `f` needs or change memory under it.
 /// - `f` must not free, move out of, or write to anything of the caller's except
-///   through what it was given for the purpose, must not allocate (the allocator's
-///   state is the caller's), must not unwind, and must end the child with `_exit` or a
-///   successful exec. Its captures must be plain values and references.
+///   through what it was given for the purpose, must not unwind, and must end the child
+///   with `_exit` or a successful exec. Its captures must be plain values and
+///   references. It may allocate (the allocator's state is consistent: the caller is
+///   single-threaded and suspended outside it); what it does not free stays allocated
+///   in the caller.
+/// - Process-wide state it changes must be state the child does not share: without
+///   CLONE_THREAD, CLONE_SIGHAND, CLONE_FILES and CLONE_FS its credentials, signal
+///   handlers and mask, descriptors, cwd, rlimits, Landlock domain and seccomp filter
+///   are its own; its memory, thread-locals (errno), libc's bookkeeping and the address
+///   space's flags (dumpable: see [`dumpable`]) are not.
 pub unsafe fn spawn<F: FnOnce() -> Infallible>(stack: &Stack, f: F) -> io::Result<i32> {
     // (`f()` cannot return: the lint sees the match after it as dead, which it is.)
     #[allow(unreachable_code)]
@@ -126,6 +140,22 @@ pub unsafe fn spawn<F: FnOnce() -> Infallible>(stack: &Stack, f: F) -> io::Resul
     Ok(pid)
 }
 
+/// This process's "dumpable" flag (`PR_GET_DUMPABLE`). It belongs to the address
+/// space, so a child sharing it changes it by changing its credentials (the kernel
+/// clears it then): callers read it before [`spawn`] and put it back after.
+pub fn dumpable() -> libc::c_int {
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) }
+}
+
+/// Put back a flag read by [`dumpable`] (nothing if that read failed).
+pub fn set_dumpable(flag: libc::c_int) {
+    if flag >= 0 && dumpable() != flag {
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, flag as libc::c_ulong, 0, 0, 0) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,8 +167,10 @@ mod tests {
         let stack = Stack::new(256 << 10).unwrap();
         let mut seen = 0u32;
         let p: *mut u32 = &mut seen;
-        // SAFETY: the test is the only thread that touches `seen`; the child writes
-        // through the pointer it was given and leaves with _exit.
+        // SAFETY: the harness runs other tests on other threads, which the
+        // single-thread rule is about: this child takes no lock and allocates nothing
+        // they could hold or use, writes only `seen` (nobody else's) and leaves with
+        // _exit.
         let pid = unsafe {
             spawn(&stack, move || -> Infallible {
                 *p = 7;
@@ -166,7 +198,8 @@ mod tests {
             }
         }
         let stack = Stack::new(64 << 10).unwrap();
-        // SAFETY: the child only recurses (no allocation) and never returns normally.
+        // SAFETY: as above: the child only recurses on its own stack (no lock, no
+        // allocation) and never returns normally.
         let pid = unsafe {
             spawn(&stack, || -> Infallible {
                 std::hint::black_box(deep(1 << 20));

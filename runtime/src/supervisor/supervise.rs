@@ -62,17 +62,23 @@ pub(crate) fn start_and_wait(
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWCGROUP;
-    // What the new init runs: its copies of the supervisor's ends closed.
+    // What the new init runs: its copies of the supervisor's ends closed. It never
+    // returns, and a panic ends it here: unwinding further would run the supervisor's
+    // destructors (closing its descriptors again) in init.
     let (ours_fd, sfd_fd, theirs_fd) = (ours.as_raw_fd(), sfd.as_raw_fd(), theirs.as_raw_fd());
     let init_main = move || -> std::convert::Infallible {
-        // SAFETY: in the new init (its own copy of memory and descriptors): the
-        // supervisor's ends are closed, `theirs` is owned by init from here on (the
-        // supervisor's frame, where its other copy lives, never returns in this process).
-        unsafe {
-            libc::close(ours_fd);
-            libc::close(sfd_fd);
-            init::run(cfg, OwnedFd::from_raw_fd(theirs_fd))
-        }
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: in the new init (its own copy of memory and descriptors): the
+            // supervisor's ends are closed, `theirs` is owned by init from here on (the
+            // supervisor's frame, where its other copy lives, is never unwound here).
+            unsafe {
+                libc::close(ours_fd);
+                libc::close(sfd_fd);
+                init::run(cfg, OwnedFd::from_raw_fd(theirs_fd))
+            }
+        }));
+        // SAFETY: leave at once, running nothing of the supervisor's.
+        unsafe { libc::_exit(crate::spawn::EXIT_SETUP) }
     };
     // Rootless with subordinate ids: inside the user's holder namespace when there is
     // one (its maps need no setuid helper); otherwise, or if that fails, as before.
