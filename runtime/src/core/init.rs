@@ -273,21 +273,23 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, SetupErr
     let dumpable = crate::vfork::dumpable();
     // SAFETY: init is single-threaded (its network thread has been joined; checked
     // above) and suspended until the child execs or exits, so the allocator's state the
-    // child uses is consistent; the child only reads `cfg`, changes nothing of init's
-    // but its own task state (session, signals, credentials, Landlock, seccomp: all per
-    // task, or per process without CLONE_THREAD/SIGHAND/FILES/FS) and the dumpable flag
-    // (put back below), and leaves by exec or `die` (_exit); what it allocates stays
-    // allocated in init (a few hundred bytes, once).
+    // child uses is consistent; the child reads `cfg`, writes init's memory only through
+    // the allocator and thread-locals (errno), changes its own task state (session,
+    // signals, credentials, Landlock, seccomp: all per task, or per process without
+    // CLONE_THREAD/SIGHAND/FILES/FS) and the dumpable flag (put back below), and leaves
+    // by exec or `die` (_exit); what it allocates stays allocated in init (a few
+    // hundred bytes, once).
     let main = unsafe {
         crate::vfork::spawn(&stack, move || -> std::convert::Infallible {
             exec_confined(exec, confinement, slave)
         })
     };
-    // The child's id change made the memory it shared with init non-dumpable (the flag
+    // The child made the memory it shared with init non-dumpable first thing (the flag
     // is the address space's): init's own setting back, or the rootless supervisor could
-    // no longer open /proc/<init>/root and ns/ (owner lookups, `sandbox exec`). The child
-    // was never ptrace-able in between: no other process of the sandbox exists yet, and
-    // the user namespace of its memory is the host's.
+    // no longer open /proc/<init>/root and ns/ (owner lookups, `sandbox exec`). In
+    // between, no process of the sandbox but these two exists (`sandbox exec` waits for
+    // READY), and the host user could already reach init. A connection the command made
+    // before this line would be refused as unidentified (fail closed).
     crate::vfork::set_dumpable(dumpable);
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&mask), None);
     let main = main.map_err(|err| e(Step::Start, "start the command")(errno_of(&err)))?;
@@ -368,6 +370,6 @@ fn open_pty(sync: &OwnedFd) -> Result<RawFd, SetupError> {
         ..SetupError::sys(Step::Pty, "send the pty", err)
     })?;
     drop(master);
-    // Kept open for the child (it becomes its stdio); closed in init after the fork.
+    // Kept open for the child (it becomes its stdio); closed in init once it started.
     Ok(std::os::fd::IntoRawFd::into_raw_fd(slave))
 }

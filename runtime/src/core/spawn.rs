@@ -1,7 +1,8 @@
-//! Confine the current (freshly forked) process and exec the command, in one ordered
+//! Confine the current (freshly started) process and exec the command, in one ordered
 //! function (the per-process layers of docs/security.md, in that order).
 //!
-//! Runs in a child of init, inside every namespace and the pivoted root. Synchronous, no
+//! Runs in a child of init (one that shares init's memory until its exec: core/vfork.rs)
+//! or of `sandbox exec`'s fork, inside every namespace and the pivoted root. Synchronous, no
 //! allocation-heavy work, no logging: a failure is written to the child's own stderr
 //! (which is the user's terminal or pipe) and ends the child with a distinct status.
 
@@ -88,6 +89,12 @@ fn confine(
         let what = what.to_string();
         move |e: Errno| (EXIT_SETUP, format!("{what}: {e}"))
     };
+    // Not dumpable from the first instruction (not only once the ids change, where the
+    // kernel clears the flag unless fs.suid_dumpable=1): no process can read or write
+    // this one's memory, which until the exec may be init's own (core/vfork.rs; init
+    // puts its flag back after). execve resets the flag for ordinary binaries.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // A session of its own: terminal signals from the user's terminal reach openshell,
     // which forwards them; and the pty (if any) can become our controlling terminal.
     nix::unistd::setsid().map_err(setup("setsid"))?;
@@ -180,8 +187,6 @@ fn confine(
             .map_err(setup("RLIMIT_NPROC"))?;
         lower(nix::sys::resource::Resource::RLIMIT_DATA, l.data).map_err(setup("RLIMIT_DATA"))?;
     }
-    // SAFETY: prctl with integer arguments only.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     nix::unistd::chdir(&spec.cwd).map_err(|e| {
         (
             EXIT_SETUP,
@@ -317,6 +322,22 @@ pub fn reset_signals() {
         }
         // SAFETY: installing SIG_DFL is always sound.
         let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
+    }
+    // The real-time signals too, glibc's own two (32, 33) among them, which its
+    // sigaction refuses: the kernel's rt_sigaction with a zeroed action is SIG_DFL.
+    let dfl = [0u64; 4]; // handler, flags, restorer, mask: the kernel's layout
+    for sig in 32..=libc::SIGRTMAX() {
+        // SAFETY: a valid kernel sigaction (all zero: SIG_DFL, no flags, empty mask),
+        // no old action asked for, the kernel's sigset size.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                dfl.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            )
+        };
     }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
