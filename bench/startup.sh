@@ -43,40 +43,52 @@ if [ -z "${STATE_ON_DISK:-}" ] && [ -d /dev/shm ]; then
 fi
 export OPENSHELL_STATE_DIR=$state_root/state
 
-echo "== start-up as root ($(date -u +%F), $(uname -r), $runs runs each)"
-unshare -m --propagation private sh -c "
-  umount -l /sys/fs/cgroup/unified 2>/dev/null || true
-  hyperfine -N --warmup 10 --runs $runs --export-json $work/root.json \
-    -n openshell '$work/openshell run --network none -- true' \
-    -n openshell-proxied '$work/openshell run -- true' \
-    -n bwrap '$bwrap_cmd' \
-    -n crun 'crun run --bundle $work/bundle openshell-bench' \
-    -n unshare 'unshare -Urnmpf true' >/dev/null
-"
-python3 - "$work/root.json" <<'PY'
-import json, sys
-r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
-base = r["openshell"]["median"]
-for name, x in r.items():
-    print(f"{name:10s} median {x['median']*1000:7.2f} ms  mean {x['mean']*1000:7.2f} ms  openshell/{name} = {base/x['median']:.2f}x")
+# hyperfine runs each command's runs back to back; on a VM whose speed drifts within
+# minutes that skews ratios. So the runs are split into ROUNDS interleaved rounds (each
+# command RUNS/ROUNDS times per round) and each command's figure is the median of its
+# round medians.
+rounds=${ROUNDS:-5}
+per=$(( (runs + rounds - 1) / rounds ))
+summary() { # json files... -> one line per command: median of round medians, ratios
+  python3 - "$@" <<'PY'
+import json, statistics, sys
+med = {}
+for f in sys.argv[1:]:
+    for x in json.load(open(f))["results"]:
+        med.setdefault(x["command"], []).append(x["median"])
+r = {k: statistics.median(v) for k, v in med.items()}
+base = r["openshell"]
+for name, m in r.items():
+    print(f"{name:17s} median {m*1000:7.2f} ms  openshell/{name} = {base/m:.2f}x")
 PY
+}
+
+echo "== start-up as root ($(date -u +%F), $(uname -r), $runs runs each in $rounds interleaved rounds)"
+for r in $(seq "$rounds"); do
+  unshare -m --propagation private sh -c "
+    umount -l /sys/fs/cgroup/unified 2>/dev/null || true
+    hyperfine -N --warmup 5 --runs $per --export-json $work/root.$r.json \
+      -n openshell '$work/openshell run --network none -- true' \
+      -n openshell-proxied '$work/openshell run -- true' \
+      -n bwrap '$bwrap_cmd' \
+      -n crun 'crun run --bundle $work/bundle openshell-bench' \
+      -n unshare 'unshare -Urnmpf true' >/dev/null
+  "
+done
+summary "$work"/root.*.json
 
 if [ -n "${BENCH_USER:-}" ]; then
   echo "== start-up as $BENCH_USER (rootless)"
   mkdir -p -m 0777 "$work/u" "$state_root/u"
-  runuser -u "$BENCH_USER" -- env OPENSHELL_STATE_DIR="$state_root/u/state" hyperfine -N --warmup 10 --runs "$runs" \
-    --export-json "$work/u/user.json" \
-    -n openshell "$work/openshell run --network none -- true" \
-    -n openshell-proxied "$work/openshell run -- true" \
-    -n bwrap "$bwrap_cmd" \
-    -n unshare "unshare -Urnmpf true" >/dev/null
-  python3 - "$work/u/user.json" <<'PY'
-import json, sys
-r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
-base = r["openshell"]["median"]
-for name, x in r.items():
-    print(f"{name:10s} median {x['median']*1000:7.2f} ms  openshell/{name} = {base/x['median']:.2f}x")
-PY
+  for r in $(seq "$rounds"); do
+    runuser -u "$BENCH_USER" -- env OPENSHELL_STATE_DIR="$state_root/u/state" hyperfine -N --warmup 5 --runs "$per" \
+      --export-json "$work/u/user.$r.json" \
+      -n openshell "$work/openshell run --network none -- true" \
+      -n openshell-proxied "$work/openshell run -- true" \
+      -n bwrap "$bwrap_cmd" \
+      -n unshare "unshare -Urnmpf true" >/dev/null
+  done
+  summary "$work"/u/user.*.json
 fi
 
 echo "== memory of a sandbox's own processes (supervisor + init) while 'sleep' runs"
