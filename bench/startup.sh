@@ -5,6 +5,7 @@
 # as root inside a private mount namespace with /sys/fs/cgroup/unified hidden (Debian's
 # crun refuses the cgroup v1+v2 hybrid otherwise; rootless crun cannot run here at all).
 # With BENCH_USER=name it also measures openshell/bwrap/unshare as that unprivileged user.
+# RUNS (default 200) runs of each command, in ROUNDS (default 5) interleaved rounds.
 # openshell runs twice: `--network none` (loopback only, like the peers: the comparable
 # isolation) and with its proxied network (two network namespaces, veth, nftables, the
 # proxy — nothing the peers do). The state directory is on tmpfs when /dev/shm exists

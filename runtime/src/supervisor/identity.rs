@@ -97,12 +97,30 @@ impl SandboxProcs {
         if let Some(fd) = self.procfs.get() {
             return Some(fd);
         }
-        let root: OwnedFd = nix::fcntl::open(
-            format!("/proc/{}/root", self.init).as_str(),
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .ok()?;
+        let path = format!("/proc/{}/root", self.init);
+        let open = || {
+            nix::fcntl::open(
+                path.as_str(),
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+        };
+        // Init's memory is briefly not dumpable while it starts the command (its child
+        // shares it until the exec; core/vfork.rs), which denies a rootless supervisor
+        // /proc/<init>/root: a connection the command opens at once may come in that
+        // window. Wait it out (a few ms at most) rather than refuse the connection.
+        let mut root = open();
+        for _ in 0..50 {
+            if !matches!(
+                root,
+                Err(nix::errno::Errno::EACCES | nix::errno::Errno::EPERM)
+            ) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            root = open();
+        }
+        let root: OwnedFd = root.ok()?;
         let fd = openshell_fs::inroot::open_with(
             std::os::fd::AsFd::as_fd(&root),
             std::path::Path::new("/proc"),
