@@ -1,8 +1,8 @@
 //! A sandbox's life at its edges: a setup that hangs ends (timeout, SIGTERM), pty
 //! sessions end when their input is /dev/null or openshell is told to stop, `create`
 //! failures leave nothing behind, `create -o json` can still be started, `image rm`
-//! removes one reference, `system df`/`reset`, and state that cannot be written says
-//! what to do. As root and (in CI) as an unprivileged user.
+//! removes one reference, `system df`/`reset`, state that cannot be written says
+//! what to do, and init stays its owner's after starting the command. As root and (in CI) as an unprivileged user.
 
 mod common;
 
@@ -481,6 +481,60 @@ fn fallbacks_are_shown_with_v_explained_and_logged() {
     assert!(!stdout(&sb.cli(&["sandbox", "explain", "plain"])).contains("Fallbacks"));
 }
 
+/// Init starts the command in a child that shares its memory until the exec
+/// (runtime/src/core/vfork.rs); the child makes that memory non-dumpable, and init must
+/// put its own flag back: the files under /proc of a non-dumpable process belong to
+/// root, and a rootless supervisor could no longer open /proc/<init>/root or ns/
+/// (owner lookups, `sandbox exec`). Checked as the sandbox's owner sees init once the
+/// command runs. (As root both owners are root: the check is the unprivileged run's.)
+fn init_stays_its_owners_after_starting_the_command() {
+    need_sandbox!();
+    let sb = Sandbox::new();
+    let mut child = sb
+        .cmd()
+        .args(["run", "--network", "none", "--", "sleep", "30.25"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sup = child.id();
+    let children = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default()
+    };
+    // Init is the supervisor's child; the command runs once init has a child too.
+    let mut init = None;
+    for _ in 0..100 {
+        if let Some(p) = children(sup).split_whitespace().next() {
+            let p: u32 = p.parse().unwrap();
+            if !children(p).trim().is_empty() {
+                init = Some(p);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let init = init.expect("the sandbox's command never started");
+    let status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+    let euid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::symlink_metadata(format!("/proc/{init}/fd"))
+        .unwrap()
+        .uid();
+    let ns = std::fs::File::open(format!("/proc/{init}/ns/pid"));
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(
+        owner, euid,
+        "init's /proc files belong to {owner}, not to its user {euid}: it was left non-dumpable"
+    );
+    assert!(ns.is_ok(), "its owner cannot open init's ns/pid: {ns:?}");
+}
+
 openshell_tests::suite!(
     fallbacks_are_shown_with_v_explained_and_logged,
     a_setup_that_hangs_ends_by_its_timeout,
@@ -490,4 +544,5 @@ openshell_tests::suite!(
     create_saves_only_its_own_options_and_failures_leave_nothing,
     unwritable_state_says_which_path_and_what_to_do,
     image_rm_per_reference_and_system_reset,
+    init_stays_its_owners_after_starting_the_command,
 );
