@@ -70,11 +70,6 @@ pub struct InitConfig {
 /// The stack the command's child runs on until its exec (reserved, not committed).
 const COMMAND_STACK: usize = 1 << 20;
 
-/// The errno of an I/O error (EIO when it has none).
-fn errno_of(err: &std::io::Error) -> Errno {
-    Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO))
-}
-
 /// Run init to completion. Never returns.
 pub fn run(cfg: &InitConfig, sync: OwnedFd) -> ! {
     // A fork of the CLI: its argv (maybe `-e SECRET=...`) would be /proc/1/cmdline.
@@ -258,8 +253,7 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, SetupErr
     // The command starts in a child that shares init's memory until its exec
     // (core/vfork.rs): init's address space is a copy of the supervisor's, and copying
     // it again for a process that replaces it at once was a measurable part of a start.
-    let stack = crate::vfork::Stack::new(COMMAND_STACK)
-        .map_err(|err| e(Step::Start, "map a stack")(errno_of(&err)))?;
+    let stack = crate::vfork::Stack::new(COMMAND_STACK).map_err(e(Step::Start, "map a stack"))?;
     let (exec, confinement) = (&cfg.exec, &cfg.confinement);
     // No handler of init's may run in the child (on init's memory) before it resets
     // them: everything is blocked around the start, as posix_spawn does.
@@ -292,7 +286,7 @@ fn setup_and_supervise(cfg: &InitConfig, sync: &OwnedFd) -> Result<i32, SetupErr
     // before this line would be refused as unidentified (fail closed).
     crate::vfork::set_dumpable(dumpable);
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&mask), None);
-    let main = main.map_err(|err| e(Step::Start, "start the command")(errno_of(&err)))?;
+    let main = main.map_err(e(Step::Start, "start the command"))?;
     drop(stack);
     let main = Pid::from_raw(main);
     if let Some(fd) = slave {

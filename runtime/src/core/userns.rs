@@ -486,11 +486,7 @@ pub fn clone_nested<G: FnOnce() -> std::convert::Infallible>(
         source: nix::errno::Errno::EBUSY,
     })?;
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(clone_err("pipe"))?;
-    let stack = crate::vfork::Stack::new(INIT_STACK).map_err(|e| {
-        clone_err("map a stack")(nix::errno::Errno::from_raw(
-            e.raw_os_error().unwrap_or(libc::ENOMEM),
-        ))
-    })?;
+    let stack = crate::vfork::Stack::new(INIT_STACK).map_err(clone_err("map a stack"))?;
     let (rfd, wfd, nsfd) = (r.as_raw_fd(), w.as_raw_fd(), nest.userns.as_raw_fd());
     // No signal handler may run in the helper (it would run on the supervisor's memory):
     // all are blocked around it, as posix_spawn does; init gets the caller's mask back.
@@ -514,11 +510,7 @@ pub fn clone_nested<G: FnOnce() -> std::convert::Infallible>(
             // SAFETY: a write from a stack buffer to our pipe.
             unsafe { libc::write(wfd, m.as_ptr().cast(), m.len()) };
         };
-        let errno = || {
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO)
-        };
+        let errno = nix::errno::Errno::last_raw;
         // SAFETY: leave the helper without running any destructor (the memory is the
         // caller's).
         let leave = || -> ! { unsafe { libc::_exit(0) } };
@@ -598,11 +590,7 @@ pub fn clone_nested<G: FnOnce() -> std::convert::Infallible>(
     crate::vfork::set_dumpable(dumpable);
     let _ =
         nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&mask), None);
-    let helper = helper.map_err(|e| {
-        clone_err("clone the helper")(nix::errno::Errno::from_raw(
-            e.raw_os_error().unwrap_or(libc::EIO),
-        ))
-    })?;
+    let helper = helper.map_err(clone_err("clone the helper"))?;
     drop(w);
     // Everything the helper said, until it left (init holds no end of the pipe).
     let mut said = Vec::new();

@@ -19,9 +19,10 @@
 
 use std::convert::Infallible;
 use std::ffi::c_void;
-use std::io;
 use std::mem::ManuallyDrop;
 use std::ptr::{self, NonNull};
+
+use nix::errno::Errno;
 
 /// Below the stack: an inaccessible area, so an overflow is a crash (a plain SIGSEGV:
 /// std's "stack overflow" message knows only the main thread's guard) and not a write
@@ -38,7 +39,7 @@ pub struct Stack {
 
 impl Stack {
     /// `len` usable bytes above a guard area.
-    pub fn new(len: usize) -> io::Result<Self> {
+    pub fn new(len: usize) -> Result<Self, Errno> {
         let total = len + GUARD;
         // SAFETY: a new private anonymous mapping, at an address the kernel picks; no
         // existing memory is touched.
@@ -53,10 +54,10 @@ impl Stack {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+            return Err(Errno::last());
         }
         let stack = Self {
-            base: NonNull::new(p).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?,
+            base: NonNull::new(p).ok_or(Errno::ENOMEM)?,
             len: total,
         };
         // SAFETY: the range lies inside the mapping made above.
@@ -68,7 +69,7 @@ impl Stack {
             )
         };
         if rw != 0 {
-            return Err(io::Error::last_os_error()); // `stack` unmaps it
+            return Err(Errno::last()); // `stack` unmaps it
         }
         Ok(stack)
     }
@@ -108,7 +109,7 @@ impl Drop for Stack {
 ///   handlers and mask, descriptors, cwd, rlimits, Landlock domain and seccomp filter
 ///   are its own; its memory, thread-locals (errno), libc's bookkeeping and the address
 ///   space's flags (dumpable: see [`dumpable`]) are not.
-pub unsafe fn spawn<F: FnOnce() -> Infallible>(stack: &Stack, f: F) -> io::Result<i32> {
+pub unsafe fn spawn<F: FnOnce() -> Infallible>(stack: &Stack, f: F) -> Result<i32, Errno> {
     // (`f()` cannot return: the lint sees the match after it as dead, which it is.)
     #[allow(unreachable_code)]
     extern "C" fn trampoline<F: FnOnce() -> Infallible>(arg: *mut c_void) -> libc::c_int {
@@ -135,7 +136,7 @@ pub unsafe fn spawn<F: FnOnce() -> Infallible>(stack: &Stack, f: F) -> io::Resul
         // Never read: dropping it is ours again.
         // SAFETY: the child does not exist, so nothing else holds `f`.
         unsafe { ManuallyDrop::drop(&mut f) };
-        return Err(io::Error::last_os_error());
+        return Err(Errno::last());
     }
     Ok(pid)
 }
